@@ -1,0 +1,1 @@
+"""MOVA inference in plain PyTorch (no ComfyUI imports)."""
