@@ -1,0 +1,135 @@
+"""Which component a checkpoint holds, and its config: from config.json, file metadata, or shapes."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from .checkpoint import Checkpoint, CheckpointError
+from .configs import DEFAULT_HEAD_DIM, BridgeConfig, DACConfig, DiTConfig, config_from_dict
+
+KIND_NAMES = {
+    "video_dit": "a MOVA video expert (video_dit / video_dit_2)",
+    "audio_dit": "the MOVA audio DiT (audio_dit)",
+    "dual_tower_bridge": "the MOVA dual-tower bridge (dual_tower_bridge)",
+    "audio_vae": "the MOVA audio VAE (audio_vae, DAC)",
+}
+METADATA_KIND = "mova.component"
+METADATA_CONFIG = "mova.config"
+
+
+def detect_kind(shapes: dict[str, tuple[int, ...]]) -> str | None:
+    """'video_dit', 'audio_dit', 'dual_tower_bridge', 'audio_vae', or None for something else."""
+    patch = shapes.get("patch_embedding.weight")
+    if patch is not None and "head.head.weight" in shapes:
+        return "video_dit" if len(patch) == 5 else "audio_dit" if len(patch) == 3 else None
+    if any(k.startswith("audio_to_video_conditioners.") for k in shapes):
+        return "dual_tower_bridge"
+    if any(k.startswith("decoder.model.") for k in shapes) and any(k.startswith("post_quant_conv.") for k in shapes):
+        return "audio_vae"
+    return None
+
+
+def describe(shapes: dict[str, tuple[int, ...]]) -> str:
+    kind = detect_kind(shapes)
+    if kind:
+        return KIND_NAMES[kind]
+    if any(k.startswith("encoder.block.") for k in shapes) and "encoder.conv1.weight" in shapes:
+        return "a video VAE (not a MOVA DiT component)"
+    if any("shared.weight" in k or "encoder.block.0.layer" in k for k in shapes):
+        return "a text encoder (not a MOVA DiT component)"
+    return "no MOVA component (unknown keys, e.g. " + ", ".join(sorted(shapes)[:3]) + ")"
+
+
+def check_kind(ckpt: Checkpoint, want: str) -> None:
+    """Raise a CheckpointError when ``ckpt`` holds another component than ``want``."""
+    got = detect_kind(ckpt.shapes())
+    if got == want:
+        return
+    raise CheckpointError(
+        f"{ckpt.name} holds {describe(ckpt.shapes())}, but {KIND_NAMES[want]} was asked for: "
+        f"pick the {want} file of the MOVA release for this input."
+    )
+
+
+def _count_blocks(shapes, prefix: str) -> int:
+    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
+    found = {int(m.group(1)) for k in shapes if (m := pattern.match(k))}
+    return max(found) + 1 if found else 0
+
+
+def dit_config_from_shapes(shapes, head_dim: int = DEFAULT_HEAD_DIM) -> DiTConfig:
+    """DiT config from tensor shapes (the head count comes from ``head_dim``, 128 by default)."""
+    patch = shapes["patch_embedding.weight"]
+    dim, in_dim, kernel = patch[0], patch[1], tuple(patch[2:])
+    return DiTConfig(
+        dim=dim,
+        num_heads=max(1, dim // head_dim),
+        num_layers=_count_blocks(shapes, "blocks."),
+        ffn_dim=shapes["blocks.0.ffn.0.weight"][0],
+        in_dim=in_dim,
+        out_dim=shapes["head.head.weight"][0] // max(1, _product(kernel)),
+        patch_size=kernel,
+        text_dim=shapes["text_embedding.0.weight"][1],
+        freq_dim=shapes["time_embedding.0.weight"][1],
+    )
+
+
+def bridge_config_from_shapes(shapes, head_dim: int = DEFAULT_HEAD_DIM) -> BridgeConfig:
+    """Bridge config from shapes; tower layer counts are taken as the number of interacting layers."""
+    layers = _count_blocks(shapes, "audio_to_video_conditioners.")
+    q = shapes["audio_to_video_conditioners.0.inner.q.weight"]
+    k = shapes["audio_to_video_conditioners.0.inner.k.weight"]
+    return BridgeConfig(visual_layers=layers, audio_layers=layers, visual_hidden_dim=q[0],
+                        audio_hidden_dim=k[1], head_dim=head_dim)
+
+
+def dac_config_from_shapes(shapes, sample_rate: int = 48000) -> DACConfig:
+    """DAC config from shapes: strides are half the down/up-sampling kernel sizes."""
+    n_enc = _count_blocks(shapes, "encoder.block.") - 3
+    enc_rates = tuple(_kernel(shapes, f"encoder.block.{i + 1}.block.4") // 2 for i in range(n_enc))
+    n_dec = _count_blocks(shapes, "decoder.model.") - 3
+    dec_rates = tuple(_kernel(shapes, f"decoder.model.{i + 1}.block.1") // 2 for i in range(n_dec))
+    return DACConfig(
+        encoder_dim=_shape(shapes, "encoder.block.0")[0] if "encoder.block.0.weight" in shapes
+        or "encoder.block.0.weight_v" in shapes else 64,
+        encoder_rates=enc_rates or (2, 3, 4, 5, 8),
+        latent_dim=_shape(shapes, "post_quant_conv")[1],
+        decoder_dim=_shape(shapes, "decoder.model.0")[0],
+        decoder_rates=dec_rates,
+        sample_rate=sample_rate,
+    )
+
+
+def _shape(shapes, module: str):
+    return shapes.get(module + ".weight") or shapes[module + ".weight_v"]
+
+
+def _kernel(shapes, module: str) -> int:
+    return _shape(shapes, module)[-1]
+
+
+def _product(values) -> int:
+    out = 1
+    for v in values:
+        out *= v
+    return out
+
+
+_CONFIG_CLASSES = {"video_dit": DiTConfig, "audio_dit": DiTConfig,
+                   "dual_tower_bridge": BridgeConfig, "audio_vae": DACConfig}
+
+
+def detect_config(ckpt: Checkpoint, kind: str, head_dim: int | None = None):
+    """The component's config: config.json beside the weights, else the file's metadata, else shapes."""
+    cls = _CONFIG_CLASSES[kind]
+    if ckpt.config is not None:
+        return config_from_dict(cls, ckpt.config)
+    if METADATA_CONFIG in ckpt.metadata:
+        return config_from_dict(cls, json.loads(ckpt.metadata[METADATA_CONFIG]))
+    shapes = ckpt.shapes()
+    if kind in ("video_dit", "audio_dit"):
+        return dit_config_from_shapes(shapes, head_dim or DEFAULT_HEAD_DIM)
+    if kind == "dual_tower_bridge":
+        return bridge_config_from_shapes(shapes, head_dim or DEFAULT_HEAD_DIM)
+    return dac_config_from_shapes(shapes)

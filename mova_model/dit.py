@@ -1,0 +1,158 @@
+"""Wan-style DiT towers: the video experts (3-D patches) and the audio DiT (1-D patches).
+
+State-dict keys match the MOVA release (``patch_embedding``, ``text_embedding.{0,2}``,
+``time_embedding.{0,2}``, ``time_projection.1``, ``blocks.N.*``, ``head.*``).
+"""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from .attention import attention
+from .configs import DiTConfig
+from .layers import RMSNorm, layer_norm, modulate, param_like, prod, timestep_sinusoid
+from .ops import torch_ops
+from .rope import apply_interleaved_rope, tower_rope_audio, tower_rope_video
+
+
+class Attention(nn.Module):
+    """Multi-head attention with RMS-normed q/k; q from x, k/v from ``context`` (or x)."""
+
+    def __init__(self, dim: int, num_heads: int, eps: float, kv_dim: int | None = None,
+                 operations=torch_ops, device=None, dtype=None):
+        super().__init__()
+        kv_dim = kv_dim or dim
+        self.num_heads = num_heads
+        self.q = operations.Linear(dim, dim, device=device, dtype=dtype)
+        self.k = operations.Linear(kv_dim, dim, device=device, dtype=dtype)
+        self.v = operations.Linear(kv_dim, dim, device=device, dtype=dtype)
+        self.o = operations.Linear(dim, dim, device=device, dtype=dtype)
+        self.norm_q = RMSNorm(dim, eps=eps, device=device, dtype=dtype)
+        self.norm_k = RMSNorm(dim, eps=eps, device=device, dtype=dtype)
+
+    def project(self, x: torch.Tensor, context: torch.Tensor):
+        """q [B,Lq,C], k [B,Lk,C], v [B,Lk,C] with q/k normalised."""
+        return self.norm_q(self.q(x)), self.norm_k(self.k(context)), self.v(context)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, rope=None) -> torch.Tensor:
+        """x [B,L,C] -> [B,L,C]; ``rope`` = (cos, sin) rotates q and k (self-attention only)."""
+        q, k, v = self.project(x, x if context is None else context)
+        if rope is not None:
+            q = apply_interleaved_rope(q, *rope, self.num_heads)
+            k = apply_interleaved_rope(k, *rope, self.num_heads)
+        return self.o(attention(q, k, v, self.num_heads))
+
+
+class DiTBlock(nn.Module):
+    """AdaLN self-attention (gated), text cross-attention on norm3, AdaLN FFN (gated)."""
+
+    def __init__(self, config: DiTConfig, operations=torch_ops, device=None, dtype=None):
+        super().__init__()
+        dim, eps = config.dim, config.eps
+        self.eps = eps
+        self.self_attn = Attention(dim, config.num_heads, eps, operations=operations, device=device, dtype=dtype)
+        self.cross_attn = Attention(dim, config.num_heads, eps, operations=operations, device=device, dtype=dtype)
+        self.norm3 = operations.LayerNorm(dim, eps=eps, elementwise_affine=True, device=device, dtype=dtype)
+        self.ffn = nn.Sequential(
+            operations.Linear(dim, config.ffn_dim, device=device, dtype=dtype),
+            nn.GELU(approximate="tanh"),
+            operations.Linear(config.ffn_dim, dim, device=device, dtype=dtype),
+        )
+        self.modulation = nn.Parameter(torch.zeros(1, 6, dim, device=device, dtype=dtype))
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, t_mod: torch.Tensor, rope) -> torch.Tensor:
+        """x [B,L,C], context [B,Lt,C], t_mod [B,6,C] -> [B,L,C]."""
+        mod = param_like(self.modulation, t_mod) + t_mod
+        shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = mod.chunk(6, dim=1)
+        h = modulate(layer_norm(x, self.eps), shift_sa, scale_sa)
+        x = x + gate_sa * self.self_attn(h, rope=rope)
+        x = x + self.cross_attn(self.norm3(x), context)
+        h = modulate(layer_norm(x, self.eps), shift_ff, scale_ff)
+        return x + gate_ff * self.ffn(h)
+
+
+class Head(nn.Module):
+    """Final LayerNorm, shift/scale from ``modulation`` + time embedding, Linear to patch values."""
+
+    def __init__(self, config: DiTConfig, operations=torch_ops, device=None, dtype=None):
+        super().__init__()
+        self.eps = config.eps
+        out = config.out_dim * prod(config.patch_size)
+        self.head = operations.Linear(config.dim, out, device=device, dtype=dtype)
+        self.modulation = nn.Parameter(torch.zeros(1, 2, config.dim, device=device, dtype=dtype))
+
+    def forward(self, x: torch.Tensor, t_emb: torch.Tensor) -> torch.Tensor:
+        """x [B,L,C], t_emb [B,C] -> [B,L,out*prod(patch)]; per-sample modulation (batch-safe)."""
+        shift, scale = (param_like(self.modulation, t_emb) + t_emb[:, None, :]).chunk(2, dim=1)
+        return self.head(modulate(layer_norm(x, self.eps), shift, scale))
+
+
+class WanDiT(nn.Module):
+    """One tower. Video: x [B,in,T,H,W]; audio: x [B,in,L]. Text states [B,Lt,text_dim]."""
+
+    def __init__(self, config: DiTConfig, operations=torch_ops, device=None, dtype=None):
+        super().__init__()
+        self.config = config
+        dim = config.dim
+        conv = operations.Conv3d if config.is_video else operations.Conv1d
+        self.patch_embedding = conv(config.in_dim, dim, kernel_size=config.patch_size,
+                                    stride=config.patch_size, device=device, dtype=dtype)
+        self.text_embedding = nn.Sequential(
+            operations.Linear(config.text_dim, dim, device=device, dtype=dtype),
+            nn.GELU(approximate="tanh"),
+            operations.Linear(dim, dim, device=device, dtype=dtype),
+        )
+        self.time_embedding = nn.Sequential(
+            operations.Linear(config.freq_dim, dim, device=device, dtype=dtype),
+            nn.SiLU(),
+            operations.Linear(dim, dim, device=device, dtype=dtype),
+        )
+        self.time_projection = nn.Sequential(nn.SiLU(), operations.Linear(dim, 6 * dim, device=device, dtype=dtype))
+        self.blocks = nn.ModuleList(
+            [DiTBlock(config, operations=operations, device=device, dtype=dtype) for _ in range(config.num_layers)]
+        )
+        self.head = Head(config, operations=operations, device=device, dtype=dtype)
+
+    def embed_time(self, timestep: torch.Tensor, dtype: torch.dtype):
+        """Timesteps [B] -> (t_emb [B,C], t_mod [B,6,C]) in ``dtype``."""
+        sinusoid = timestep_sinusoid(timestep.float(), self.config.freq_dim).to(dtype)
+        t_emb = self.time_embedding(sinusoid)
+        t_mod = self.time_projection(t_emb).unflatten(1, (6, self.config.dim))
+        return t_emb, t_mod
+
+    def embed_text(self, context: torch.Tensor) -> torch.Tensor:
+        """Text states [B,Lt,text_dim] -> [B,Lt,C]."""
+        return self.text_embedding(context)
+
+    def patchify(self, x: torch.Tensor):
+        """Latents -> (tokens [B,N,C], grid): grid (f,h,w) for video, (L,) for audio."""
+        x = self.patch_embedding(x)
+        grid = tuple(x.shape[2:])
+        return x.flatten(2).transpose(1, 2), grid
+
+    def unpatchify(self, x: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
+        """Head output [B,N,out*prod(patch)] -> latents [B,out,...]."""
+        p = self.config.patch_size
+        if self.config.is_video:
+            return rearrange(x, "b (f h w) (pf ph pw c) -> b c (f pf) (h ph) (w pw)",
+                             f=grid[0], h=grid[1], w=grid[2], pf=p[0], ph=p[1], pw=p[2])
+        return rearrange(x, "b l (p c) -> b c (l p)", l=grid[0], p=p[0])
+
+    def rope(self, grid: tuple[int, ...], device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The tower's self-attention RoPE table for a token grid: cos/sin [N, head_dim/2]."""
+        if self.config.is_video:
+            return tower_rope_video(self.config.head_dim, grid, device=device)
+        return tower_rope_audio(self.config.head_dim, grid[0], device=device)
+
+    def forward(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """The tower alone (no bridge): latents, timesteps [B], text [B,Lt,text_dim] -> velocity."""
+        dtype = x.dtype
+        t_emb, t_mod = self.embed_time(timestep, dtype)
+        ctx = self.embed_text(context.to(dtype))
+        tokens, grid = self.patchify(x)
+        rope = self.rope(grid, x.device)
+        for block in self.blocks:
+            tokens = block(tokens, ctx, t_mod, rope)
+        return self.unpatchify(self.head(tokens, t_emb), grid)

@@ -1,0 +1,141 @@
+"""Joint video+audio sampling: flow-matching Euler steps, text CFG and the expert switch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+from .bridge import DualTowerBridge
+from .configs import SchedulerConfig
+from .dit import WanDiT
+from .joint import JointOutput, check_towers, joint_forward
+from .scheduler import make_schedule
+
+# callback(step, total, video_latents, audio_latents) after each step; raise inside it to cancel.
+StepCallback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
+
+
+@dataclass
+class MovaTowers:
+    """The networks one sampling run needs: the video experts [high-noise, low-noise], audio DiT, bridge."""
+
+    video_experts: Sequence[WanDiT]
+    audio_dit: WanDiT
+    bridge: DualTowerBridge
+
+    def __post_init__(self):
+        if not 1 <= len(self.video_experts) <= 2:
+            raise ValueError("give the high-noise and the low-noise video expert (or one expert for all steps)")
+        for expert in self.video_experts:
+            check_towers(expert, self.audio_dit, self.bridge)
+
+
+@dataclass
+class SamplingOptions:
+    """Defaults are the official MOVA settings (50 steps, CFG 5, shift 5, switch at 0.9)."""
+
+    steps: int = 50
+    cfg_scale: float = 5.0
+    shift: float = 5.0
+    boundary_ratio: float = 0.9
+    fps: float = 24.0
+    batch_cfg: bool = False          # positive and negative in one batched forward
+    snap_to_training_grid: bool = True  # the official scheduler's Euler deltas
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+
+
+def make_noise(video_shape, audio_shape, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded float32 noise on the CPU: video first, then audio, from one generator."""
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    video = torch.randn(tuple(video_shape), generator=gen, dtype=torch.float32)
+    audio = torch.randn(tuple(audio_shape), generator=gen, dtype=torch.float32)
+    return video, audio
+
+
+def expert_index(timestep: float, boundary_ratio: float, num_train_timesteps: int) -> int:
+    """0 (high-noise expert) while timestep >= boundary, else 1 (low-noise expert)."""
+    return 0 if timestep >= boundary_ratio * num_train_timesteps else 1
+
+
+def _guided(towers, expert, video_in, audio, pos, neg, t_video, t_audio, opts, dtype) -> JointOutput:
+    """Velocity with text CFG: v = v_neg + s * (v_pos - v_neg); a single pass when s == 1."""
+    run = lambda x_v, x_a, ctx: joint_forward(  # noqa: E731
+        expert, towers.audio_dit, towers.bridge, x_v, x_a, ctx, t_video, t_audio, opts.fps, dtype=dtype)
+    if opts.cfg_scale == 1.0 or neg is None:
+        return run(video_in, audio, pos)
+    if opts.batch_cfg:
+        both = run(torch.cat([video_in, video_in]), torch.cat([audio, audio]), torch.cat([pos, neg]))
+        v_pos, v_neg = both.video.chunk(2), both.audio.chunk(2)
+        cond, uncond = JointOutput(v_pos[0], v_neg[0]), JointOutput(v_pos[1], v_neg[1])
+    else:
+        cond, uncond = run(video_in, audio, pos), run(video_in, audio, neg)
+    s = opts.cfg_scale
+    return JointOutput(video=uncond.video + s * (cond.video - uncond.video),
+                       audio=uncond.audio + s * (cond.audio - uncond.audio))
+
+
+def _check_inputs(condition, context_pos, context_neg, video_noise, audio_noise, opts):
+    b = video_noise.shape[0]
+    if condition.shape[0] != b or condition.shape[2:] != video_noise.shape[2:]:
+        raise ValueError(
+            f"the image condition {tuple(condition.shape)} does not fit the video latent {tuple(video_noise.shape)}: "
+            "build both for the same width, height, length and batch"
+        )
+    for name, ctx in (("positive", context_pos), ("negative", context_neg)):
+        if ctx is not None and ctx.shape[0] not in (1, b):
+            raise ValueError(f"{name} prompt batch is {ctx.shape[0]} but the latent batch is {b}: give 1 or {b} prompts")
+    if audio_noise.shape[0] != b:
+        raise ValueError(f"audio latent batch {audio_noise.shape[0]} != video latent batch {b}")
+    if opts.cfg_scale != 1.0 and context_neg is None:
+        raise ValueError(f"CFG {opts.cfg_scale} needs a negative prompt: connect one, or set CFG to 1.0")
+
+
+@torch.no_grad()
+def sample(
+    towers: MovaTowers,
+    condition: torch.Tensor,
+    context_pos: torch.Tensor,
+    context_neg: torch.Tensor | None,
+    video_noise: torch.Tensor,
+    audio_noise: torch.Tensor,
+    options: SamplingOptions | None = None,
+    callback: StepCallback | None = None,
+    before_expert: Callable[[int], None] | None = None,
+    dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Denoise video [B,16,T,h,w] and audio [B,C,L] latents from noise; returns float32 latents.
+
+    condition [B,20,T,h,w] (mask + normalised image latents), contexts [1 or B, Lt, 4096].
+    ``before_expert(i)`` runs when expert i (0 high, 1 low) is about to be used (load/offload hook).
+    """
+    opts = options or SamplingOptions()
+    _check_inputs(condition, context_pos, context_neg, video_noise, audio_noise, opts)
+    expert0 = towers.video_experts[0]
+    device = next(expert0.parameters()).device
+    dtype = dtype or next(expert0.parameters()).dtype
+    b = video_noise.shape[0]
+    pos = context_pos.to(device).expand(b, -1, -1)
+    neg = None if context_neg is None else context_neg.to(device).expand(b, -1, -1)
+    condition = condition.to(device=device, dtype=torch.float32)
+    video = video_noise.to(device=device, dtype=torch.float32)
+    audio = audio_noise.to(device=device, dtype=torch.float32)
+
+    schedule = make_schedule(opts.steps, opts.shift, opts.scheduler, snap=opts.snap_to_training_grid)
+    current = None
+    for i, t in enumerate(schedule.timesteps.tolist()):
+        index = min(expert_index(t, opts.boundary_ratio, opts.scheduler.num_train_timesteps),
+                    len(towers.video_experts) - 1)
+        if index != current:
+            if before_expert is not None:
+                before_expert(index)
+            current = index
+        t_tensor = torch.tensor([t], device=device)
+        out = _guided(towers, towers.video_experts[index], torch.cat([video, condition], dim=1), audio,
+                      pos, neg, t_tensor, t_tensor, opts, dtype)
+        video = schedule.euler_step(video, out.video, i)
+        audio = schedule.euler_step(audio, out.audio, i)
+        if callback is not None:
+            callback(i + 1, opts.steps, video, audio)
+    return video, audio
