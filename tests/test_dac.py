@@ -9,15 +9,7 @@ from safetensors.torch import load_file
 from comfyui_mova.mova_model.configs import DACConfig, config_from_dict
 from comfyui_mova.mova_model.dac import DAC, fuse_weight_norm
 
-# conftest is not importable under --import-mode=importlib, so its two helpers are repeated here.
-GOLDEN_TOL = 1e-4
-
-
-def rel_l2(out: torch.Tensor, ref: torch.Tensor) -> float:
-    """Relative L2 error ||out - ref|| / ||ref||, in float64."""
-    assert out.shape == ref.shape, f"shape {tuple(out.shape)} != reference {tuple(ref.shape)}"
-    out, ref = out.double(), ref.double()
-    return (torch.linalg.vector_norm(out - ref) / torch.linalg.vector_norm(ref)).item()
+from mova_testing import GOLDEN_TOL, rel_l2
 
 
 @pytest.fixture(scope="module")
