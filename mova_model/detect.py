@@ -91,9 +91,8 @@ def dac_config_from_shapes(shapes, sample_rate: int = 48000) -> DACConfig:
     n_dec = _count_blocks(shapes, "decoder.model.") - 3
     dec_rates = tuple(_kernel(shapes, f"decoder.model.{i + 1}.block.1") // 2 for i in range(n_dec))
     return DACConfig(
-        encoder_dim=_shape(shapes, "encoder.block.0")[0] if "encoder.block.0.weight" in shapes
-        or "encoder.block.0.weight_v" in shapes else 64,
-        encoder_rates=enc_rates or (2, 3, 4, 5, 8),
+        encoder_dim=_shape(shapes, "encoder.block.0")[0],
+        encoder_rates=enc_rates,
         latent_dim=_shape(shapes, "post_quant_conv")[1],
         decoder_dim=_shape(shapes, "decoder.model.0")[0],
         decoder_rates=dec_rates,

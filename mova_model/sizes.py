@@ -10,8 +10,12 @@ VAE_SPACE, VAE_TIME, PATCH = 8, 4, 2
 VIDEO_LATENT_CHANNELS = 16
 
 
-def _nearest_multiple(value: int, base: int) -> int:
-    return max(base, int(round(value / base)) * base)
+def _nearest_valid(value: int, base: int, offset: int = 0) -> str:
+    """'N' or 'N (or M)': the nearest value of the form k*base + offset, the other neighbour second."""
+    lower = max(offset or base, (value - offset) // base * base + offset)
+    upper = lower + base if lower <= value else lower
+    nearest, other = (lower, upper) if value - lower <= upper - value else (upper, lower)
+    return f"{nearest}" if other == nearest or value < base else f"{nearest} (or {other})"
 
 
 def check_video_size(height: int, width: int, frames: int) -> None:
@@ -19,12 +23,9 @@ def check_video_size(height: int, width: int, frames: int) -> None:
     step = VAE_SPACE * PATCH
     for name, value in (("height", height), ("width", width)):
         if value < step or value % step:
-            raise ValueError(f"{name} {value} is not a multiple of {step}: use {_nearest_multiple(value, step)}")
+            raise ValueError(f"{name} {value} is not a multiple of {step}: use {_nearest_valid(value, step)}")
     if frames < 1 or (frames - 1) % VAE_TIME:
-        lower = max(1, (frames - 1) // VAE_TIME * VAE_TIME + 1)
-        upper = lower + VAE_TIME
-        nearest = lower if frames - lower <= upper - frames else upper
-        raise ValueError(f"frames {frames} is not 4k+1: use {nearest} (or {upper if nearest == lower else lower})")
+        raise ValueError(f"frames {frames} is not 4k+1: use {_nearest_valid(frames, VAE_TIME, 1)}")
 
 
 def audio_num_samples(frames: int, fps: float, sample_rate: int) -> int:
