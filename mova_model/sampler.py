@@ -104,16 +104,19 @@ def sample(
     callback: StepCallback | None = None,
     before_expert: Callable[[int], None] | None = None,
     dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Denoise video [B,16,T,h,w] and audio [B,C,L] latents from noise; returns float32 latents.
 
     condition [B,20,T,h,w] (mask + normalised image latents), contexts [1 or B, Lt, 4096].
     ``before_expert(i)`` runs when expert i (0 high, 1 low) is about to be used (load/offload hook).
+    ``device`` is where the latents live (default: the first expert's); give it when a memory manager
+    keeps some weights elsewhere (offloaded or partially loaded experts).
     """
     opts = options or SamplingOptions()
     _check_inputs(condition, context_pos, context_neg, video_noise, audio_noise, opts)
     expert0 = towers.video_experts[0]
-    device = next(expert0.parameters()).device
+    device = torch.device(device) if device is not None else next(expert0.parameters()).device
     dtype = dtype or next(expert0.parameters()).dtype
     b = video_noise.shape[0]
     pos = context_pos.to(device).expand(b, -1, -1)
