@@ -13,6 +13,7 @@ from torch import nn
 from .attention import attention
 from .configs import DiTConfig
 from .layers import RMSNorm, layer_norm, modulate, param_like, prod, timestep_sinusoid
+from .offload import iter_blocks
 from .ops import torch_ops
 from .rope import apply_interleaved_rope, tower_rope_audio, tower_rope_video
 
@@ -153,6 +154,6 @@ class WanDiT(nn.Module):
         ctx = self.embed_text(context.to(dtype))
         tokens, grid = self.patchify(x)
         rope = self.rope(grid, x.device)
-        for block in self.blocks:
+        for block in iter_blocks(self):
             tokens = block(tokens, ctx, t_mod, rope)
         return self.unpatchify(self.head(tokens, t_emb), grid)

@@ -8,6 +8,7 @@ import torch
 
 from .bridge import DualTowerBridge
 from .dit import WanDiT
+from .offload import iter_blocks
 
 
 @dataclass
@@ -80,13 +81,12 @@ def joint_forward(
     a_rope = audio_dit.rope(a_grid, device)
     bv_rope, ba_rope = bridge.aligned_rope(v_grid, a_grid[0], video_fps, device=device)
 
-    shared = min(len(video_dit.blocks), len(audio_dit.blocks))
-    for i in range(shared):
-        video, audio = bridge(i, video, audio, bv_rope, ba_rope, scale=bridge_scale)
-        video = video_dit.blocks[i](video, v_ctx, v_mod, v_rope)
-        audio = audio_dit.blocks[i](audio, a_ctx, a_mod, a_rope)
-    for i in range(shared, len(video_dit.blocks)):
-        video = video_dit.blocks[i](video, v_ctx, v_mod, v_rope)
+    video_blocks, audio_blocks = iter_blocks(video_dit), iter_blocks(audio_dit)
+    for i in range(len(video_dit.blocks)):
+        if i < len(audio_dit.blocks):
+            video, audio = bridge(i, video, audio, bv_rope, ba_rope, scale=bridge_scale)
+            audio = next(audio_blocks)(audio, a_ctx, a_mod, a_rope)
+        video = next(video_blocks)(video, v_ctx, v_mod, v_rope)
 
     video = video_dit.unpatchify(video_dit.head(video, v_emb), v_grid)
     audio = audio_dit.unpatchify(audio_dit.head(audio, a_emb), a_grid)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -21,11 +22,19 @@ StepCallback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
 class MovaTowers:
     """The networks one sampling run needs: the video experts [high-noise, low-noise], audio DiT, bridge."""
 
-    video_experts: Sequence[WanDiT]
+    video_experts: Sequence[WanDiT | None]
     audio_dit: WanDiT
     bridge: DualTowerBridge
 
+    def release(self, index: int) -> None:
+        """Drop our reference to video expert ``index`` so its memory can be freed."""
+        self.video_experts[index] = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
     def __post_init__(self):
+        self.video_experts = list(self.video_experts)
         if not 1 <= len(self.video_experts) <= 2:
             raise ValueError("give the high-noise and the low-noise video expert (or one expert for all steps)")
         for expert in self.video_experts:
@@ -43,6 +52,7 @@ class SamplingOptions:
     fps: float = 24.0
     batch_cfg: bool = False          # positive and negative in one batched forward
     snap_to_training_grid: bool = True  # the official scheduler's Euler deltas
+    release_high_expert: bool = False   # drop the high-noise expert after the switch (frees its memory)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
 
@@ -133,6 +143,8 @@ def sample(
         if index != current:
             if before_expert is not None:
                 before_expert(index)
+            if current == 0 and opts.release_high_expert:
+                towers.release(0)
             current = index
         t_tensor = torch.tensor([t], device=device)
         out = _guided(towers, towers.video_experts[index], torch.cat([video, condition], dim=1), audio,
