@@ -11,8 +11,10 @@ import torch
 from .bridge import DualTowerBridge
 from .configs import SchedulerConfig
 from .dit import WanDiT
-from .joint import JointOutput, check_towers, joint_forward
+from .guidance import NO_GUIDANCE, Guidance, guided_velocity
+from .joint import check_towers, joint_forward
 from .scheduler import make_schedule
+from .step_cache import StepCache
 
 # callback(step, total, video_latents, audio_latents) after each step; raise inside it to cancel.
 StepCallback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
@@ -53,6 +55,18 @@ class SamplingOptions:
     batch_cfg: bool = False          # positive and negative in one batched forward
     snap_to_training_grid: bool = True  # the official scheduler's Euler deltas
     release_high_expert: bool = False   # drop the high-noise expert after the switch (frees its memory)
+    audio_cfg_scale: float | None = None  # text CFG for audio (None: cfg_scale)
+    audio_shift: float | None = None      # sigma shift for audio ("dual sigma shift"; None: shift)
+    bridge_cfg_scale: float = 1.0         # dual CFG s_B (1.0: off, the official behaviour; 3 passes otherwise)
+    cfg_cutoff: float = 1.0               # share of steps that use CFG; later steps run one plain pass
+    cache_threshold: float = 0.0          # step caching (0: off); see step_cache.py
+
+    def guidance(self, step: int) -> Guidance:
+        """The guidance scales for ``step`` (0-based): none after the CFG cut-off."""
+        if step >= self.cfg_cutoff * self.steps:
+            return NO_GUIDANCE
+        audio = self.cfg_scale if self.audio_cfg_scale is None else self.audio_cfg_scale
+        return Guidance(video_text=self.cfg_scale, audio_text=audio, bridge=self.bridge_cfg_scale)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
 
@@ -69,23 +83,6 @@ def expert_index(timestep: float, boundary_ratio: float, num_train_timesteps: in
     return 0 if timestep >= boundary_ratio * num_train_timesteps else 1
 
 
-def _guided(towers, expert, video_in, audio, pos, neg, t_video, t_audio, opts, dtype) -> JointOutput:
-    """Velocity with text CFG: v = v_neg + s * (v_pos - v_neg); a single pass when s == 1."""
-    run = lambda x_v, x_a, ctx: joint_forward(  # noqa: E731
-        expert, towers.audio_dit, towers.bridge, x_v, x_a, ctx, t_video, t_audio, opts.fps, dtype=dtype)
-    if opts.cfg_scale == 1.0 or neg is None:
-        return run(video_in, audio, pos)
-    if opts.batch_cfg:
-        both = run(torch.cat([video_in, video_in]), torch.cat([audio, audio]), torch.cat([pos, neg]))
-        v_pos, v_neg = both.video.chunk(2), both.audio.chunk(2)
-        cond, uncond = JointOutput(v_pos[0], v_neg[0]), JointOutput(v_pos[1], v_neg[1])
-    else:
-        cond, uncond = run(video_in, audio, pos), run(video_in, audio, neg)
-    s = opts.cfg_scale
-    return JointOutput(video=uncond.video + s * (cond.video - uncond.video),
-                       audio=uncond.audio + s * (cond.audio - uncond.audio))
-
-
 def _check_inputs(condition, context_pos, context_neg, video_noise, audio_noise, opts):
     b = video_noise.shape[0]
     if condition.shape[0] != b or condition.shape[2:] != video_noise.shape[2:]:
@@ -98,8 +95,10 @@ def _check_inputs(condition, context_pos, context_neg, video_noise, audio_noise,
             raise ValueError(f"{name} prompt batch is {ctx.shape[0]} but the latent batch is {b}: give 1 or {b} prompts")
     if audio_noise.shape[0] != b:
         raise ValueError(f"audio latent batch {audio_noise.shape[0]} != video latent batch {b}")
-    if opts.cfg_scale != 1.0 and context_neg is None:
+    if context_neg is None and (opts.cfg_scale != 1.0 or opts.audio_cfg_scale not in (None, 1.0)):
         raise ValueError(f"CFG {opts.cfg_scale} needs a negative prompt: connect one, or set CFG to 1.0")
+    if not 0.0 <= opts.cfg_cutoff <= 1.0:
+        raise ValueError(f"cfg_cutoff {opts.cfg_cutoff} must lie in 0..1 (the share of steps that use CFG)")
 
 
 @torch.no_grad()
@@ -115,6 +114,7 @@ def sample(
     before_expert: Callable[[int], None] | None = None,
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
+    stats: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Denoise video [B,16,T,h,w] and audio [B,C,L] latents from noise; returns float32 latents.
 
@@ -122,6 +122,7 @@ def sample(
     ``before_expert(i)`` runs when expert i (0 high, 1 low) is about to be used (load/offload hook).
     ``device`` is where the latents live (default: the first expert's); give it when a memory manager
     keeps some weights elsewhere (offloaded or partially loaded experts).
+    ``stats`` (a dict) receives computed_steps / skipped_steps (step caching).
     """
     opts = options or SamplingOptions()
     _check_inputs(condition, context_pos, context_neg, video_noise, audio_noise, opts)
@@ -136,8 +137,11 @@ def sample(
     audio = audio_noise.to(device=device, dtype=torch.float32)
 
     schedule = make_schedule(opts.steps, opts.shift, opts.scheduler, snap=opts.snap_to_training_grid)
+    audio_schedule = schedule if opts.audio_shift in (None, opts.shift) else make_schedule(
+        opts.steps, opts.audio_shift, opts.scheduler, snap=opts.snap_to_training_grid)
+    cache = StepCache(opts.cache_threshold)
     current = None
-    for i, t in enumerate(schedule.timesteps.tolist()):
+    for i, (t, t_a) in enumerate(zip(schedule.timesteps.tolist(), audio_schedule.timesteps.tolist())):
         index = min(expert_index(t, opts.boundary_ratio, opts.scheduler.num_train_timesteps),
                     len(towers.video_experts) - 1)
         if index != current:
@@ -146,11 +150,21 @@ def sample(
             if current == 0 and opts.release_high_expert:
                 towers.release(0)
             current = index
-        t_tensor = torch.tensor([t], device=device)
-        out = _guided(towers, towers.video_experts[index], torch.cat([video, condition], dim=1), audio,
-                      pos, neg, t_tensor, t_tensor, opts, dtype)
+            cache.reset()
+        expert = towers.video_experts[index]
+        t_video, t_audio = torch.tensor([t], device=device), torch.tensor([t_a], device=device)
+        video_in = torch.cat([video, condition], dim=1)
+        out = cache.lookup(towers, expert, video_in, audio, t_video, t_audio, dtype, last=i == opts.steps - 1)
+        if out is None:
+            run = lambda x_v, x_a, ctx, bridge_scale: joint_forward(  # noqa: E731
+                expert, towers.audio_dit, towers.bridge, x_v, x_a, ctx, t_video, t_audio, opts.fps,
+                bridge_scale=bridge_scale, dtype=dtype)
+            out = guided_velocity(run, video_in, audio, pos, neg, opts.guidance(i), batch=opts.batch_cfg)
+            cache.store(out)
         video = schedule.euler_step(video, out.video, i)
-        audio = schedule.euler_step(audio, out.audio, i)
+        audio = audio_schedule.euler_step(audio, out.audio, i)
         if callback is not None:
             callback(i + 1, opts.steps, video, audio)
+    if stats is not None:
+        stats.update(computed_steps=cache.computed, skipped_steps=cache.skipped)
     return video, audio
