@@ -1,0 +1,151 @@
+"""LoRA files from MOVA's official trainers (and the same keys in .safetensors).
+
+Layouts read:
+- accelerate trainer: ``lora_weights.pt`` with ``<component>.<module>.lora_A.weight`` [r,in] and
+  ``.lora_B.weight`` [out,r] (or ``.lora_A.default.weight``), rank/alpha in ``lora_config.pt`` beside it;
+- low-resource trainer: one ``.pt`` holding ``{"lora_state_dict": {"<component>.<module>.lora_A": …},
+  "rank": r, "alpha": a}``;
+- ``.safetensors`` with either key style; alpha from the metadata (``alpha``/``lora_alpha``) or a
+  per-module ``<module>.alpha`` tensor.
+Pickles are read with ``torch.load(weights_only=True)``. Alpha defaults to the rank.
+The update of a weight W is W + strength · (alpha / rank) · B · A.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .checkpoint import CheckpointError
+
+LORA_COMPONENTS = ("video_dit_2", "video_dit", "audio_dit", "dual_tower_bridge")  # longest prefix first
+_KEY = re.compile(r"^(?P<module>.+?)\.lora_(?P<part>[AB])(?:\.default)?(?:\.weight)?$")
+
+
+@dataclass(frozen=True)
+class LoraPatch:
+    """One low-rank update: down (A) [r,in], up (B) [out,r], scale alpha / rank."""
+
+    down: torch.Tensor
+    up: torch.Tensor
+    scale: float
+
+    def delta(self, dtype=torch.float32) -> torch.Tensor:
+        """The full update B·A·scale [out,in] (for tests and merging)."""
+        return (self.up.to(dtype) @ self.down.to(dtype)) * self.scale
+
+
+@dataclass
+class LoraFile:
+    """Patches per component, keyed by the weight they update (``blocks.0.self_attn.q.weight``)."""
+
+    path: str
+    patches: dict[str, dict[str, LoraPatch]]
+    unknown_keys: list[str]
+
+    def summary(self) -> str:
+        counts = ", ".join(f"{c}: {len(p)}" for c, p in self.patches.items() if p)
+        return f"{Path(self.path).name}: {counts or 'no patches'}"
+
+
+def _read_raw(path: Path) -> tuple[dict, dict]:
+    """(tensors by key, settings) from a .pt or .safetensors LoRA file."""
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            meta = f.metadata() or {}
+        settings = {k: json.loads(v) if v.replace(".", "", 1).isdigit() else v for k, v in meta.items()}
+        return tensors, settings
+    try:
+        data = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickles with code, or not a torch file at all
+        raise CheckpointError(
+            f"{path} could not be read as plain tensors ({type(exc).__name__}): only weights-only .pt files "
+            "and .safetensors are loaded; convert it to .safetensors."
+        ) from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} holds a {type(data).__name__}, not a LoRA state dict.")
+    if "lora_state_dict" in data:
+        return dict(data["lora_state_dict"]), {k: v for k, v in data.items() if k != "lora_state_dict"}
+    settings = {}
+    config = path.with_name("lora_config.pt")
+    if config.exists():
+        settings = dict(torch.load(str(config), map_location="cpu", weights_only=True))
+    return data, settings
+
+
+def _split_component(key: str) -> tuple[str | None, str]:
+    for component in LORA_COMPONENTS:
+        if key.startswith(component + "."):
+            return component, key[len(component) + 1:]
+    return None, key
+
+
+def read_lora(path: str | os.PathLike) -> LoraFile:
+    """Parse a LoRA file into per-component patches; keys it cannot place are kept in ``unknown_keys``."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"LoRA file {path} does not exist: put it in the loras folder.")
+    tensors, settings = _read_raw(path)
+    default_alpha = settings.get("alpha", settings.get("lora_alpha"))
+    parts: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+    alphas: dict[str, float] = {}
+    unknown = []
+    for key, tensor in tensors.items():
+        if not isinstance(tensor, torch.Tensor):
+            unknown.append(key)
+            continue
+        if key.endswith(".alpha"):
+            alphas[key[: -len(".alpha")]] = float(tensor)
+            continue
+        match = _KEY.match(key)
+        component, module = _split_component(match.group("module")) if match else (None, key)
+        if component is None:
+            unknown.append(key)
+            continue
+        parts.setdefault((component, module), {})[match.group("part")] = tensor
+    patches: dict[str, dict[str, LoraPatch]] = {c: {} for c in LORA_COMPONENTS}
+    for (component, module), ab in parts.items():
+        if set(ab) != {"A", "B"}:
+            unknown.append(f"{component}.{module}.lora_{'A' if 'A' in ab else 'B'} (its partner is missing)")
+            continue
+        rank = ab["A"].shape[0]
+        if ab["B"].shape[-1] != rank:
+            raise CheckpointError(
+                f"{path}: {component}.{module} has lora_A rank {rank} but lora_B {tuple(ab['B'].shape)}: the file is damaged."
+            )
+        alpha = alphas.get(f"{component}.{module}", default_alpha if default_alpha is not None else rank)
+        patches[component][module + ".weight"] = LoraPatch(
+            down=ab["A"].reshape(rank, -1), up=ab["B"].reshape(ab["B"].shape[0], rank), scale=float(alpha) / rank)
+    return LoraFile(path=str(path), patches=patches, unknown_keys=sorted(unknown))
+
+
+def match_patches(patches: dict[str, LoraPatch], shapes: dict[str, tuple[int, ...]]):
+    """(patches that fit the model, descriptions of those that do not) for a model's weight shapes."""
+    fits, misses = {}, []
+    for key, patch in patches.items():
+        shape = shapes.get(key)
+        if shape is None:
+            misses.append(f"{key} (no such weight)")
+        elif len(shape) != 2 or shape != (patch.up.shape[0], patch.down.shape[1]):
+            misses.append(f"{key} (LoRA {patch.up.shape[0]}x{patch.down.shape[1]}, weight {tuple(shape)})")
+        else:
+            fits[key] = patch
+    return fits, misses
+
+
+@torch.no_grad()
+def merge_lora_(model: torch.nn.Module, patches: dict[str, LoraPatch], strength: float) -> list[str]:
+    """Add strength · scale · B·A to the model's weights in place (plain torch use); returns misses."""
+    params = dict(model.named_parameters())
+    fits, misses = match_patches(patches, {k: tuple(p.shape) for k, p in params.items()})
+    for key, patch in fits.items():
+        weight = params[key]
+        weight.copy_((weight.float() + strength * patch.delta().to(weight.device)).to(weight.dtype))
+    return misses
