@@ -1,0 +1,31 @@
+"""MOVA Conditioning node: prompts + first frame (or white) -> MOVA condition and empty joint latent."""
+
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from . import spec
+from .comfy_io import schema
+from .condition import make_conditioning
+from .handles import LoadedPart
+
+
+class MovaConditioning(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return schema(spec.CONDITIONING)
+
+    @classmethod
+    def execute(cls, positive, negative, vae, audio_vae: LoadedPart, width: int, height: int, length: int,
+                fps: float, start_image=None) -> io.NodeOutput:
+        channels = getattr(vae, "latent_channels", 16)
+        if channels != 16:
+            raise ValueError(
+                f"vae makes {channels}-channel latents; MOVA needs the Wan 2.1 VAE (16 channels): load "
+                "wan_2.1_vae.safetensors with Load VAE (the Wan 2.2 VAE does not fit)."
+            )
+        cond, latent = make_conditioning(
+            positive, negative, lambda frames: vae.encode(frames[:, :, :, :3]), start_image,
+            width, height, length, fps, audio_vae.model.config,
+        )
+        return io.NodeOutput(cond, latent, fps)

@@ -1,0 +1,19 @@
+"""The pack's ComfyExtension: the list of MOVA nodes (imported only inside ComfyUI)."""
+
+from __future__ import annotations
+
+from comfy_api.latest import ComfyExtension, io
+
+from .audio_node import MovaAudioDecode
+from .conditioning_node import MovaConditioning
+from .loader_nodes import MovaAudioTowerLoader, MovaAudioVAELoader, MovaVideoExpertLoader
+from .sampler_node import MovaSampler
+
+NODE_CLASSES = [
+    MovaVideoExpertLoader, MovaAudioTowerLoader, MovaAudioVAELoader, MovaConditioning, MovaSampler, MovaAudioDecode,
+]
+
+
+class MovaExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return list(NODE_CLASSES)

@@ -1,0 +1,61 @@
+"""What travels on MOVA's custom sockets (plain data; ComfyUI objects are held, never imported)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..mova_model.bridge import DualTowerBridge
+from ..mova_model.dit import WanDiT
+
+HIGH_NOISE, LOW_NOISE = "high_noise", "low_noise"
+# LATENT dict key holding the audio half of MOVA's joint latent.
+LATENT_AUDIO_KEY = "mova_audio"
+
+
+class AudioTower(nn.Module):
+    """The audio DiT and the dual-tower bridge as one module (one unit for ComfyUI's memory manager)."""
+
+    def __init__(self, audio_dit: WanDiT, bridge: DualTowerBridge):
+        super().__init__()
+        self.audio_dit = audio_dit
+        self.bridge = bridge
+
+
+@dataclass(frozen=True)
+class LoadedPart:
+    """A loaded network: ``model`` (WanDiT, AudioTower or DAC), the dtype it computes in, where it came
+    from, and (inside ComfyUI) the ModelPatcher that moves it between devices."""
+
+    model: nn.Module
+    compute_dtype: torch.dtype
+    source: str
+    role: str | None = None  # video experts: HIGH_NOISE / LOW_NOISE when the file says so
+    patcher: Any = None
+
+
+@dataclass(frozen=True)
+class MovaConditioning:
+    """Text states [1|B,Lt,D] and the I2V condition [1,20,T,h,w] for one video size."""
+
+    context_pos: torch.Tensor
+    context_neg: torch.Tensor | None
+    condition: torch.Tensor
+    width: int
+    height: int
+    frames: int
+    fps: float
+
+
+@dataclass(frozen=True)
+class AudioLatent:
+    """Audio latents [B,C,L] of a video of ``frames`` at ``fps``, for the codec described here."""
+
+    samples: torch.Tensor
+    frames: int
+    fps: float
+    sample_rate: int
+    hop_length: int

@@ -1,0 +1,65 @@
+"""MOVA Sampler node: joint sampling with ComfyUI's memory manager, progress bar, previews and Cancel."""
+
+from __future__ import annotations
+
+import comfy.latent_formats
+import comfy.model_management as mm
+import comfy.utils
+import latent_preview
+from comfy_api.latest import io
+
+from . import spec
+from .comfy_io import schema
+from .handles import LoadedPart, MovaConditioning
+from .sampling import activation_bytes, sample_joint, split_joint_latent
+
+
+def unload(patcher) -> None:
+    """Move one model off the GPU now (the same steps ComfyUI's free_memory takes for one model)."""
+    for i, loaded in enumerate(mm.current_loaded_models):
+        if loaded.model is patcher:
+            loaded.model_unload()
+            mm.current_loaded_models.pop(i)
+            mm.soft_empty_cache()
+            return
+
+
+class MovaSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return schema(spec.SAMPLER)
+
+    @classmethod
+    def execute(cls, high_noise_expert: LoadedPart, low_noise_expert: LoadedPart, audio_tower: LoadedPart,
+                conditioning: MovaConditioning, latent: dict, seed: int, steps: int, cfg: float, shift: float,
+                boundary_ratio: float) -> io.NodeOutput:
+        device = mm.get_torch_device()
+        video, audio = split_joint_latent(latent)
+        experts = (high_noise_expert, low_noise_expert)
+        memory = activation_bytes(video.shape, audio.samples.shape, high_noise_expert.model.config,
+                                  audio_tower.model.audio_dit.config, high_noise_expert.compute_dtype)
+
+        def before_expert(index: int) -> None:
+            # At most one video expert on the GPU: drop the other before loading this one.
+            mm.throw_exception_if_processing_interrupted()
+            other = experts[1 - index].patcher
+            if other is not experts[index].patcher:
+                unload(other)
+            mm.load_models_gpu([experts[index].patcher, audio_tower.patcher], memory_required=memory)
+
+        progress = comfy.utils.ProgressBar(steps)
+        previewer = latent_preview.get_previewer(device, comfy.latent_formats.Wan21())
+
+        def on_step(step: int, total: int, video_now, audio_now) -> None:
+            preview = None
+            if previewer is not None:  # the middle latent frame (frame 0 is the given image)
+                middle = video_now.shape[2] // 2
+                preview = previewer.decode_latent_to_preview_image("JPEG", video_now[:, :, middle:middle + 1])
+            progress.update_absolute(step, total, preview)
+            mm.throw_exception_if_processing_interrupted()
+
+        video_latent, audio_latent = sample_joint(
+            high_noise_expert, low_noise_expert, audio_tower, conditioning, latent, seed, steps, cfg, shift,
+            boundary_ratio, device=device, before_expert=before_expert, on_step=on_step,
+        )
+        return io.NodeOutput(video_latent, audio_latent)

@@ -1,0 +1,93 @@
+"""The node layer without ComfyUI: the pack imports, the plain modules stay ComfyUI-free, schemas are sane."""
+
+import ast
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import comfyui_mova
+from comfyui_mova.nodes import spec
+
+PACK = Path(comfyui_mova.__file__).parent
+PLAIN_MODULES = ("spec", "handles", "model_files", "condition", "sampling", "audio_decode")
+
+
+def _comfy_available() -> bool:
+    return importlib.util.find_spec("comfy_api") is not None
+
+
+@pytest.mark.skipif(_comfy_available(), reason="comfy_api is importable here; this checks the plain-Python path")
+def test_entrypoint_without_comfyui_says_why():
+    import asyncio
+    with pytest.raises(RuntimeError, match="inside ComfyUI"):
+        asyncio.run(comfyui_mova.comfy_entrypoint())
+
+
+def test_pack_exports_no_v1_mappings():
+    # NODE_CLASS_MAPPINGS would make ComfyUI take the V1 path and ignore comfy_entrypoint.
+    assert not hasattr(comfyui_mova, "NODE_CLASS_MAPPINGS")
+
+
+def test_plain_node_modules_import_without_comfy():
+    """Fresh interpreter: importing the plain node modules pulls in no ComfyUI module."""
+    code = (
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('pack', {str(PACK / '__init__.py')!r}, "
+        f"submodule_search_locations=[{str(PACK)!r}])\n"
+        "m = importlib.util.module_from_spec(spec); sys.modules['pack'] = m; spec.loader.exec_module(m)\n"
+        + "".join(f"import pack.nodes.{name}\n" for name in PLAIN_MODULES)
+        + "bad = [n for n in sys.modules if n.split('.')[0] in ('comfy', 'comfy_api', 'folder_paths', 'nodes')]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_node_ids_prefixed_and_unique():
+    ids = [node.node_id for node in spec.ALL_NODES]
+    assert len(set(ids)) == len(ids)
+    assert all(i.startswith("Mova") for i in ids)
+
+
+@pytest.mark.parametrize("node", spec.ALL_NODES, ids=lambda n: n.node_id)
+def test_every_input_has_a_tooltip_and_valid_default(node):
+    names = [i.name for i in node.inputs]
+    assert len(set(names)) == len(names)
+    for item in node.inputs:
+        assert item.tooltip and len(item.tooltip) > 20, f"{node.node_id}.{item.name} needs a real tooltip"
+    for out in node.outputs:
+        assert out.tooltip
+    for widget in node.widgets:
+        if widget.default is not None:
+            assert widget.problem(widget.default) is None
+        assert widget.kind in ("INT", "FLOAT", "COMBO", "STRING")
+        if widget.kind == "COMBO":
+            assert (widget.options is None) != (widget.model_folder is None)
+    # optional inputs come last: ComfyUI lists required inputs first, so widget order must not depend on it
+    flags = [i.optional for i in node.sockets]
+    assert flags == sorted(flags)
+
+
+def test_widget_problem_messages():
+    steps = spec.SAMPLER.widgets[1]
+    assert steps.name == "steps"
+    assert steps.problem(0) == "steps 0 is below the minimum 1"
+    assert "whole number" in steps.problem(2.5)
+    assert spec.VIDEO_EXPERT_LOADER.widgets[1].problem("int4") is not None
+    assert spec.SAMPLER.widgets[0].stored_values == 2  # seed + its control_after_generate value
+
+
+def test_extension_lists_every_spec():
+    """extension.py (needs ComfyUI) registers a class for every spec, and each class uses its spec."""
+    tree = ast.parse((PACK / "nodes" / "extension.py").read_text())
+    listed = next(node.value for node in tree.body
+                  if isinstance(node, ast.Assign) and node.targets[0].id == "NODE_CLASSES")
+    classes = {elt.id for elt in listed.elts}
+    assert classes == {node.node_id for node in spec.ALL_NODES}
+    sources = "".join(p.read_text() for p in (PACK / "nodes").glob("*_node*.py"))
+    for node in spec.ALL_NODES:
+        constant = next(name for name, value in vars(spec).items() if value is node)
+        assert f"class {node.node_id}(io.ComfyNode)" in sources
+        assert f"schema(spec.{constant})" in sources
