@@ -1,0 +1,174 @@
+"""The shipped UI-format workflows: they parse, links are consistent, every node is ours or stock ComfyUI,
+widget values fit the schemas, and the MOVA graph is wired end to end."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from comfyui_mova.nodes import spec
+
+WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
+FILES = sorted(WORKFLOWS.glob("*.json"))
+
+# Stock ComfyUI nodes the workflows may use: widget names in order (ComfyUI v0.3.64; LoadImage stores its
+# upload button's value after the file name).
+STOCK_WIDGETS = {
+    "CLIPLoader": ("clip_name", "type", "device"),
+    "CLIPTextEncode": ("text",),
+    "VAELoader": ("vae_name",),
+    "LoadImage": ("image", "upload"),
+    "VAEDecode": (),
+    "VAEDecodeTiled": ("tile_size", "overlap", "temporal_size", "temporal_overlap"),
+    "CreateVideo": ("fps",),
+    "SaveVideo": ("filename_prefix", "format", "codec"),
+    "SaveAudio": ("filename_prefix",),
+    "PreviewAudio": (),
+    "Note": ("text",),
+    "MarkdownNote": ("text",),
+}
+STOCK_SOCKETS = {
+    "CLIPTextEncode": {"clip": "CLIP"},
+    "VAEDecode": {"samples": "LATENT", "vae": "VAE"},
+    "CreateVideo": {"images": "IMAGE", "audio": "AUDIO", "fps": "FLOAT"},
+    "SaveVideo": {"video": "VIDEO"},
+    "PreviewAudio": {"audio": "AUDIO"},
+}
+CONTROL_VALUES = ("fixed", "increment", "decrement", "randomize")
+
+
+def _load(path):
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _by_type(workflow, node_type):
+    return [n for n in workflow["nodes"] if n["type"] == node_type]
+
+
+def _source(workflow, node, input_name):
+    """(source node, output name) feeding ``input_name`` of ``node``, or None."""
+    entry = next((i for i in node["inputs"] if i["name"] == input_name), None)
+    if entry is None or entry["link"] is None:
+        return None
+    link = next(lk for lk in workflow["links"] if lk[0] == entry["link"])
+    src = next(n for n in workflow["nodes"] if n["id"] == link[1])
+    return src, src["outputs"][link[2]]["name"]
+
+
+def test_both_workflows_shipped():
+    assert {p.name for p in FILES} >= {"mova_i2va.json", "mova_t2va.json"}
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_links_consistent(path):
+    wf = _load(path)
+    nodes = {n["id"]: n for n in wf["nodes"]}
+    assert len(nodes) == len(wf["nodes"]), "duplicate node ids"
+    link_ids = [lk[0] for lk in wf["links"]]
+    assert len(set(link_ids)) == len(link_ids), "duplicate link ids"
+    assert wf["last_node_id"] >= max(nodes) and wf["last_link_id"] >= max(link_ids)
+    for link_id, src, slot, dst, dst_slot, kind in wf["links"]:
+        out = nodes[src]["outputs"][slot]
+        assert link_id in (out["links"] or []) and out["type"] == kind
+        entry = nodes[dst]["inputs"][dst_slot]
+        assert entry["link"] == link_id and entry["type"] == kind
+    for node in wf["nodes"]:
+        for entry in node["inputs"]:
+            assert entry["link"] is None or entry["link"] in link_ids
+        for out in node["outputs"]:
+            for link_id in out["links"] or []:
+                assert any(lk[0] == link_id and lk[1] == node["id"] for lk in wf["links"])
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_nodes_are_ours_or_stock_with_valid_widgets(path):
+    wf = _load(path)
+    for node in wf["nodes"]:
+        kind, values = node["type"], node["widgets_values"]
+        if kind in spec.NODES_BY_ID:
+            node_spec = spec.NODES_BY_ID[kind]
+            assert len(values) == sum(w.stored_values for w in node_spec.widgets), kind
+            position = 0
+            for widget in node_spec.widgets:
+                value = values[position]
+                assert widget.problem(value) is None, f"{kind}: {widget.problem(value)}"
+                if widget.control_after_generate:
+                    assert values[position + 1] in CONTROL_VALUES
+                position += widget.stored_values
+            assert [(i["name"], i["type"]) for i in node["inputs"] if "widget" not in i] == \
+                [(s.name, s.type) for s in node_spec.sockets], kind
+            assert [(o["name"], o["type"]) for o in node["outputs"]] == [(o.name, o.type) for o in node_spec.outputs]
+        else:
+            assert kind in STOCK_WIDGETS, f"{kind} is neither a MOVA node nor a stock node we know"
+            assert len(values) == len(STOCK_WIDGETS[kind]), kind
+            for entry in node["inputs"]:
+                if kind in STOCK_SOCKETS:
+                    assert STOCK_SOCKETS[kind][entry["name"]] == entry["type"]
+        assert node["mode"] == 0, f"{kind} is muted or bypassed"
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_loaders_declare_their_model_files(path):
+    wf = _load(path)
+    for node in wf["nodes"]:
+        node_spec = spec.NODES_BY_ID.get(node["type"])
+        if node_spec is not None:
+            folders = [(w, v) for w, v in zip(node_spec.widgets, node["widgets_values"]) if w.model_folder]
+            if folders:
+                models = node["properties"]["models"]
+                assert {(m["name"], m["directory"]) for m in models} == {(v, w.model_folder) for w, v in folders}
+                assert all(m["url"].startswith("https://huggingface.co/OpenMOSS-Team/") for m in models)
+        if node["type"] in ("CLIPLoader", "VAELoader"):
+            (entry,) = node["properties"]["models"]
+            assert entry["name"] == node["widgets_values"][0]
+            assert entry["url"].startswith("https://huggingface.co/") and entry["url"].endswith(entry["name"])
+    assert _by_type(wf, "CLIPLoader")[0]["widgets_values"][1] == "wan"
+    assert _by_type(wf, "VAELoader")[0]["widgets_values"][0] == "wan_2.1_vae.safetensors"
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_mova_graph_wired_end_to_end(path):
+    wf = _load(path)
+    (cond,) = _by_type(wf, "MovaConditioning")
+    (sampler,) = _by_type(wf, "MovaSampler")
+    (audio,) = _by_type(wf, "MovaAudioDecode")
+    (create,) = _by_type(wf, "CreateVideo")
+    (save,) = _by_type(wf, "SaveVideo")
+    for node in (cond, sampler, audio):
+        node_spec = spec.NODES_BY_ID[node["type"]]
+        for socket in node_spec.sockets:
+            if not socket.optional:
+                assert _source(wf, node, socket.name) is not None, f"{node['type']}.{socket.name} is not connected"
+    high, _ = _source(wf, sampler, "high_noise_expert")
+    low, _ = _source(wf, sampler, "low_noise_expert")
+    assert high["widgets_values"][0].endswith("video_dit") and low["widgets_values"][0].endswith("video_dit_2")
+    assert _source(wf, create, "audio") == (audio, "audio")
+    assert _source(wf, create, "fps") == (cond, "fps")  # the video's fps is the one the audio was sized for
+    assert _source(wf, save, "video") == (create, "VIDEO")
+    decoded, _ = _source(wf, create, "images")
+    assert decoded["type"] == "VAEDecode" and _source(wf, decoded, "samples") == (sampler, "video_latent")
+    assert any(_source(wf, n, "audio") == (audio, "audio") for n in _by_type(wf, "PreviewAudio"))
+    pos, _ = _source(wf, cond, "positive")
+    assert pos["type"] == "CLIPTextEncode" and "The audio shows" in pos["widgets_values"][0]
+    width, height, length, fps = cond["widgets_values"]
+    assert (width, height, length, fps) == (640, 352, 193, 24)
+    seed, _, steps, cfg, shift, boundary = sampler["widgets_values"]
+    assert (steps, cfg, shift, boundary) == (50, 5.0, 5.0, 0.9)
+
+
+def test_i2va_has_a_start_image_and_t2va_does_not():
+    i2va, t2va = _load(WORKFLOWS / "mova_i2va.json"), _load(WORKFLOWS / "mova_t2va.json")
+    (cond,) = _by_type(i2va, "MovaConditioning")
+    assert _source(i2va, cond, "start_image")[0]["type"] == "LoadImage"
+    (cond,) = _by_type(t2va, "MovaConditioning")
+    assert _source(t2va, cond, "start_image") is None and not _by_type(t2va, "LoadImage")
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_note_lists_model_files_and_folders(path):
+    wf = _load(path)
+    text = " ".join(n["widgets_values"][0] for n in _by_type(wf, "Note"))
+    for needle in ("models/diffusion_models/MOVA-360p/", "video_dit/", "video_dit_2/", "audio_dit/",
+                   "dual_tower_bridge/", "models/vae/MOVA-360p/audio_vae/", "wan_2.1_vae.safetensors",
+                   "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "hf download OpenMOSS-Team/MOVA-360p"):
+        assert needle in text
