@@ -84,6 +84,14 @@ class Checkpoint:
     def stored_dtypes(self) -> set[str]:
         return set(self._dtypes.values())
 
+    def dtypes(self) -> dict[str, str]:
+        """Key -> safetensors dtype name as stored ('BF16', 'F8_E4M3', ...)."""
+        return dict(self._dtypes)
+
+    def locate(self, key: str) -> tuple[Path, str]:
+        """(file, key as stored in that file) of a tensor."""
+        return self._where[key]
+
     def tensors(self, keys=None):
         """Yield (key, tensor) one at a time, shard by shard, memory-mapped."""
         wanted = set(self._where if keys is None else keys)
