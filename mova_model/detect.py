@@ -16,6 +16,7 @@ KIND_NAMES = {
 }
 METADATA_KIND = "mova.component"
 METADATA_CONFIG = "mova.config"
+METADATA_EXPERT = "mova.expert"   # "high" / "low" for the video experts of converted files
 
 
 def detect_kind(shapes: dict[str, tuple[int, ...]]) -> str | None:
