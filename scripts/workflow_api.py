@@ -1,0 +1,180 @@
+"""UI-format workflow -> ComfyUI API prompt, MOVA run parameters, and the missing-model check.
+
+Plain Python (standard library only). The conversion needs the server's ``/object_info`` to know which
+inputs are widgets and in which order their values are stored.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+SKIPPED_TYPES = {"Note", "MarkdownNote"}
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+MUTED, BYPASSED = 2, 4
+# Stock loader inputs and the model folder they list.
+STOCK_MODEL_INPUTS = {
+    ("CLIPLoader", "clip_name"): "text_encoders",
+    ("VAELoader", "vae_name"): "vae",
+    ("UNETLoader", "unet_name"): "diffusion_models",
+}
+
+
+class WorkflowError(ValueError):
+    """The workflow cannot be run as asked; the message says what to change."""
+
+
+def _pack_spec():
+    """The pack's nodes/spec.py (plain data), loaded by path so this script needs no package import."""
+    path = Path(__file__).resolve().parents[1] / "nodes" / "spec.py"
+    module_spec = importlib.util.spec_from_file_location("mova_node_spec", path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[module_spec.name] = module  # dataclasses look their module up while the class is built
+    module_spec.loader.exec_module(module)
+    return module
+
+
+def model_folders() -> dict[tuple[str, str], str]:
+    """(node type, input name) -> ComfyUI model folder, for every loader input we know."""
+    spec = _pack_spec()
+    folders = dict(STOCK_MODEL_INPUTS)
+    for node in spec.ALL_NODES:
+        for widget in node.widgets:
+            if widget.model_folder:
+                folders[(node.node_id, widget.name)] = widget.model_folder
+    return folders
+
+
+def _is_widget(kind, options: dict) -> bool:
+    return (isinstance(kind, list) or kind in WIDGET_TYPES) and not options.get("forceInput")
+
+
+def combo_options(kind, options: dict) -> list | None:
+    """The choices of a combo input: V1 lists them as the type, V3 as ("COMBO", {"options": [...]})."""
+    if isinstance(kind, list):
+        return kind
+    if kind == "COMBO":
+        return list(options.get("options", []))
+    return None
+
+
+def _stored_values(options: dict) -> int:
+    """Entries a widget takes in widgets_values: its value, plus control_after_generate / upload buttons."""
+    extra = 1 if options.get("control_after_generate") else 0
+    extra += sum(1 for key, value in options.items() if key.endswith("_upload") and value)
+    return 1 + extra
+
+
+def ui_to_api(workflow: dict, object_info: dict) -> dict:
+    """The API prompt {node id: {class_type, inputs, _meta}} of a UI-format workflow."""
+    links = {link[0]: link for link in workflow.get("links", [])}
+    nodes = {node["id"]: node for node in workflow["nodes"]}
+    prompt = {}
+    for node in workflow["nodes"]:
+        kind = node["type"]
+        if kind in SKIPPED_TYPES or node.get("mode", 0) == MUTED:
+            continue
+        title = node.get("title") or object_info.get(kind, {}).get("display_name") or kind
+        if node.get("mode", 0) == BYPASSED:
+            raise WorkflowError(f"node {node['id']} '{title}' is bypassed: enable it or delete it in the workflow")
+        if kind not in object_info:
+            raise WorkflowError(
+                f"node type {kind} ('{title}') is not installed on the server: install the pack that provides it "
+                "(for Mova* nodes: this pack in ComfyUI/custom_nodes) and restart ComfyUI; check the server log "
+                "for import errors."
+            )
+        info = object_info[kind]
+        linked = {entry["name"]: entry["link"] for entry in node.get("inputs", []) if entry.get("link") is not None}
+        values = list(node.get("widgets_values") or [])
+        position, inputs = 0, {}
+        for section in ("required", "optional"):
+            for name in info.get("input_order", {}).get(section, []):
+                kind_, *rest = info["input"][section][name]
+                options = rest[0] if rest else {}
+                if _is_widget(kind_, options):
+                    if position < len(values):
+                        inputs[name] = values[position]
+                    position += _stored_values(options)
+                if name in linked:
+                    link = links[linked[name]]
+                    if link[1] not in nodes:
+                        raise WorkflowError(f"link {link[0]} into '{title}' comes from a missing node {link[1]}")
+                    inputs[name] = [str(link[1]), link[2]]
+        prompt[str(node["id"])] = {"class_type": kind, "inputs": inputs, "_meta": {"title": title}}
+    return prompt
+
+
+def _single(prompt: dict, class_type: str) -> tuple[str, dict]:
+    found = [(key, node) for key, node in prompt.items() if node["class_type"] == class_type]
+    if len(found) != 1:
+        raise WorkflowError(f"the workflow must hold exactly one {class_type} node, it holds {len(found)}")
+    return found[0]
+
+
+def _source(prompt: dict, node: dict, name: str) -> tuple[str, dict] | None:
+    value = node["inputs"].get(name)
+    if isinstance(value, list):
+        return value[0], prompt[value[0]]
+    return None
+
+
+def set_parameters(prompt: dict, *, prompt_text: str | None = None, negative: str | None = None,
+                   seed: int | None = None, width: int | None = None, height: int | None = None,
+                   frames: int | None = None, steps: int | None = None, image_name: str | None = None) -> dict:
+    """Write the run's parameters into a MOVA API prompt (found by the graph, not by node ids)."""
+    _, cond = _single(prompt, "MovaConditioning")
+    _, sampler = _single(prompt, "MovaSampler")
+    for name, value in (("width", width), ("height", height), ("length", frames)):
+        if value is not None:
+            cond["inputs"][name] = value
+    for name, value in (("seed", seed), ("steps", steps)):
+        if value is not None:
+            sampler["inputs"][name] = value
+    for name, text in (("positive", prompt_text), ("negative", negative)):
+        if text is None:
+            continue
+        source = _source(prompt, cond, name)
+        if source is None or source[1]["class_type"] != "CLIPTextEncode":
+            raise WorkflowError(f"MOVA Conditioning's {name} input is not fed by a CLIP Text Encode node")
+        source[1]["inputs"]["text"] = text
+    image_source = _source(prompt, cond, "start_image")
+    if image_name is not None:
+        if image_source is None or image_source[1]["class_type"] != "LoadImage":
+            raise WorkflowError("this workflow has no start image (text only): use mova_i2va.json with --image")
+        image_source[1]["inputs"]["image"] = image_name
+    elif image_source is not None and image_source[1]["class_type"] == "LoadImage":
+        raise WorkflowError("this workflow starts from an image: give --image, or use mova_t2va.json for text only")
+    return prompt
+
+
+def missing_models(prompt: dict, object_info: dict, skip: set[tuple[str, str]] = frozenset()) -> list[str]:
+    """One message per combo value the server does not offer (model files first of all)."""
+    folders = model_folders()
+    problems = []
+    for key, node in prompt.items():
+        info = object_info.get(node["class_type"], {}).get("input", {})
+        for section in ("required", "optional"):
+            for name, (kind, *rest) in info.get(section, {}).items():
+                value = node["inputs"].get(name)
+                choices = combo_options(kind, rest[0] if rest else {})
+                if choices is None or isinstance(value, list) or value in choices or (key, name) in skip:
+                    continue
+                title = node["_meta"]["title"]
+                folder = folders.get((node["class_type"], name))
+                if folder:
+                    problems.append(f"model '{value}' for '{title}' ({name}) is not in ComfyUI/models/{folder}: "
+                                    "download it there (see the workflow's note or the README), then restart or "
+                                    "refresh ComfyUI")
+                else:
+                    problems.append(f"'{title}' ({name}): '{value}' is not one of the server's choices")
+    return problems
+
+
+def video_outputs(history_entry: dict, prompt: dict) -> list[dict]:
+    """The files SaveVideo nodes wrote ({filename, subfolder, type}) in a /history entry."""
+    found = []
+    for key, output in history_entry.get("outputs", {}).items():
+        if prompt.get(key, {}).get("class_type") == "SaveVideo":
+            found.extend(output.get("images", []))
+    return found

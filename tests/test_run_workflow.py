@@ -1,0 +1,173 @@
+"""The headless runner without a server: UI -> API conversion of the shipped workflows, parameters, the
+missing-model check, and a clear refusal when no server listens. (The real server run is in
+test_comfyui_integration.py.)"""
+
+import json
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+from comfyui_mova.nodes import spec
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import run_workflow  # noqa: E402
+from comfy_client import ComfyClient, ServerError  # noqa: E402
+from workflow_api import (  # noqa: E402
+    WorkflowError, combo_options, missing_models, set_parameters, ui_to_api, video_outputs,
+)
+
+UMT5 = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
+
+
+def _entry(inputs: dict, optional: dict | None = None, display=None):
+    return {"input": {"required": inputs, "optional": optional or {}},
+            "input_order": {"required": list(inputs), "optional": list(optional or {})},
+            "display_name": display}
+
+
+def _ours(node, files):
+    """/object_info of one of our nodes, in the form ComfyUI gives for V3 nodes (combos as COMBO + options)."""
+    required, optional = {}, {}
+    for item in node.inputs:
+        target = optional if getattr(item, "optional", False) else required
+        if isinstance(item, spec.Widget):
+            options = {"tooltip": item.tooltip, "default": item.default}
+            if item.control_after_generate:
+                options["control_after_generate"] = True
+            if item.kind == "COMBO":
+                options["options"] = list(item.options) if item.options else files[item.model_folder]
+            target[item.name] = ["COMBO" if item.kind == "COMBO" else item.kind, options]
+        else:
+            target[item.name] = [item.type, {"tooltip": item.tooltip}]
+    return _entry(required, optional, node.display_name)
+
+
+@pytest.fixture()
+def object_info():
+    """What a ComfyUI v0.3.64 server with this pack and the MOVA-360p files answers (trimmed to our graph)."""
+    files = {"diffusion_models": ["MOVA-360p/video_dit", "MOVA-360p/video_dit_2", "MOVA-360p/audio_dit",
+                                  "MOVA-360p/dual_tower_bridge"],
+             "vae": ["MOVA-360p/audio_vae", "wan_2.1_vae.safetensors"]}
+    info = {node.node_id: _ours(node, files) for node in spec.ALL_NODES}
+    info |= {
+        "CLIPLoader": _entry({"clip_name": [[UMT5]], "type": [["stable_diffusion", "wan"]],
+                              "device": [["default", "cpu"], {"advanced": True}]}),
+        "CLIPTextEncode": _entry({"text": ["STRING", {"multiline": True}], "clip": ["CLIP"]}),
+        "VAELoader": _entry({"vae_name": [files["vae"]]}),
+        "LoadImage": _entry({"image": [["example.png"], {"image_upload": True}]}),
+        "VAEDecode": _entry({"samples": ["LATENT"], "vae": ["VAE"]}),
+        "CreateVideo": _entry({"images": ["IMAGE"], "fps": ["FLOAT", {"default": 30.0}]}, {"audio": ["AUDIO"]}),
+        "SaveVideo": _entry({"video": ["VIDEO"], "filename_prefix": ["STRING"],
+                             "format": ["COMBO", {"options": ["auto", "mp4"]}],
+                             "codec": ["COMBO", {"options": ["auto", "h264"]}]}),
+        "PreviewAudio": _entry({"audio": ["AUDIO"]}),
+    }
+    return info
+
+
+def _workflow(name):
+    return json.loads((ROOT / "workflows" / name).read_text(encoding="utf-8"))
+
+
+def _node(prompt, class_type):
+    (node,) = [n for n in prompt.values() if n["class_type"] == class_type]
+    return node
+
+
+def test_i2va_converts_to_api(object_info):
+    prompt = ui_to_api(_workflow("mova_i2va.json"), object_info)
+    assert "Note" not in {n["class_type"] for n in prompt.values()}
+    cond = _node(prompt, "MovaConditioning")["inputs"]
+    assert (cond["width"], cond["height"], cond["length"], cond["fps"]) == (640, 352, 193, 24)
+    assert all(isinstance(cond[k], list) for k in ("positive", "negative", "vae", "audio_vae", "start_image"))
+    sampler = _node(prompt, "MovaSampler")["inputs"]
+    # the seed's control_after_generate value ("fixed") is skipped, not taken for steps
+    assert (sampler["seed"], sampler["steps"], sampler["cfg"], sampler["shift"], sampler["boundary_ratio"]) == \
+        (42, 50, 5.0, 5.0, 0.9)
+    assert _node(prompt, "LoadImage")["inputs"] == {"image": "example.png"}  # the upload button's value dropped
+    create = _node(prompt, "CreateVideo")["inputs"]
+    assert isinstance(create["fps"], list) and prompt[create["fps"][0]]["class_type"] == "MovaConditioning"
+    assert _node(prompt, "CLIPLoader")["inputs"] == {"clip_name": UMT5, "type": "wan", "device": "default"}
+    assert _node(prompt, "SaveVideo")["inputs"]["format"] == "auto"
+    assert missing_models(prompt, object_info) == []
+
+
+def test_set_parameters_by_graph(object_info):
+    prompt = ui_to_api(_workflow("mova_i2va.json"), object_info)
+    set_parameters(prompt, prompt_text="hello", negative="blurry", seed=9, width=320, height=176, frames=49,
+                   steps=25, image_name="face.png")
+    cond = _node(prompt, "MovaConditioning")["inputs"]
+    assert (cond["width"], cond["height"], cond["length"]) == (320, 176, 49)
+    assert (_node(prompt, "MovaSampler")["inputs"]["seed"], _node(prompt, "MovaSampler")["inputs"]["steps"]) == (9, 25)
+    assert prompt[cond["positive"][0]]["inputs"]["text"] == "hello"
+    assert prompt[cond["negative"][0]]["inputs"]["text"] == "blurry"
+    assert prompt[cond["start_image"][0]]["inputs"]["image"] == "face.png"
+
+
+def test_image_and_workflow_must_agree(object_info):
+    t2va = ui_to_api(_workflow("mova_t2va.json"), object_info)
+    with pytest.raises(WorkflowError, match="no start image.*mova_i2va.json"):
+        set_parameters(t2va, image_name="face.png")
+    i2va = ui_to_api(_workflow("mova_i2va.json"), object_info)
+    with pytest.raises(WorkflowError, match="give --image.*mova_t2va.json"):
+        set_parameters(i2va, prompt_text="x")
+
+
+def test_missing_model_files_are_named(object_info):
+    object_info["CLIPLoader"]["input"]["required"]["clip_name"] = [[]]
+    object_info["MovaVideoExpertLoader"]["input"]["required"]["model_name"][1]["options"] = ["MOVA-360p/video_dit"]
+    prompt = ui_to_api(_workflow("mova_t2va.json"), object_info)
+    problems = missing_models(prompt, object_info)
+    assert len(problems) == 2
+    assert any(UMT5 in p and "ComfyUI/models/text_encoders" in p for p in problems)
+    assert any("MOVA-360p/video_dit_2" in p and "ComfyUI/models/diffusion_models" in p for p in problems)
+
+
+def test_unknown_node_type_says_install(object_info):
+    del object_info["MovaSampler"]
+    with pytest.raises(WorkflowError, match="MovaSampler.*not installed on the server"):
+        ui_to_api(_workflow("mova_t2va.json"), object_info)
+
+
+def test_bypassed_node_refused(object_info):
+    workflow = _workflow("mova_t2va.json")
+    next(n for n in workflow["nodes"] if n["type"] == "PreviewAudio")["mode"] = 4
+    with pytest.raises(WorkflowError, match="bypassed"):
+        ui_to_api(workflow, object_info)
+
+
+def test_combo_formats():
+    assert combo_options(["a", "b"], {}) == ["a", "b"]
+    assert combo_options("COMBO", {"options": ["c"]}) == ["c"]
+    assert combo_options("INT", {"min": 0}) is None
+
+
+def test_video_outputs_from_history():
+    prompt = {"9": {"class_type": "SaveVideo"}, "3": {"class_type": "PreviewAudio"}}
+    history = {"outputs": {"9": {"images": [{"filename": "a.mp4", "subfolder": "video", "type": "output"}],
+                                 "animated": [True]},
+                           "3": {"audio": [{"filename": "b.flac"}]}}}
+    assert video_outputs(history, prompt) == [{"filename": "a.mp4", "subfolder": "video", "type": "output"}]
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_server_down_is_a_clear_error():
+    with pytest.raises(ServerError, match="cannot reach ComfyUI at http://127.0.0.1:.*start it first"):
+        ComfyClient(f"127.0.0.1:{_closed_port()}", timeout=5).object_info()
+
+
+def test_cli_server_down(tmp_path, capsys):
+    code = run_workflow.main(["--server", f"http://127.0.0.1:{_closed_port()}", "--prompt", "x",
+                              "--output", str(tmp_path / "out.mp4")])
+    assert code == 1
+    assert "cannot reach ComfyUI" in capsys.readouterr().err
+    assert not (tmp_path / "out.mp4").exists()
