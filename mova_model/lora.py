@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import CheckpointError
+from .quantize import dequantize, quantize_fp8
 
 LORA_COMPONENTS = ("video_dit_2", "video_dit", "audio_dit", "dual_tower_bridge")  # longest prefix first
 _KEY = re.compile(r"^(?P<module>.+?)\.lora_(?P<part>[AB])(?:\.default)?(?:\.weight)?$")
@@ -146,6 +147,13 @@ def merge_lora_(model: torch.nn.Module, patches: dict[str, LoraPatch], strength:
     params = dict(model.named_parameters())
     fits, misses = match_patches(patches, {k: tuple(p.shape) for k, p in params.items()})
     for key, patch in fits.items():
-        weight = params[key]
-        weight.copy_((weight.float() + strength * patch.delta().to(weight.device)).to(weight.dtype))
+        module = model.get_submodule(key[: -len(".weight")])
+        weight, scale = params[key], getattr(module, "scale_weight", None)
+        merged = dequantize(weight, scale, torch.float32) + strength * patch.delta().to(weight.device)
+        if scale is None:
+            weight.copy_(merged.to(weight.dtype))
+        else:  # fp8 weight: requantise with a fresh per-tensor scale
+            q, new_scale = quantize_fp8(merged, weight.dtype)
+            weight.copy_(q)
+            scale.copy_(new_scale.to(scale.device))
     return misses

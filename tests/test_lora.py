@@ -93,3 +93,20 @@ def test_pickles_with_code_are_refused(tmp_path):
     torch.save({"x": collections.OrderedDict(a=torch.zeros(1)), "obj": object()}, tmp_path / "evil.pt")
     with pytest.raises(CheckpointError, match=r"only weights-only \.pt files"):
         read_lora(tmp_path / "evil.pt")
+
+
+def test_merge_into_fp8_weights_requantises(golden_dir, tmp_path):
+    from comfyui_mova.mova_model.quantize import dequantize
+    fp8 = loading.load_component(golden_dir / "checkpoint", "video_dit", dtype=torch.float8_e4m3fn, component="video_dit")
+    layer = fp8.get_submodule(MODULES[0])
+    before = dequantize(layer.weight, layer.scale_weight, torch.float32)
+    a, b = _factors(fp8, MODULES[0], 2, 3)
+    a, b = a * 0.1, b * 0.1
+    torch.save({"lora_state_dict": {f"video_dit.{MODULES[0]}.lora_A": a, f"video_dit.{MODULES[0]}.lora_B": b},
+                "rank": 2, "alpha": 2}, tmp_path / "l.pt")
+    merge_lora_(fp8, read_lora(tmp_path / "l.pt").patches["video_dit"], strength=1.0)
+    after = dequantize(layer.weight, layer.scale_weight, torch.float32)
+    assert layer.weight.dtype == torch.float8_e4m3fn
+    expected = before + b @ a
+    assert (after - expected).norm() / expected.norm() < 0.05  # fp8 rounding
+    assert (after - before).norm() > 0.5 * (b @ a).norm()
