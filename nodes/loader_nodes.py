@@ -14,7 +14,7 @@ from comfy_api.latest import io
 from . import spec
 from .comfy_io import schema
 from .handles import LoadedPart
-from .model_files import load_audio_tower, load_audio_vae, load_video_expert, resolve_choice
+from .model_files import load_audio_tower, load_audio_vae, load_video_expert, needs_fp8_layers, resolve_choice
 from .model_files import weight_dtype as storage_dtype
 
 # Newer ComfyUI has a dynamic-VRAM patcher; fall back to the classic one.
@@ -25,11 +25,17 @@ def _path(folder: str, name: str):
     return resolve_choice(name, folder_paths.get_folder_paths(folder), folder)
 
 
+def _operations(paths, dtype):
+    """comfy.ops layers that cast weights to the activations' dtype/device on the fly (which partial loading
+    needs); ComfyUI's scaled-fp8 Linear (weight * scale_weight) when fp8 weights are involved."""
+    return comfy.ops.scaled_fp8_ops() if needs_fp8_layers(paths, dtype) else comfy.ops.manual_cast
+
+
 def _load(loader, dtype_choice: str, *paths) -> LoadedPart:
-    """Build on the offload device with comfy.ops.manual_cast layers (weights cast to the activations'
-    dtype/device on the fly, which partial loading needs), then wrap in a ModelPatcher."""
+    """Build on the offload device with comfy.ops layers, then wrap in a ModelPatcher."""
     load_device, offload_device = mm.get_torch_device(), mm.unet_offload_device()
-    part = loader(*paths, dtype=storage_dtype(dtype_choice), operations=comfy.ops.manual_cast, device=offload_device)
+    dtype = storage_dtype(dtype_choice)
+    part = loader(*paths, dtype=dtype, operations=_operations(paths, dtype), device=offload_device)
     stored = next(p.dtype for p in part.model.parameters() if p.is_floating_point())
     # ComfyUI's rule for the compute dtype on this device (None: the stored dtype computes fine there).
     compute = mm.unet_manual_cast(stored, load_device, [torch.bfloat16, torch.float16, torch.float32])

@@ -13,7 +13,7 @@ from typing import Iterable
 
 import torch
 
-from ..mova_model.checkpoint import INDEX_NAME, CheckpointError
+from ..mova_model.checkpoint import INDEX_NAME, CheckpointError, open_checkpoint
 from ..mova_model.loading import load_component
 from ..mova_model.ops import torch_ops
 from .handles import HIGH_NOISE, LOW_NOISE, AudioTower, LoadedPart
@@ -39,6 +39,19 @@ def weight_dtype(choice: str) -> torch.dtype | None:
 def compute_dtype_for(stored: torch.dtype) -> torch.dtype:
     """The dtype to compute in for weights stored as ``stored``: fp8 weights compute in bf16."""
     return torch.bfloat16 if stored in (torch.float8_e4m3fn, torch.float8_e5m2) else stored
+
+
+FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
+
+
+def needs_fp8_layers(paths: Iterable[Path], dtype: torch.dtype | None) -> bool:
+    """True when the networks will hold fp8 Linear weights: fp8 asked for, or a file that stores fp8
+    (converted or ComfyUI scaled-fp8 files) loaded as stored."""
+    if dtype in FP8_DTYPES:
+        return True
+    if dtype is not None:
+        return False  # a float dtype dequantises stored fp8 weights
+    return any(name.startswith("F8_") for path in paths for name in open_checkpoint(path).dtypes().values())
 
 
 def _is_component_dir(folder: Path) -> bool:

@@ -66,6 +66,12 @@ class ComfyClient:
             raise ServerError(f"ComfyUI refused the workflow: {exc}") from exc
         return answer["prompt_id"]
 
+    def cancel(self, prompt_id: str) -> None:
+        """Stop this prompt: interrupt it if it runs, drop it from the queue if it waits."""
+        headers = {"Content-Type": "application/json"}
+        self._request("/interrupt", json.dumps({"prompt_id": prompt_id}).encode(), headers)
+        self._request("/queue", json.dumps({"delete": [prompt_id]}).encode(), headers)
+
     def history(self, prompt_id: str) -> dict:
         return self.get_json(f"/history/{prompt_id}").get(prompt_id, {})
 

@@ -116,7 +116,12 @@ def main(argv=None) -> int:
         try:
             prompt_id = client.queue(prompt)
             print(f"queued {prompt_id} on {client.base}", flush=True)
-            wait(client, socket, prompt_id, prompt, args.timeout)
+            try:
+                wait(client, socket, prompt_id, prompt, args.timeout)
+            except KeyboardInterrupt:
+                client.cancel(prompt_id)
+                print("cancelled on the server", file=sys.stderr)
+                return 130
         finally:
             socket.close()
         videos = video_outputs(finished_history(client, prompt_id), prompt)

@@ -265,3 +265,43 @@ def test_wrong_wiring_reaches_the_user(client):
     inputs["high_noise_expert"], inputs["low_noise_expert"] = inputs["low_noise_expert"], inputs["high_noise_expert"]
     with pytest.raises(ServerError, match="high_noise_expert got the low-noise expert.*swap"):
         _run(client, prompt)
+
+
+def test_fp8_weights_run(client, tmp_path):
+    """weight_dtype fp8_e4m3fn on every MOVA loader: built with ComfyUI's scaled-fp8 layers, runs to an MP4."""
+    prompt = _prompt(client, "mova_t2va.json", seed=6)
+    for node in prompt.values():
+        if node["class_type"] in ("MovaVideoExpertLoader", "MovaAudioTowerLoader"):
+            node["inputs"]["weight_dtype"] = "fp8_e4m3fn"
+    videos, progress = _run(client, prompt)
+    assert [v for k, v in progress if k == "MovaSampler"][-1] == STEPS
+    _check_mp4(client.download(videos[0], tmp_path / "fp8.mp4"))
+
+
+def test_cancel_stops_the_sampler(client):
+    """Cancel (POST /interrupt) during sampling stops the MOVA Sampler between steps."""
+    from comfy_client import ServerError
+    from run_workflow import wait
+    prompt = _prompt(client, "mova_t2va.json", seed=7)
+    next(n for n in prompt.values() if n["class_type"] == "MovaSampler")["inputs"]["steps"] = 1000
+    ws = client.websocket()
+    try:
+        prompt_id = client.queue(prompt)
+        steps = []
+        while not steps:
+            message = ws.receive(timeout=120)
+            assert message is not None, "no progress from the sampler"
+            data = message.get("data", {})
+            if message["type"] == "progress" and prompt.get(data.get("node"), {}).get("class_type") == "MovaSampler":
+                steps.append(data["value"])
+        client.cancel(prompt_id)
+        with pytest.raises(ServerError, match="cancelled"):
+            wait(client, ws, prompt_id, prompt, timeout=120)
+    finally:
+        ws.close()
+    deadline = time.monotonic() + 60
+    while not client.history(prompt_id) and time.monotonic() < deadline:  # filed just after the last message
+        time.sleep(0.2)
+    status = client.history(prompt_id).get("status", {})
+    assert status and not status.get("completed")
+    assert any(event[0] == "execution_interrupted" for event in status.get("messages", []))

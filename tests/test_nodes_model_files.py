@@ -12,7 +12,8 @@ from comfyui_mova.mova_model.checkpoint import CheckpointError
 from comfyui_mova.mova_model.configs import BridgeConfig, config_to_dict
 from comfyui_mova.nodes.handles import HIGH_NOISE, LOW_NOISE, AudioTower
 from comfyui_mova.nodes.model_files import (
-    list_choices, load_audio_tower, load_audio_vae, load_video_expert, resolve_choice, weight_dtype,
+    list_choices, load_audio_tower, load_audio_vae, load_video_expert, needs_fp8_layers, resolve_choice,
+    weight_dtype,
 )
 
 
@@ -123,3 +124,18 @@ def test_bridge_from_another_release_is_refused(models, tmp_path):
     (folder / "config.json").write_text(json.dumps(config_to_dict(config)))
     with pytest.raises(ValueError, match="does not fit the audio DiT.*same MOVA release"):
         load_audio_tower(models / "MOVA-tiny" / "audio_dit", folder)
+
+
+def test_fp8_layers_needed_when_asked_or_stored(models, tmp_path):
+    expert = models / "MOVA-tiny" / "video_dit"
+    assert not needs_fp8_layers([expert], None)
+    assert needs_fp8_layers([expert], torch.float8_e4m3fn)
+    fp8 = load_video_expert(expert, dtype=torch.float8_e4m3fn)  # quantised on load (scale_weight per layer)
+    stored = tmp_path / "expert_fp8.safetensors"
+    meta = {"mova.config": (expert / "config.json").read_text()}
+    save_file({k: v.contiguous() for k, v in fp8.model.state_dict().items()}, str(stored), metadata=meta)
+    assert needs_fp8_layers([models / "MOVA-tiny" / "audio_dit", stored], None)
+    assert not needs_fp8_layers([stored], torch.bfloat16)  # a float dtype dequantises
+    again = load_video_expert(stored)
+    assert again.model.blocks[0].ffn[0].weight.dtype == torch.float8_e4m3fn
+    assert again.compute_dtype == torch.bfloat16
