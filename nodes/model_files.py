@@ -14,6 +14,7 @@ from typing import Iterable
 import torch
 
 from ..mova_model.checkpoint import INDEX_NAME, CheckpointError, open_checkpoint
+from ..mova_model.detect import METADATA_EXPERT
 from ..mova_model.loading import load_component
 from ..mova_model.ops import torch_ops
 from .handles import HIGH_NOISE, LOW_NOISE, AudioTower, LoadedPart
@@ -25,8 +26,9 @@ WEIGHT_DTYPES = {
     "fp16": torch.float16,
     "fp8_e4m3fn": torch.float8_e4m3fn,
 }
-# Folder names of the release, and which expert each one is.
+# Folder names of the release (and the converter's file metadata), and which expert each one is.
 EXPERT_ROLES = {"video_dit": HIGH_NOISE, "video_dit_2": LOW_NOISE}
+METADATA_ROLES = {"high": HIGH_NOISE, "low": LOW_NOISE}
 
 
 def weight_dtype(choice: str) -> torch.dtype | None:
@@ -95,8 +97,11 @@ def resolve_choice(name: str, roots: Iterable[str | os.PathLike], folder: str) -
 
 
 def expert_role(path: Path) -> str | None:
-    """HIGH_NOISE for a release's video_dit folder, LOW_NOISE for video_dit_2, None when a file does not say."""
-    return EXPERT_ROLES.get(path.name) if path.is_dir() else None
+    """HIGH_NOISE for a release's video_dit folder or a converted "high" file, LOW_NOISE for video_dit_2 or
+    "low", None when the file does not say."""
+    if path.is_dir():
+        return EXPERT_ROLES.get(path.name)
+    return METADATA_ROLES.get(open_checkpoint(path).metadata.get(METADATA_EXPERT))
 
 
 def _load(path, kind, dtype, operations, device):

@@ -90,13 +90,15 @@ def test_unknown_weight_dtype():
         weight_dtype("int4")
 
 
-def test_single_file_has_no_role(models, golden_dir, tmp_path):
+def test_single_file_role_from_metadata(models, golden_dir, tmp_path):
     file = tmp_path / "expert.safetensors"
     shutil.copyfile(golden_dir / "checkpoint" / "video_dit" / "diffusion_pytorch_model.safetensors", file)
     meta = {"mova.config": (golden_dir / "checkpoint" / "video_dit" / "config.json").read_text()}
     from safetensors.torch import load_file
     save_file(load_file(str(file)), str(file), metadata=meta)
     assert load_video_expert(file).role is None
+    save_file(load_file(str(file)), str(file), metadata=meta | {"mova.expert": "low"})  # as the converter writes
+    assert load_video_expert(file).role == LOW_NOISE
 
 
 def test_wrong_component_names_the_file(models):
