@@ -163,6 +163,13 @@ def test_all_nodes_register(client, base):
         ["MOVA-360p/audio_vae", "wan_2.1_vae.safetensors"]
 
 
+def test_workflows_served_as_templates(client):
+    """ComfyUI's template browser lists the shipped workflows under the pack and serves them unchanged."""
+    assert sorted(client.get_json("/workflow_templates")["comfyui-mova"]) == ["mova_i2va", "mova_t2va"]
+    served = client.get_json("/api/workflow_templates/comfyui-mova/mova_i2va.json")
+    assert served == json.loads((PACK / "workflows" / "mova_i2va.json").read_text())
+
+
 def test_cli_refuses_missing_text_encoder(server, base, tmp_path):
     run = subprocess.run([sys.executable, str(SCRIPTS / "run_workflow.py"), "--server", server, "--image",
                           str(tmp_path / "none.png"), "--output", str(tmp_path / "x.mp4")],
