@@ -312,3 +312,30 @@ def test_cancel_stops_the_sampler(client):
     status = client.history(prompt_id).get("status", {})
     assert status and not status.get("completed")
     assert any(event[0] == "execution_interrupted" for event in status.get("messages", []))
+
+
+def test_same_file_loaded_once(client, tmp_path):
+    """Two loader nodes with the same file and settings: ComfyUI's cache runs one, the other reuses it."""
+    prompt = _prompt(client, "mova_t2va.json", seed=8)
+    loader_key = next(k for k, n in prompt.items() if n["class_type"] == "MovaAudioVAELoader")
+    prompt[loader_key]["inputs"]["weight_dtype"] = "fp16"  # settings no earlier test used: nothing cached yet
+    prompt["9001"] = json.loads(json.dumps(prompt[loader_key]))
+    decoder = next(n for n in prompt.values() if n["class_type"] == "MovaAudioDecode")
+    decoder["inputs"]["audio_vae"] = ["9001", 0]
+    ws = client.websocket()
+    executed = []
+    receive = ws.receive
+
+    def spy(timeout=None):
+        message = receive(timeout)
+        if message and message.get("type") == "executing" and message["data"].get("node") in (loader_key, "9001"):
+            executed.append(message["data"]["node"])
+        return message
+
+    ws.receive = spy
+    try:
+        from run_workflow import wait
+        wait(client, ws, client.queue(prompt), prompt, timeout=600)
+    finally:
+        ws.close()
+    assert len(executed) == 1, executed
