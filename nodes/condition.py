@@ -38,8 +38,11 @@ def fit_frame(image: torch.Tensor, width: int, height: int) -> torch.Tensor:
     target aspect ratio, then bilinear resize."""
     if image.dim() == 4:
         image = image[0]
-    if image.dim() != 3 or image.shape[-1] < 3:
-        raise ValueError(f"start_image must be an IMAGE [B,H,W,3], got shape {tuple(image.shape)}")
+    if image.dim() != 3 or image.shape[-1] < 3 or image.shape[0] < 1 or image.shape[1] < 1:
+        raise ValueError(
+            f"start_image must be an IMAGE [B,H,W,3] with at least one pixel, got shape {tuple(image.shape)}: "
+            "connect Load Image (or leave start_image empty for a white first frame)"
+        )
     src_h, src_w = image.shape[0], image.shape[1]
     if src_w * height > width * src_h:      # too wide: crop the sides
         crop_w = round(src_h * width / height)

@@ -29,6 +29,7 @@ WEIGHT_DTYPES = {
 # Folder names of the release (and the converter's file metadata), and which expert each one is.
 EXPERT_ROLES = {"video_dit": HIGH_NOISE, "video_dit_2": LOW_NOISE}
 METADATA_ROLES = {"high": HIGH_NOISE, "low": LOW_NOISE}
+FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 
 
 def weight_dtype(choice: str) -> torch.dtype | None:
@@ -40,10 +41,7 @@ def weight_dtype(choice: str) -> torch.dtype | None:
 
 def compute_dtype_for(stored: torch.dtype) -> torch.dtype:
     """The dtype to compute in for weights stored as ``stored``: fp8 weights compute in bf16."""
-    return torch.bfloat16 if stored in (torch.float8_e4m3fn, torch.float8_e5m2) else stored
-
-
-FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
+    return torch.bfloat16 if stored in FP8_DTYPES else stored
 
 
 def needs_fp8_layers(paths: Iterable[Path], dtype: torch.dtype | None) -> bool:

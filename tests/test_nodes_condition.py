@@ -63,6 +63,13 @@ def test_fit_frame_uses_first_image_and_rgb():
     assert out.shape == (16, 16, 3) and torch.allclose(out, torch.full_like(out, 0.2))
 
 
+def test_fit_frame_refuses_non_images():
+    with pytest.raises(ValueError, match="start_image must be an IMAGE.*Load Image"):
+        fit_frame(torch.zeros(1, 0, 16, 3), 16, 16)
+    with pytest.raises(ValueError, match="start_image must be an IMAGE"):
+        fit_frame(torch.zeros(16, 16), 16, 16)
+
+
 def test_condition_frames_white_default_and_grey_rest():
     frames = condition_frames(None, 32, 16, 9)
     assert frames.shape == (9, 16, 32, 3)
