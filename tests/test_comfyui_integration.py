@@ -109,6 +109,10 @@ def base(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def server(base):
     """A ComfyUI server on a free port (stopped after the module); yields its URL."""
+    import importlib.util
+    if importlib.util.find_spec("aiohttp") is None:
+        pytest.fail("COMFYUI_PATH is set but this Python lacks ComfyUI's requirements (aiohttp): "
+                    "run pytest with the Python of ComfyUI's environment")
     port = _free_port()
     log = open(base / "server.log", "w")
     process = subprocess.Popen(
