@@ -11,3 +11,12 @@ def rel_l2(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 GOLDEN_TOL = 1e-4
+
+
+def load_golden_towers(golden_dir, dtype=torch.float32, device="cpu"):
+    """The golden tiny release as MovaTowers (high and low expert, audio DiT, bridge), freshly loaded."""
+    from comfyui_mova.mova_model import loading, sampler
+    ckpt = golden_dir / "checkpoint"
+    load = lambda kind, folder: loading.load_component(ckpt, kind, dtype=dtype, device=device, component=folder)  # noqa: E731
+    return sampler.MovaTowers([load("video_dit", "video_dit"), load("video_dit", "video_dit_2")],
+                              load("audio_dit", "audio_dit"), load("dual_tower_bridge", "dual_tower_bridge"))

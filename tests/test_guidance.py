@@ -4,20 +4,15 @@ and step caching — each checked against real joint forwards of the tiny golden
 import pytest
 import torch
 
-from comfyui_mova.mova_model import joint, loading, sampler, scheduler
+from comfyui_mova.mova_model import joint, sampler, scheduler
 from comfyui_mova.mova_model.guidance import Guidance
 from mova_testing import GOLDEN_TOL, rel_l2
+from mova_testing import load_golden_towers
 
 
 @pytest.fixture(scope="module")
 def towers(golden_dir):
-    ckpt = golden_dir / "checkpoint"
-    return sampler.MovaTowers(
-        [loading.load_component(ckpt, "video_dit", dtype=torch.float32, component=c) for c in ("video_dit", "video_dit_2")],
-        loading.load_component(ckpt, "audio_dit", dtype=torch.float32),
-        loading.load_component(ckpt, "dual_tower_bridge", dtype=torch.float32),
-    )
-
+    return load_golden_towers(golden_dir)
 
 def _one_step(towers, g, fps, **options):
     opts = sampler.SamplingOptions(steps=1, fps=fps, **options)

@@ -6,17 +6,12 @@ import torch
 from comfyui_mova.mova_model import audio, joint, loading, sampler, sizes
 from comfyui_mova.mova_model.configs import DACConfig
 from mova_testing import rel_l2
+from mova_testing import load_golden_towers
 
 
 @pytest.fixture(scope="module")
 def tiny(golden_dir):
-    ckpt = golden_dir / "checkpoint"
-    return sampler.MovaTowers(
-        [loading.load_component(ckpt, "video_dit", dtype=torch.float32, component=c) for c in ("video_dit", "video_dit_2")],
-        loading.load_component(ckpt, "audio_dit", dtype=torch.float32),
-        loading.load_component(ckpt, "dual_tower_bridge", dtype=torch.float32),
-    )
-
+    return load_golden_towers(golden_dir)
 
 def _inputs(g, batch=1):
     x = torch.cat([g["noise_video"], g["condition"]], dim=1)

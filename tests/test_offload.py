@@ -3,21 +3,15 @@
 import pytest
 import torch
 
-from comfyui_mova.mova_model import joint, loading, sampler
+from comfyui_mova.mova_model import joint, sampler
 from comfyui_mova.mova_model.offload import disable_block_swap, enable_block_swap
+from mova_testing import load_golden_towers
 
 GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
 def _load(golden_dir, device="cpu"):
-    ckpt = golden_dir / "checkpoint"
-    return sampler.MovaTowers(
-        [loading.load_component(ckpt, "video_dit", dtype=torch.float32, component=c, device=device)
-         for c in ("video_dit", "video_dit_2")],
-        loading.load_component(ckpt, "audio_dit", dtype=torch.float32, device=device),
-        loading.load_component(ckpt, "dual_tower_bridge", dtype=torch.float32, device=device),
-    )
-
+    return load_golden_towers(golden_dir, device=device)
 
 def _forward(towers, g, fps, device="cpu"):
     x = torch.cat([g["noise_video"], g["condition"]], dim=1).to(device)
