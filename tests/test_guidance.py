@@ -6,8 +6,7 @@ import torch
 
 from comfyui_mova.mova_model import joint, sampler, scheduler
 from comfyui_mova.mova_model.guidance import Guidance
-from mova_testing import GOLDEN_TOL, rel_l2
-from mova_testing import load_golden_towers
+from mova_testing import GOLDEN_TOL, load_golden_towers, rel_l2
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,7 @@ import torch
 
 from comfyui_mova.mova_model import audio, joint, loading, sampler, sizes
 from comfyui_mova.mova_model.configs import DACConfig
-from mova_testing import rel_l2
-from mova_testing import load_golden_towers
+from mova_testing import load_golden_towers, rel_l2
 
 
 @pytest.fixture(scope="module")
