@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+
 import folder_paths
 from comfy_api.latest import io
 
 from . import spec
+from .lora_patches import lora_choices
 from .model_files import list_choices
 
 CUSTOM_TYPES = {
     name: io.Custom(name)
-    for name in (spec.VIDEO_EXPERT, spec.AUDIO_TOWER, spec.AUDIO_VAE, spec.MOVA_CONDITIONING, spec.AUDIO_LATENT)
+    for name in (spec.VIDEO_EXPERT, spec.AUDIO_TOWER, spec.AUDIO_VAE, spec.MOVA_CONDITIONING, spec.AUDIO_LATENT,
+                 spec.SAMPLER_OPTIONS)
 }
 STOCK_TYPES = {
     "CONDITIONING": io.Conditioning, "VAE": io.Vae, "IMAGE": io.Image, "LATENT": io.Latent,
@@ -23,7 +27,9 @@ def _type(name: str):
 
 
 def model_choices(folder: str) -> list[str]:
-    """Files and component folders of one of ComfyUI's model folders."""
+    """Files and component folders of one of ComfyUI's model folders (any LoRA file for loras)."""
+    if folder == "loras":
+        return lora_choices(folder_paths.get_filename_list(folder))
     return list_choices(folder_paths.get_filename_list(folder), folder_paths.get_folder_paths(folder))
 
 
@@ -46,7 +52,7 @@ def _input(item):
     return _type(item.type).Input(item.name, optional=item.optional, tooltip=item.tooltip)
 
 
-def schema(node: spec.NodeSpec) -> io.Schema:
+def schema(node: spec.NodeSpec, hidden: list | None = None) -> io.Schema:
     """The io.Schema of a MOVA node, in the MOVA category."""
     return io.Schema(
         node_id=node.node_id,
@@ -56,4 +62,16 @@ def schema(node: spec.NodeSpec) -> io.Schema:
         inputs=[_input(i) for i in node.inputs],
         # output ids must differ from input ids (MovaConditioning has an fps widget and an fps output)
         outputs=[_type(o.type).Output(f"out_{o.name}", display_name=o.name, tooltip=o.tooltip) for o in node.outputs],
+        hidden=hidden,
     )
+
+
+def show_text(node_id: str | None, text: str) -> None:
+    """Show ``text`` on the node in the browser (ComfyUI's progress text, as Get Image Size does)."""
+    if not node_id:
+        return
+    try:
+        from server import PromptServer
+        PromptServer.instance.send_progress_text(text, node_id)
+    except Exception as exc:  # no server (scripts, tests): the log has the text anyway
+        logging.getLogger(__name__).debug("could not show text on node %s: %s", node_id, exc)

@@ -7,10 +7,12 @@ from comfy_api.latest import ComfyExtension, io
 from .audio_node import MovaAudioDecode
 from .conditioning_node import MovaConditioning
 from .loader_nodes import MovaAudioTowerLoader, MovaAudioVAELoader, MovaVideoExpertLoader
-from .sampler_node import MovaSampler
+from .lora_node import MovaLoraLoader
+from .sampler_node import MovaSampler, MovaSamplerOptions
 
 NODE_CLASSES = [
     MovaVideoExpertLoader, MovaAudioTowerLoader, MovaAudioVAELoader, MovaConditioning, MovaSampler, MovaAudioDecode,
+    MovaLoraLoader, MovaSamplerOptions,
 ]
 
 

@@ -59,3 +59,14 @@ class AudioLatent:
     fps: float
     sample_rate: int
     hop_length: int
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """What MOVA Sampler Options sends: None / 1.0 / 0.0 values are the official behaviour."""
+
+    bridge_cfg: float = 1.0
+    audio_cfg: float | None = None      # None: the sampler's cfg
+    audio_shift: float | None = None    # None: the sampler's shift
+    cfg_cutoff: float = 1.0
+    cache_threshold: float = 0.0

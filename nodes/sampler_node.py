@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import logging
+
 import comfy.latent_formats
 import comfy.model_management as mm
 import comfy.utils
 import latent_preview
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
 from . import spec
-from .comfy_io import schema
-from .handles import LoadedPart, MovaConditioning
-from .sampling import activation_bytes, sample_joint, split_joint_latent
+from .comfy_io import schema, show_text
+from .handles import LoadedPart, MovaConditioning, SamplerSettings
+from .sampling import activation_bytes, cache_report, make_settings, sample_joint, split_joint_latent
+
+log = logging.getLogger(__name__)
 
 
 def unload(patcher) -> None:
@@ -27,12 +31,12 @@ def unload(patcher) -> None:
 class MovaSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return schema(spec.SAMPLER)
+        return schema(spec.SAMPLER, hidden=[io.Hidden.unique_id])
 
     @classmethod
     def execute(cls, high_noise_expert: LoadedPart, low_noise_expert: LoadedPart, audio_tower: LoadedPart,
                 conditioning: MovaConditioning, latent: dict, seed: int, steps: int, cfg: float, shift: float,
-                boundary_ratio: float) -> io.NodeOutput:
+                boundary_ratio: float, options: SamplerSettings | None = None) -> io.NodeOutput:
         device = mm.get_torch_device()
         video, audio = split_joint_latent(latent)
         experts = (high_noise_expert, low_noise_expert)
@@ -58,8 +62,26 @@ class MovaSampler(io.ComfyNode):
             progress.update_absolute(step, total, preview)
             mm.throw_exception_if_processing_interrupted()
 
+        stats = {}
         video_latent, audio_latent = sample_joint(
             high_noise_expert, low_noise_expert, audio_tower, conditioning, latent, seed, steps, cfg, shift,
-            boundary_ratio, device=device, before_expert=before_expert, on_step=on_step,
+            boundary_ratio, device=device, before_expert=before_expert, on_step=on_step, settings=options,
+            stats=stats,
         )
-        return io.NodeOutput(video_latent, audio_latent)
+        if options is None or options.cache_threshold <= 0:
+            return io.NodeOutput(video_latent, audio_latent)
+        report = cache_report(stats)
+        log.info("MOVA Sampler: %s (threshold %g)", report, options.cache_threshold)
+        show_text(cls.hidden.unique_id, report)
+        return io.NodeOutput(video_latent, audio_latent, ui=ui.PreviewText(report))
+
+
+class MovaSamplerOptions(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return schema(spec.SAMPLER_OPTIONS_NODE)
+
+    @classmethod
+    def execute(cls, bridge_cfg: float, audio_cfg: float, audio_shift: float, cfg_cutoff: float,
+                cache_threshold: float) -> io.NodeOutput:
+        return io.NodeOutput(make_settings(bridge_cfg, audio_cfg, audio_shift, cfg_cutoff, cache_threshold))

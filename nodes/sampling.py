@@ -10,7 +10,8 @@ import torch
 from ..mova_model.configs import DiTConfig
 from ..mova_model.latents import denormalise_video_latents
 from ..mova_model.sampler import MovaTowers, SamplingOptions, make_noise, sample
-from .handles import HIGH_NOISE, LATENT_AUDIO_KEY, LOW_NOISE, AudioLatent, LoadedPart, MovaConditioning
+from .handles import (HIGH_NOISE, LATENT_AUDIO_KEY, LOW_NOISE, AudioLatent, LoadedPart, MovaConditioning,
+                      SamplerSettings)
 
 ROLE_NAMES = {HIGH_NOISE: "the high-noise expert (video_dit)", LOW_NOISE: "the low-noise expert (video_dit_2)"}
 
@@ -28,14 +29,19 @@ def split_joint_latent(latent) -> tuple[torch.Tensor, AudioLatent]:
     return latent["samples"], audio
 
 
-def check_setup(high: LoadedPart, low: LoadedPart, tower: LoadedPart, cond: MovaConditioning,
-                video: torch.Tensor, audio: AudioLatent) -> MovaTowers:
-    """Raise a ValueError saying what to change when the parts do not belong together; else the towers."""
+def check_roles(high: LoadedPart, low: LoadedPart) -> None:
+    """The experts' files say which is which: refuse swapped connections with the fix."""
     for slot, part, wrong in (("high_noise_expert", high, LOW_NOISE), ("low_noise_expert", low, HIGH_NOISE)):
         if part.role == wrong:
             raise ValueError(
                 f"{slot} got {ROLE_NAMES[wrong]} ({part.source}): swap the two expert loaders' connections."
             )
+
+
+def check_setup(high: LoadedPart, low: LoadedPart, tower: LoadedPart, cond: MovaConditioning,
+                video: torch.Tensor, audio: AudioLatent) -> MovaTowers:
+    """Raise a ValueError saying what to change when the parts do not belong together; else the towers."""
+    check_roles(high, low)
     audio_dit, bridge = tower.model.audio_dit, tower.model.bridge
     towers = MovaTowers([high.model, low.model], audio_dit, bridge)
     text_dim = high.model.config.text_dim
@@ -78,23 +84,65 @@ def activation_bytes(video_shape, audio_shape, video: DiTConfig, audio: DiTConfi
     return int(b * per_sample * size)
 
 
+def make_settings(bridge_cfg: float, audio_cfg: float, audio_shift: float, cfg_cutoff: float,
+                  cache_threshold: float) -> SamplerSettings:
+    """MOVA Sampler Options' widgets as settings: audio_cfg / audio_shift 0 mean the sampler's cfg / shift."""
+    settings = SamplerSettings(bridge_cfg=bridge_cfg, audio_cfg=audio_cfg or None, audio_shift=audio_shift or None,
+                               cfg_cutoff=cfg_cutoff, cache_threshold=cache_threshold)
+    sampling_options(1, 5.0, 5.0, 0.9, 24.0, settings)  # the same checks the sampler makes, here at the source
+    return settings
+
+
+def sampling_options(steps: int, cfg: float, shift: float, boundary_ratio: float, fps: float,
+                     settings: SamplerSettings | None = None) -> SamplingOptions:
+    """The core sampler's options from the MOVA Sampler's widgets and MOVA Sampler Options (None: official)."""
+    if settings is not None and not isinstance(settings, SamplerSettings):
+        raise ValueError("options: expected the output of MOVA Sampler Options")
+    s = settings or SamplerSettings()
+    if not 0.0 <= s.cfg_cutoff <= 1.0:
+        raise ValueError(f"cfg_cutoff {s.cfg_cutoff} must lie in 0..1 (the share of steps that use CFG)")
+    if s.cache_threshold < 0:
+        raise ValueError(f"cache_threshold {s.cache_threshold} must be 0 (off) or positive")
+    if s.audio_shift is not None and s.audio_shift <= 0:
+        raise ValueError(f"audio_shift {s.audio_shift} must be positive (or unset: the sampler's shift)")
+    return SamplingOptions(steps=steps, cfg_scale=cfg, shift=shift, boundary_ratio=boundary_ratio, fps=fps,
+                           audio_cfg_scale=s.audio_cfg, audio_shift=s.audio_shift, bridge_cfg_scale=s.bridge_cfg,
+                           cfg_cutoff=s.cfg_cutoff, cache_threshold=s.cache_threshold)
+
+
+def needs_negative(options: SamplingOptions) -> bool:
+    """Whether any text CFG is on (for video or audio): then the negative prompt is used."""
+    audio = options.cfg_scale if options.audio_cfg_scale is None else options.audio_cfg_scale
+    return options.cfg_scale != 1.0 or audio != 1.0
+
+
+def cache_report(stats: dict) -> str:
+    """One line on step caching: how many steps reused the previous result."""
+    computed, skipped = stats.get("computed_steps", 0), stats.get("skipped_steps", 0)
+    total = computed + skipped
+    share = skipped / total if total else 0.0
+    return f"step caching skipped {skipped} of {total} steps ({share:.0%})"
+
+
 def sample_joint(high: LoadedPart, low: LoadedPart, tower: LoadedPart, cond: MovaConditioning, latent: dict,
                  seed: int, steps: int, cfg: float, shift: float, boundary_ratio: float,
                  device: torch.device | str | None = None,
                  before_expert: Callable[[int], None] | None = None,
                  on_step: Callable[[int, int, torch.Tensor, torch.Tensor], None] | None = None,
+                 settings: SamplerSettings | None = None, stats: dict | None = None,
                  ) -> tuple[dict, AudioLatent]:
     """Denoise MOVA's joint latent from seeded noise. Returns the video as a ComfyUI LATENT (raw Wan 2.1
     latents, float32, CPU) and the audio latents. ``before_expert(i)`` runs before expert i (0 high,
-    1 low) is first used; ``on_step(step, total, video, audio)`` after every step (raise to cancel)."""
+    1 low) is first used; ``on_step(step, total, video, audio)`` after every step (raise to cancel).
+    ``settings`` come from MOVA Sampler Options; ``stats`` receives computed_steps / skipped_steps."""
     video, audio = split_joint_latent(latent)
     towers = check_setup(high, low, tower, cond, video, audio)
     video_noise, audio_noise = make_noise(video.shape, audio.samples.shape, seed)
-    options = SamplingOptions(steps=steps, cfg_scale=cfg, shift=shift, boundary_ratio=boundary_ratio, fps=cond.fps)
-    negative = None if cfg == 1.0 else cond.context_neg
+    options = sampling_options(steps, cfg, shift, boundary_ratio, cond.fps, settings)
+    negative = cond.context_neg if needs_negative(options) else None
     out_video, out_audio = sample(
         towers, cond.condition, cond.context_pos, negative, video_noise, audio_noise, options,
-        callback=on_step, before_expert=before_expert, dtype=high.compute_dtype, device=device,
+        callback=on_step, before_expert=before_expert, dtype=high.compute_dtype, device=device, stats=stats,
     )
     video_latent = {"samples": denormalise_video_latents(out_video).cpu()}
     audio_latent = AudioLatent(out_audio.float().cpu(), audio.frames, audio.fps, audio.sample_rate, audio.hop_length)

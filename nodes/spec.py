@@ -18,6 +18,7 @@ AUDIO_TOWER = "MOVA_AUDIO_TOWER"
 AUDIO_VAE = "MOVA_AUDIO_VAE"
 MOVA_CONDITIONING = "MOVA_CONDITIONING"
 AUDIO_LATENT = "MOVA_AUDIO_LATENT"
+SAMPLER_OPTIONS = "MOVA_SAMPLER_OPTIONS"
 
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
 WEIGHT_DTYPES = ("default", "bf16", "fp16", "fp8_e4m3fn")
@@ -193,6 +194,8 @@ SAMPLER = NodeSpec(
         Widget("boundary_ratio", "FLOAT", default=0.9, min=0.0, max=1.0, step=0.01,
                tooltip="Switch from the high-noise to the low-noise expert when the timestep drops below "
                "this fraction of 1000 (0.9 official)."),
+        Socket("options", SAMPLER_OPTIONS, "Optional: dual CFG, separate audio CFG and shift, CFG cut-off and "
+               "step caching from MOVA Sampler Options. Unconnected: the official settings.", optional=True),
     ),
     outputs=(
         Socket("video_latent", "LATENT", "Video latent: decode it with VAE Decode and the Wan 2.1 VAE."),
@@ -215,5 +218,65 @@ AUDIO_DECODE = NodeSpec(
     outputs=(Socket("audio", "AUDIO", "Mono waveform at the codec's sample rate, trimmed to the video's length."),),
 )
 
-ALL_NODES = (VIDEO_EXPERT_LOADER, AUDIO_TOWER_LOADER, AUDIO_VAE_LOADER, CONDITIONING, SAMPLER, AUDIO_DECODE)
+
+def _strength(name: str, what: str) -> Widget:
+    return Widget(name, "FLOAT", default=1.0, min=-10.0, max=10.0, step=0.01,
+                  tooltip=f"How strongly the LoRA changes {what}: 1.0 as trained, 0 leaves it untouched, "
+                  "negative values push the other way.")
+
+
+LORA_LOADER = NodeSpec(
+    node_id="MovaLoraLoader",
+    display_name="MOVA LoRA Loader",
+    description="Applies a LoRA from MOVA's official trainers (lora_weights.pt, the single-file .pt or "
+    ".safetensors) to the video experts and the audio tower, with one strength per part. The inputs are left "
+    "untouched (unplug the node to remove the LoRA); chain loaders to stack LoRAs.",
+    inputs=(
+        Socket("high_noise_expert", VIDEO_EXPERT, "The high-noise video expert (video_dit); the LoRA's video_dit "
+               "weights go here."),
+        Socket("low_noise_expert", VIDEO_EXPERT, "The low-noise video expert (video_dit_2); the LoRA's video_dit_2 "
+               "weights go here."),
+        Socket("audio_tower", AUDIO_TOWER, "Audio DiT + bridge; the LoRA's audio_dit and dual_tower_bridge "
+               "weights go here."),
+        Widget("lora_name", "COMBO", model_folder="loras",
+               tooltip="A MOVA LoRA in models/loras: lora_weights.pt (with lora_config.pt beside it), a trainer "
+               "checkpoint .pt holding lora_state_dict, or a .safetensors with the same keys."),
+        _strength("strength_high_noise", "the high-noise expert"),
+        _strength("strength_low_noise", "the low-noise expert"),
+        _strength("strength_audio", "the audio DiT"),
+        _strength("strength_bridge", "the dual-tower bridge"),
+    ),
+    outputs=(
+        Socket("high_noise_expert", VIDEO_EXPERT, "The high-noise expert with the LoRA, for the MOVA Sampler."),
+        Socket("low_noise_expert", VIDEO_EXPERT, "The low-noise expert with the LoRA, for the MOVA Sampler."),
+        Socket("audio_tower", AUDIO_TOWER, "The audio tower with the LoRA, for the MOVA Sampler."),
+    ),
+)
+
+SAMPLER_OPTIONS_NODE = NodeSpec(
+    node_id="MovaSamplerOptions",
+    display_name="MOVA Sampler Options",
+    description="Guidance and speed settings beyond the official pipeline, for the MOVA Sampler's options "
+    "input. The defaults reproduce the official behaviour.",
+    inputs=(
+        Widget("bridge_cfg", "FLOAT", default=1.0, min=0.0, max=30.0, step=0.1,
+               tooltip="Dual CFG: guidance on the audio-video bridge (s_B). 1.0 is off (official). 3.5 improved "
+               "lip sync in the MOVA paper at 360p; it adds a third model pass per step (about 1.5x slower)."),
+        Widget("audio_cfg", "FLOAT", default=0.0, min=0.0, max=30.0, step=0.1,
+               tooltip="Text CFG for the audio only. 0 uses the sampler's cfg for both (official)."),
+        Widget("audio_shift", "FLOAT", default=0.0, min=0.0, max=100.0, step=0.1,
+               tooltip="Sigma shift for the audio only (dual sigma shift). 0 uses the sampler's shift (official)."),
+        Widget("cfg_cutoff", "FLOAT", default=1.0, min=0.0, max=1.0, step=0.01,
+               tooltip="Share of the steps that use CFG; later steps run one plain pass (faster). 1.0 is CFG on "
+               "every step (official); 0.8 runs the last 20% of the steps without CFG."),
+        Widget("cache_threshold", "FLOAT", default=0.0, min=0.0, max=1.0, step=0.01,
+               tooltip="Step caching (like TeaCache / EasyCache): reuse the last step's result while the model "
+               "input changed less than this in total (relative L1). 0 is off (official); higher skips more "
+               "steps at some quality cost. The sampler shows how many steps it skipped."),
+    ),
+    outputs=(Socket("options", SAMPLER_OPTIONS, "Connect to the MOVA Sampler's options input."),),
+)
+
+ALL_NODES = (VIDEO_EXPERT_LOADER, AUDIO_TOWER_LOADER, AUDIO_VAE_LOADER, CONDITIONING, SAMPLER, AUDIO_DECODE,
+             LORA_LOADER, SAMPLER_OPTIONS_NODE)
 NODES_BY_ID = {spec.node_id: spec for spec in ALL_NODES}

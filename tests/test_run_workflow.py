@@ -51,7 +51,8 @@ def object_info():
     """What a ComfyUI v0.3.64 server with this pack and the MOVA-360p files answers (trimmed to our graph)."""
     files = {"diffusion_models": ["MOVA-360p/video_dit", "MOVA-360p/video_dit_2", "MOVA-360p/audio_dit",
                                   "MOVA-360p/dual_tower_bridge"],
-             "vae": ["MOVA-360p/audio_vae", "wan_2.1_vae.safetensors"]}
+             "vae": ["MOVA-360p/audio_vae", "wan_2.1_vae.safetensors"],
+             "loras": ["my_mova_lora/lora_weights.pt"]}
     info = {node.node_id: _ours(node, files) for node in spec.ALL_NODES}
     info |= {
         "CLIPLoader": _entry({"clip_name": [[UMT5]], "type": [["stable_diffusion", "wan"]],
@@ -125,6 +126,24 @@ def test_missing_model_files_are_named(object_info):
     assert len(problems) == 2
     assert any(UMT5 in p and "ComfyUI/models/text_encoders" in p for p in problems)
     assert any("MOVA-360p/video_dit_2" in p and "ComfyUI/models/diffusion_models" in p for p in problems)
+
+
+def test_lora_and_dual_cfg_workflows_convert(object_info):
+    lora = ui_to_api(_workflow("mova_i2va_lora.json"), object_info)
+    loader = _node(lora, "MovaLoraLoader")["inputs"]
+    assert loader["lora_name"] == "my_mova_lora/lora_weights.pt" and loader["strength_bridge"] == 1.0
+    sampler = _node(lora, "MovaSampler")["inputs"]
+    assert all(lora[sampler[k][0]]["class_type"] == "MovaLoraLoader"
+               for k in ("high_noise_expert", "low_noise_expert", "audio_tower"))
+    assert missing_models(lora, object_info) == []
+    object_info["MovaLoraLoader"]["input"]["required"]["lora_name"][1]["options"] = []
+    (problem,) = missing_models(lora, object_info)
+    assert "my_mova_lora/lora_weights.pt" in problem and "ComfyUI/models/loras" in problem
+    dual = ui_to_api(_workflow("mova_i2va_dual_cfg.json"), object_info)
+    options = _node(dual, "MovaSamplerOptions")["inputs"]
+    assert options == {"bridge_cfg": 3.5, "audio_cfg": 0.0, "audio_shift": 0.0, "cfg_cutoff": 1.0,
+                       "cache_threshold": 0.0}
+    assert dual[_node(dual, "MovaSampler")["inputs"]["options"][0]]["class_type"] == "MovaSamplerOptions"
 
 
 def test_unknown_node_type_says_install(object_info):

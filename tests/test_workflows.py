@@ -55,8 +55,17 @@ def _source(workflow, node, input_name):
     return src, src["outputs"][link[2]]["name"]
 
 
-def test_both_workflows_shipped():
-    assert {p.name for p in FILES} >= {"mova_i2va.json", "mova_t2va.json"}
+def _loader(workflow, node, input_name):
+    """The loader behind ``input_name`` of ``node``, looking through MOVA LoRA Loaders."""
+    src, output = _source(workflow, node, input_name)
+    while src["type"] == "MovaLoraLoader":
+        src, output = _source(workflow, src, output)
+    return src
+
+
+def test_all_workflows_shipped():
+    assert {p.name for p in FILES} >= {"mova_i2va.json", "mova_t2va.json", "mova_i2va_lora.json",
+                                       "mova_i2va_dual_cfg.json"}
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
@@ -113,7 +122,9 @@ def test_loaders_declare_their_model_files(path):
     for node in wf["nodes"]:
         node_spec = spec.NODES_BY_ID.get(node["type"])
         if node_spec is not None:
-            folders = [(w, v) for w, v in zip(node_spec.widgets, node["widgets_values"]) if w.model_folder]
+            # the LoRA is the user's own file: no download link (the workflow's note says where it goes)
+            folders = [(w, v) for w, v in zip(node_spec.widgets, node["widgets_values"])
+                       if w.model_folder and w.model_folder != "loras"]
             if folders:
                 models = node["properties"]["models"]
                 assert {(m["name"], m["directory"]) for m in models} == {(v, w.model_folder) for w, v in folders}
@@ -139,8 +150,8 @@ def test_mova_graph_wired_end_to_end(path):
         for socket in node_spec.sockets:
             if not socket.optional:
                 assert _source(wf, node, socket.name) is not None, f"{node['type']}.{socket.name} is not connected"
-    high, _ = _source(wf, sampler, "high_noise_expert")
-    low, _ = _source(wf, sampler, "low_noise_expert")
+    high, low = _loader(wf, sampler, "high_noise_expert"), _loader(wf, sampler, "low_noise_expert")
+    assert _loader(wf, sampler, "audio_tower")["type"] == "MovaAudioTowerLoader"
     assert high["widgets_values"][0].endswith("video_dit") and low["widgets_values"][0].endswith("video_dit_2")
     assert _source(wf, create, "audio") == (audio, "audio")
     assert _source(wf, create, "fps") == (cond, "fps")  # the video's fps is the one the audio was sized for
@@ -172,3 +183,34 @@ def test_note_lists_model_files_and_folders(path):
                    "dual_tower_bridge/", "models/vae/MOVA-360p/audio_vae/", "wan_2.1_vae.safetensors",
                    "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "hf download OpenMOSS-Team/MOVA-360p"):
         assert needle in text
+
+
+def test_lora_workflow_patches_all_three_parts():
+    wf = _load(WORKFLOWS / "mova_i2va_lora.json")
+    (sampler,) = _by_type(wf, "MovaSampler")
+    (lora,) = _by_type(wf, "MovaLoraLoader")
+    for name in ("high_noise_expert", "low_noise_expert", "audio_tower"):
+        assert _source(wf, sampler, name) == (lora, name)  # each output to the same-named sampler input
+    name, *strengths = lora["widgets_values"]
+    assert name.endswith("lora_weights.pt") and strengths == [1.0, 1.0, 1.0, 1.0]
+    notes = " ".join(n["widgets_values"][0] for n in _by_type(wf, "Note"))
+    assert "models/loras/" in notes and "lora_config.pt" in notes
+
+
+def test_dual_cfg_workflow_sets_only_the_bridge_scale():
+    wf = _load(WORKFLOWS / "mova_i2va_dual_cfg.json")
+    (sampler,) = _by_type(wf, "MovaSampler")
+    (options,) = _by_type(wf, "MovaSamplerOptions")
+    assert _source(wf, sampler, "options") == (options, "options")
+    values = dict(zip((w.name for w in spec.SAMPLER_OPTIONS_NODE.widgets), options["widgets_values"]))
+    defaults = {w.name: w.default for w in spec.SAMPLER_OPTIONS_NODE.widgets}
+    assert values == defaults | {"bridge_cfg": 3.5}
+    assert defaults["bridge_cfg"] == 1.0  # unplugged or default: the official sampler
+
+
+@pytest.mark.parametrize("name", ["mova_i2va.json", "mova_t2va.json"])
+def test_plain_workflows_use_official_sampling(name):
+    wf = _load(WORKFLOWS / name)
+    assert not _by_type(wf, "MovaLoraLoader") and not _by_type(wf, "MovaSamplerOptions")
+    (sampler,) = _by_type(wf, "MovaSampler")
+    assert _source(wf, sampler, "options") is None
