@@ -1,15 +1,17 @@
 """End to end in a real ComfyUI (COMFYUI_PATH = a ComfyUI checkout; run pytest with ComfyUI's Python).
 
 Starts ``main.py --cpu`` on 127.0.0.1 with a temporary base directory holding this pack, tiny random models
-written here (a MOVA release, a random full-size Wan 2.1 VAE in ComfyUI's format) and a test-only text
-node (UMT5-XXL has no tiny form ComfyUI can load), then runs the shipped mova_i2va.json through the
-headless client and checks the MP4.
+written here (a MOVA release, a random full-size Wan 2.1 VAE in ComfyUI's format, MOVA LoRAs), a test-only
+text node (UMT5-XXL has no tiny form ComfyUI can load) and a weight probe node (tests/comfy_fixtures.py),
+then runs the shipped workflows through the headless client and checks the MP4s, and checks ComfyUI's
+application of MOVA LoRA patches weight by weight.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -18,7 +20,10 @@ from fractions import Fraction
 from pathlib import Path
 
 import pytest
+import torch
 
+from comfy_fixtures import (PROBE_NODE, STRENGTHS, TEXT_NODE, WAN_VAE, lora_delta, lora_node, loaders, original,
+                            probe_node, probed, write_test_loras)
 from comfyui_mova.nodes import spec
 
 COMFYUI = os.environ.get("COMFYUI_PATH")
@@ -31,53 +36,6 @@ pytestmark = [
 PACK = Path(__file__).resolve().parents[1]
 SCRIPTS = PACK / "scripts"
 WIDTH, HEIGHT, FRAMES, FPS, STEPS = 32, 32, 25, 24.0, 4
-
-TEXT_NODE = '''
-import hashlib
-import torch
-
-class TestRandomTextStates:
-    """Test only: deterministic random [1,16,4096] text states in place of UMT5-XXL."""
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"text": ("STRING", {"multiline": True})}}
-    RETURN_TYPES = ("CONDITIONING",)
-    FUNCTION = "encode"
-    CATEGORY = "testing"
-
-    def encode(self, text):
-        seed = int(hashlib.sha256(text.encode()).hexdigest()[:8], 16)
-        states = torch.randn(1, 16, 4096, generator=torch.Generator().manual_seed(seed))
-        return ([[states, {"pooled_output": None}]],)
-
-NODE_CLASS_MAPPINGS = {"TestRandomTextStates": TestRandomTextStates}
-'''
-
-WAN_VAE = '''
-import math, sys
-OUT = sys.argv[1]
-sys.argv = ["write_vae", "--cpu"]
-sys.path.insert(0, ".")
-import comfy.options
-comfy.options.enable_args_parsing()
-import torch
-import comfy.ldm.wan.vae as wan_vae
-from safetensors.torch import save_file
-model = wan_vae.WanVAE(dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
-                       temperal_downsample=[False, True, True], dropout=0.0)
-gen = torch.Generator().manual_seed(0)
-state = {}
-for key, value in model.state_dict().items():
-    if key.endswith("gamma"):
-        state[key] = torch.ones(value.shape)
-    elif value.dim() >= 2:
-        fan_in = math.prod(value.shape[1:])
-        state[key] = torch.randn(value.shape, generator=gen) * (0.5 / math.sqrt(fan_in))
-    else:
-        state[key] = torch.zeros(value.shape)
-save_file({k: v.half().contiguous() for k, v in state.items()}, OUT)
-'''
-
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -95,12 +53,14 @@ def base(tmp_path_factory) -> Path:
     (root / "custom_nodes").mkdir()
     (root / "custom_nodes" / "comfyui-mova").symlink_to(PACK, target_is_directory=True)
     (root / "custom_nodes" / "test_text_states.py").write_text(TEXT_NODE)
+    (root / "custom_nodes" / "test_weight_probe.py").write_text(PROBE_NODE)
     models = root / "models"
     write_release(models / "diffusion_models" / "MOVA-360p",
                   ("video_dit", "video_dit_2", "audio_dit", "dual_tower_bridge"))
     write_release(models / "vae" / "MOVA-360p", ("audio_vae",))
     vae_file = models / "vae" / "wan_2.1_vae.safetensors"
     subprocess.run([sys.executable, "-c", WAN_VAE, str(vae_file)], cwd=COMFYUI, check=True, capture_output=True)
+    write_test_loras(models / "loras")
     (root / "input").mkdir()
     Image.new("RGB", (48, 40), (200, 120, 40)).save(root / "input" / "start.png")
     return root
@@ -169,7 +129,8 @@ def test_all_nodes_register(client, base):
 
 def test_workflows_served_as_templates(client):
     """ComfyUI's template browser lists the shipped workflows under the pack and serves them unchanged."""
-    assert sorted(client.get_json("/workflow_templates")["comfyui-mova"]) == ["mova_i2va", "mova_t2va"]
+    assert sorted(client.get_json("/workflow_templates")["comfyui-mova"]) == \
+        ["mova_i2va", "mova_i2va_dual_cfg", "mova_i2va_lora", "mova_t2va"]
     served = client.get_json("/api/workflow_templates/comfyui-mova/mova_i2va.json")
     assert served == json.loads((PACK / "workflows" / "mova_i2va.json").read_text())
 
@@ -210,7 +171,8 @@ def _prompt(client, workflow: str, **params):
     return prompt
 
 
-def _run(client, prompt):
+def _run(client, prompt, outputs: dict | None = None):
+    """(SaveVideo files, sampler progress) of one prompt run; ``outputs`` receives every node's UI output."""
     from run_workflow import finished_history, wait
     from workflow_api import video_outputs
     ws = client.websocket()
@@ -229,7 +191,10 @@ def _run(client, prompt):
         wait(client, ws, prompt_id, prompt, timeout=600)
     finally:
         ws.close()
-    return video_outputs(finished_history(client, prompt_id), prompt), progress
+    history = finished_history(client, prompt_id)
+    if outputs is not None:
+        outputs.update(history.get("outputs", {}))
+    return video_outputs(history, prompt), progress
 
 
 def _check_mp4(path: Path):
@@ -343,3 +308,105 @@ def test_same_file_loaded_once(client, tmp_path):
     finally:
         ws.close()
     assert len(executed) == 1, executed
+
+
+def test_lora_patches_stack_and_come_off(client, base, tmp_path):
+    """A LoRA at strength s: W + s·(alpha/rank)·B·A on each part's weights (ComfyUI applying the patches);
+    a second loader stacks; the loaders' own outputs keep the exact original weights."""
+    factors = write_test_loras(tmp_path / "loras")  # the same seeded files the server has
+    first = dict(zip(STRENGTHS, (0.5, 1.5, -1.0, 2.0)))
+    second = dict(zip(STRENGTHS, (0.75, 1.0, 1.0, 1.0)))
+    prompt = loaders() | {
+        "10": lora_node(None, "my_mova_lora/lora_weights.pt", first),
+        "11": lora_node("10", "second.safetensors", second),
+        "20": probe_node(["10", 0], ["10", 2]), "21": probe_node(["10", 1], ["10", 2]),
+        "22": probe_node(["11", 0], ["11", 2]),
+    }
+    outputs = {}
+    _run(client, prompt, outputs)
+    one = [("my_mova_lora/lora_weights.pt", first)]
+    both = one + [("second.safetensors", second)]
+    models = base / "models"
+    for node, expert, applied in (("20", "video_dit", one), ("21", "video_dit_2", one), ("22", "video_dit", both)):
+        for entry, (dtype, values) in probed(outputs, node).items():
+            w = original(models, entry, expert)
+            delta = lora_delta(factors, applied, entry, expert)
+            assert dtype == "torch.float32"
+            assert torch.allclose(values, w + delta, atol=1e-5), (node, entry)
+    assert not torch.equal(probed(outputs, "22")["expert:blocks.0.self_attn.q.weight"][1],
+                           probed(outputs, "20")["expert:blocks.0.self_attn.q.weight"][1])
+    assert outputs["10"]["text"][0].startswith(
+        "my_mova_lora/lora_weights.pt: high-noise expert 2 weights at 0.5, low-noise expert 1 weights at 1.5, "
+        "audio DiT 1 weights at -1, bridge 1 weights at 2")
+    # unplugged: the loaders' outputs, after the patched clones ran, hold the file's weights exactly
+    outputs = {}
+    _run(client, loaders() | {"30": probe_node(["1", 0], ["3", 0]), "31": probe_node(["2", 0], ["3", 0])}, outputs)
+    for node, expert in (("30", "video_dit"), ("31", "video_dit_2")):
+        for entry, (_, values) in probed(outputs, node).items():
+            assert torch.equal(values, original(models, entry, expert)), (node, entry)
+
+
+def test_lora_on_fp8_weights(client, base, tmp_path):
+    """Scaled-fp8 experts: ComfyUI dequantises, adds the LoRA, requantises with the weight's own scale (stays
+    fp8, so the range cannot grow: |W'| <= max|W|, README says so); unplugging is exact."""
+    factors = write_test_loras(tmp_path / "loras")
+    strengths = dict.fromkeys(STRENGTHS, 0.5)  # a small update, as real LoRAs make: little is clipped
+    plain = loaders("fp8_e4m3fn") | {"30": probe_node(["1", 0], ["3", 0])}
+    before, patched, after = {}, {}, {}
+    _run(client, plain, before)
+    _run(client, loaders("fp8_e4m3fn") | {"10": lora_node(None, "my_mova_lora/lora_weights.pt", strengths),
+                                          "20": probe_node(["10", 0], ["10", 2])}, patched)
+    _run(client, plain, after)
+    applied = [("my_mova_lora/lora_weights.pt", strengths)]
+    for entry, (dtype, w0) in probed(before, "30").items():
+        dtype1, w1 = probed(patched, "20")[entry]
+        assert dtype == dtype1 == "torch.float8_e4m3fn", entry
+        delta = lora_delta(factors, applied, entry, "video_dit")
+        if delta.abs().max() > 0:
+            assert (w1 - (w0 + delta)).norm() < 0.1 * (w0 + delta).norm(), entry  # fp8 rounding
+            assert torch.cosine_similarity(w1 - w0, delta, dim=0) > 0.8, entry  # the change is the LoRA
+        assert w1.abs().max() <= w0.abs().max(), entry
+        assert torch.equal(probed(after, "30")[entry][1], w0), entry
+
+
+def test_lora_problems_reach_the_user(client, base):
+    """Keys that do not fit are named on the node and in the log; a LoRA fitting nothing stops the run."""
+    from comfy_client import ServerError
+    outputs = {}
+    prompt = loaders() | {"10": lora_node(None, "partial.safetensors", dict.fromkeys(STRENGTHS, 1.0)),
+                          "20": probe_node(["10", 0], ["10", 2])}
+    _run(client, prompt, outputs)
+    text = outputs["10"]["text"][0]
+    assert "high-noise expert 1 weights at 1" in text
+    assert "1 LoRA weights do not fit this model and were skipped: video_dit.blocks.9.self_attn.q.weight" in text
+    assert "1 keys are not MOVA LoRA weights and were skipped: vae.decoder.conv_in.lora_A.weight" in text
+    assert "MOVA LoRA partial.safetensors: 1 keys do not fit" in (base / "server.log").read_text()
+    prompt["10"]["inputs"]["lora_name"] = "mova_720p.safetensors"
+    with pytest.raises(ServerError, match="fits none of the loaded MOVA weights.*trained on this MOVA release"):
+        _run(client, prompt)
+
+
+def test_lora_workflow_end_to_end(client, base, tmp_path):
+    name = client.upload_image(base / "input" / "start.png")
+    prompt = _prompt(client, "mova_i2va_lora.json", seed=10, image_name=name)
+    outputs = {}
+    videos, _ = _run(client, prompt, outputs)
+    _check_mp4(client.download(videos[0], tmp_path / "lora.mp4"))
+    key = next(k for k, n in prompt.items() if n["class_type"] == "MovaLoraLoader")
+    assert outputs[key]["text"][0].startswith("my_mova_lora/lora_weights.pt: high-noise expert 2 weights at 1")
+
+
+def test_dual_cfg_workflow_with_step_caching(client, base, tmp_path):
+    """The shipped dual-CFG workflow runs; with step caching on, the sampler says how many steps it skipped."""
+    name = client.upload_image(base / "input" / "start.png")
+    prompt = _prompt(client, "mova_i2va_dual_cfg.json", seed=11, image_name=name)
+    outputs = {}
+    videos, _ = _run(client, prompt, outputs)
+    _check_mp4(client.download(videos[0], tmp_path / "dual.mp4"))
+    sampler = next(k for k, n in prompt.items() if n["class_type"] == "MovaSampler")
+    assert sampler not in outputs  # no caching, nothing to report
+    next(n for n in prompt.values() if n["class_type"] == "MovaSamplerOptions")["inputs"]["cache_threshold"] = 0.5
+    prompt[sampler]["inputs"]["steps"] = 10
+    _run(client, prompt, outputs)
+    assert re.fullmatch(r"step caching skipped [1-9] of 10 steps \(\d+%\)", outputs[sampler]["text"][0])
+    assert "MOVA Sampler: step caching skipped" in (base / "server.log").read_text()

@@ -1,0 +1,201 @@
+"""Test-only pieces of the ComfyUI integration test: custom nodes written into the test server's
+custom_nodes (a text encoder stand-in, a weight probe), the tiny Wan VAE writer, and tiny MOVA LoRA files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+TEXT_NODE = '''
+import hashlib
+import torch
+
+class TestRandomTextStates:
+    """Test only: deterministic random [1,16,4096] text states in place of UMT5-XXL."""
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"text": ("STRING", {"multiline": True})}}
+    RETURN_TYPES = ("CONDITIONING",)
+    FUNCTION = "encode"
+    CATEGORY = "testing"
+
+    def encode(self, text):
+        seed = int(hashlib.sha256(text.encode()).hexdigest()[:8], 16)
+        states = torch.randn(1, 16, 4096, generator=torch.Generator().manual_seed(seed))
+        return ([[states, {"pooled_output": None}]],)
+
+NODE_CLASS_MAPPINGS = {"TestRandomTextStates": TestRandomTextStates}
+'''
+
+WAN_VAE = '''
+import math, sys
+OUT = sys.argv[1]
+sys.argv = ["write_vae", "--cpu"]
+sys.path.insert(0, ".")
+import comfy.options
+comfy.options.enable_args_parsing()
+import torch
+import comfy.ldm.wan.vae as wan_vae
+from safetensors.torch import save_file
+model = wan_vae.WanVAE(dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+                       temperal_downsample=[False, True, True], dropout=0.0)
+gen = torch.Generator().manual_seed(0)
+state = {}
+for key, value in model.state_dict().items():
+    if key.endswith("gamma"):
+        state[key] = torch.ones(value.shape)
+    elif value.dim() >= 2:
+        fan_in = math.prod(value.shape[1:])
+        state[key] = torch.randn(value.shape, generator=gen) * (0.5 / math.sqrt(fan_in))
+    else:
+        state[key] = torch.zeros(value.shape)
+save_file({k: v.half().contiguous() for k, v in state.items()}, OUT)
+'''
+
+
+PROBE_NODE = '''
+import json
+import comfy.model_management as mm
+
+class TestMovaWeightProbe:
+    """Test only: weights of a MOVA expert and audio tower as they compute once ComfyUI loaded them
+    (fp8 weights times their scale). keys: "expert:<key>" or "tower:<key>", comma separated."""
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"expert": ("MOVA_VIDEO_EXPERT",), "audio_tower": ("MOVA_AUDIO_TOWER",),
+                             "keys": ("STRING", {"default": ""})}}
+    RETURN_TYPES = ()
+    FUNCTION = "probe"
+    OUTPUT_NODE = True
+    CATEGORY = "testing"
+
+    @classmethod
+    def IS_CHANGED(cls, **kwargs):
+        return float("nan")  # run every time: the same inputs may hold other weights after another clone ran
+
+    def probe(self, expert, audio_tower, keys):
+        mm.load_models_gpu([expert.patcher, audio_tower.patcher])
+        found = {}
+        for entry in keys.split(","):
+            part, key = entry.split(":")
+            module = (expert if part == "expert" else audio_tower).model.get_submodule(key.rsplit(".", 1)[0])
+            weight = module.weight.float()
+            scale = getattr(module, "scale_weight", None)
+            if scale is not None:
+                weight = weight * scale.float()
+            found[entry] = {"dtype": str(module.weight.dtype), "values": weight.cpu().flatten().tolist()}
+        return {"ui": {"weights": [json.dumps(found)]}}
+
+NODE_CLASS_MAPPINGS = {"TestMovaWeightProbe": TestMovaWeightProbe}
+'''
+
+# Probed weights: "<part>:<key in that part's patcher>" -> (LoRA component, module)
+PROBED = {
+    "expert:blocks.0.self_attn.q.weight": ("video_dit", "blocks.0.self_attn.q"),
+    "expert:blocks.1.ffn.0.weight": ("video_dit", "blocks.1.ffn.0"),
+    "tower:audio_dit.blocks.0.self_attn.q.weight": ("audio_dit", "blocks.0.self_attn.q"),
+    "tower:bridge.audio_to_video_conditioners.0.inner.k.weight": ("dual_tower_bridge",
+                                                                   "audio_to_video_conditioners.0.inner.k"),
+}
+LORA_SHAPES = {  # (out, in) of the tiny release's weights (tests/tiny_release.py)
+    ("video_dit", "blocks.0.self_attn.q"): (64, 64), ("video_dit", "blocks.1.ffn.0"): (128, 64),
+    ("video_dit_2", "blocks.0.self_attn.q"): (64, 64), ("audio_dit", "blocks.0.self_attn.q"): (32, 32),
+    ("dual_tower_bridge", "audio_to_video_conditioners.0.inner.k"): (64, 32),
+}
+
+
+def _factors(modules, rank, seed, std=0.2):
+    gen = torch.Generator().manual_seed(seed)
+    return {m: (torch.randn(rank, LORA_SHAPES[m][1], generator=gen) * std,
+                torch.randn(LORA_SHAPES[m][0], rank, generator=gen) * std) for m in modules}
+
+
+def _state(factors) -> dict:
+    """LoRA keys as the official trainers name them: <component>.<module>.lora_A/B.weight."""
+    return {f"{c}.{m}.lora_{part}.weight": t.contiguous()
+            for (c, m), (a, b) in factors.items() for part, t in (("A", a), ("B", b))}
+
+
+def write_test_loras(folder: Path) -> dict:
+    """LoRA files in a loras folder; returns {file: {(component, module): (A, B, alpha / rank)}}."""
+    folder.mkdir(parents=True, exist_ok=True)
+    # the workflow's LoRA, the accelerate trainer's layout: lora_weights.pt + lora_config.pt, rank 4, alpha 2
+    main = _factors(list(LORA_SHAPES), 4, 1)
+    (folder / "my_mova_lora").mkdir()
+    torch.save(_state(main), folder / "my_mova_lora" / "lora_weights.pt")
+    torch.save({"rank": 4, "alpha": 2.0}, folder / "my_mova_lora" / "lora_config.pt")
+    # a second one to stack: .safetensors, rank 2, alpha 4 in the metadata; overlaps the first on two weights
+    second = _factors([("video_dit", "blocks.0.self_attn.q"),
+                       ("dual_tower_bridge", "audio_to_video_conditioners.0.inner.k")], 2, 2)
+    save_file(_state(second), str(folder / "second.safetensors"), metadata={"alpha": "4"})
+    # partly wrong: one weight fits, one names a block the model lacks, one key is no MOVA LoRA weight
+    (a, b), = _factors([("video_dit", "blocks.0.self_attn.q")], 2, 3).values()
+    partial = _state({("video_dit", "blocks.0.self_attn.q"): (a, b),
+                      ("video_dit", "blocks.9.self_attn.q"): (a.clone(), b.clone())})
+    save_file(partial | {"vae.decoder.conv_in.lora_A.weight": a.clone()}, str(folder / "partial.safetensors"))
+    # for another model size: fits nothing
+    save_file(_state({("video_dit", "blocks.0.self_attn.q"): (torch.zeros(2, 5120), torch.zeros(5120, 2))}),
+              str(folder / "mova_720p.safetensors"))
+    return {"my_mova_lora/lora_weights.pt": {k: (a, b, 2.0 / 4) for k, (a, b) in main.items()},
+            "second.safetensors": {k: (a, b, 4.0 / 2) for k, (a, b) in second.items()}}
+
+
+# API-prompt pieces for the LoRA tests: node ids 1-3 are the loaders, sources are [node id, output slot].
+STRENGTHS = ("strength_high_noise", "strength_low_noise", "strength_audio", "strength_bridge")
+COMPONENT_STRENGTH = dict(zip(("video_dit", "video_dit_2", "audio_dit", "dual_tower_bridge"), STRENGTHS))
+RELEASE = "MOVA-360p"
+
+
+def loaders(dtype: str = "default") -> dict:
+    return {
+        "1": {"class_type": "MovaVideoExpertLoader",
+              "inputs": {"model_name": f"{RELEASE}/video_dit", "weight_dtype": dtype}},
+        "2": {"class_type": "MovaVideoExpertLoader",
+              "inputs": {"model_name": f"{RELEASE}/video_dit_2", "weight_dtype": dtype}},
+        "3": {"class_type": "MovaAudioTowerLoader",
+              "inputs": {"audio_dit_name": f"{RELEASE}/audio_dit", "bridge_name": f"{RELEASE}/dual_tower_bridge",
+                         "weight_dtype": dtype}},
+    }
+
+
+def lora_node(source: str | None, name: str, strengths: dict) -> dict:
+    """A MOVA LoRA Loader fed by node ``source`` (another LoRA Loader) or, for None, by the loaders."""
+    parts = [[source, i] for i in range(3)] if source else [["1", 0], ["2", 0], ["3", 0]]
+    inputs = dict(zip(("high_noise_expert", "low_noise_expert", "audio_tower"), parts))
+    return {"class_type": "MovaLoraLoader", "inputs": inputs | {"lora_name": name} | strengths}
+
+
+def probe_node(expert: list, tower: list) -> dict:
+    return {"class_type": "TestMovaWeightProbe", "inputs": {"expert": expert, "audio_tower": tower,
+                                                            "keys": ",".join(PROBED)}}
+
+
+def probed(outputs: dict, node: str) -> dict[str, tuple[str, torch.Tensor]]:
+    """entry -> (stored dtype, float32 values) from a probe node's UI output."""
+    import json
+    found = json.loads(outputs[node]["weights"][0])
+    return {k: (v["dtype"], torch.tensor(v["values"], dtype=torch.float32)) for k, v in found.items()}
+
+
+def original(models: Path, entry: str, expert: str) -> torch.Tensor:
+    """The file's float32 values of a probed weight (``expert``: video_dit or video_dit_2)."""
+    from safetensors.torch import load_file
+    part, key = entry.split(":")
+    folder = expert if part == "expert" else {"audio_dit": "audio_dit", "bridge": "dual_tower_bridge"}[key.split(".")[0]]
+    key = key if part == "expert" else key.split(".", 1)[1]
+    state = load_file(str(models / "diffusion_models" / RELEASE / folder / "diffusion_pytorch_model.safetensors"))
+    return state[key].float().flatten()
+
+
+def lora_delta(factors: dict, applied: list[tuple[str, dict]], entry: str, expert: str) -> torch.Tensor:
+    """Σ s · (alpha / rank) · B·A over the stacked LoRAs ``applied`` = [(file, strengths)] for one probed weight."""
+    component, module = PROBED[entry]
+    component = expert if entry.startswith("expert:") else component
+    total = torch.zeros(())
+    for name, strengths in applied:
+        if (component, module) in factors[name]:
+            a, b, scale = factors[name][(component, module)]
+            total = total + strengths[COMPONENT_STRENGTH[component]] * scale * (b @ a)
+    return total.flatten()
