@@ -138,3 +138,16 @@ def test_trim_refuses_audio_shorter_than_the_video():
     assert audio.trim_to_video(wave, 9, 24.0, 240).shape[-1] == 90
     with pytest.raises(ValueError, match=r"has 100 samples but 9 frames at 24.0 fps need 112"):
         audio.trim_to_video(wave, 9, 24.0, 300)
+
+
+def test_full_size_presets_have_the_published_parameter_counts():
+    """Built on the meta device (no memory): 14.29B per video expert, 1.42B audio DiT, 2.66B bridge."""
+    from comfyui_mova.mova_model.bridge import DualTowerBridge
+    from comfyui_mova.mova_model.configs import MOVA_360P, MOVA_720P
+    from comfyui_mova.mova_model.dit import WanDiT
+    assert MOVA_360P == MOVA_720P  # same architecture, different weights
+    with torch.device("meta"):
+        parts = {"video": WanDiT(MOVA_360P.video), "audio": WanDiT(MOVA_360P.audio),
+                 "bridge": DualTowerBridge(MOVA_360P.bridge)}
+    billions = {k: round(sum(p.numel() for p in m.parameters()) / 1e9, 2) for k, m in parts.items()}
+    assert billions == {"video": 14.29, "audio": 1.42, "bridge": 2.66}
