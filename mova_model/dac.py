@@ -42,11 +42,15 @@ def fuse_weight_norm(state_dict: dict) -> dict:
             raise KeyError(f"weight-norm key {key!r} has no partner ({g_key!r} / {v_key!r})")
         if key == v_key:
             continue  # fused when its g was met
-        g, v = state_dict[g_key], state_dict[v_key]
-        v32 = v.float()
-        norm = v32.flatten(1).norm(dim=1).view(-1, *([1] * (v.dim() - 1)))
-        out[prefix + ".weight"] = (v32 * (g.float().reshape(norm.shape) / norm)).to(v.dtype)
+        out[prefix + ".weight"] = weight_from_norm(state_dict[g_key], state_dict[v_key])
     return out
+
+
+def weight_from_norm(g: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """One weight-norm pair as a plain weight: w = g * v / ||v||, the norm over every dim but 0."""
+    v32 = v.float()
+    norm = v32.flatten(1).norm(dim=1).view(-1, *([1] * (v.dim() - 1)))
+    return (v32 * (g.float().reshape(norm.shape) / norm)).to(v.dtype)
 
 
 class Snake1d(nn.Module):

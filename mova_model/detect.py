@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 
 from .checkpoint import Checkpoint, CheckpointError
@@ -69,7 +70,7 @@ def dit_config_from_shapes(shapes, head_dim: int = DEFAULT_HEAD_DIM) -> DiTConfi
         num_layers=_count_blocks(shapes, "blocks."),
         ffn_dim=shapes["blocks.0.ffn.0.weight"][0],
         in_dim=in_dim,
-        out_dim=shapes["head.head.weight"][0] // max(1, _product(kernel)),
+        out_dim=shapes["head.head.weight"][0] // max(1, math.prod(kernel)),
         patch_size=kernel,
         text_dim=shapes["text_embedding.0.weight"][1],
         freq_dim=shapes["time_embedding.0.weight"][1],
@@ -107,13 +108,6 @@ def _shape(shapes, module: str):
 
 def _kernel(shapes, module: str) -> int:
     return _shape(shapes, module)[-1]
-
-
-def _product(values) -> int:
-    out = 1
-    for v in values:
-        out *= v
-    return out
 
 
 _CONFIG_CLASSES = {"video_dit": DiTConfig, "audio_dit": DiTConfig,

@@ -6,13 +6,15 @@ State-dict keys match the MOVA release (``patch_embedding``, ``text_embedding.{0
 
 from __future__ import annotations
 
+import math
+
 import torch
 from einops import rearrange
 from torch import nn
 
 from .attention import attention
 from .configs import DiTConfig
-from .layers import RMSNorm, layer_norm, modulate, param_like, prod, timestep_sinusoid
+from .layers import RMSNorm, layer_norm, modulate, param_like, timestep_sinusoid
 from .offload import iter_blocks
 from .ops import torch_ops
 from .rope import apply_interleaved_rope, tower_rope_audio, tower_rope_video
@@ -80,7 +82,7 @@ class Head(nn.Module):
     def __init__(self, config: DiTConfig, operations=torch_ops, device=None, dtype=None):
         super().__init__()
         self.eps = config.eps
-        out = config.out_dim * prod(config.patch_size)
+        out = config.out_dim * math.prod(config.patch_size)
         self.head = operations.Linear(config.dim, out, device=device, dtype=dtype)
         self.modulation = nn.Parameter(torch.zeros(1, 2, config.dim, device=device, dtype=dtype))
 

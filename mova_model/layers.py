@@ -1,7 +1,5 @@
 """Small building blocks shared by the towers and the bridge."""
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -42,7 +40,3 @@ def timestep_sinusoid(timestep: torch.Tensor, dim: int) -> torch.Tensor:
 def param_like(param: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """A raw parameter cast to the dtype/device of the activations it meets."""
     return param.to(device=x.device, dtype=x.dtype)
-
-
-def prod(values) -> int:
-    return math.prod(values)

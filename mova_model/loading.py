@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .checkpoint import Checkpoint, CheckpointError, open_checkpoint
+from .dac import weight_from_norm
 from .detect import check_kind, detect_config
 from .ops import fp8_ops, torch_ops
 from .quantize import (FP8_DTYPES, INPUT_SCALE_SUFFIX, MARKER_DTYPES, MARKER_KEY, SCALE_SUFFIX, STORED_FP8,
@@ -34,12 +35,6 @@ def stored_dtype(ckpt: Checkpoint) -> torch.dtype:
     names = {d for k, d in ckpt.dtypes().items() if not _is_aux(k) and d not in STORED_FP8}
     stored = {STORED_DTYPES.get(name) for name in names}
     return stored.pop() if len(stored) == 1 and None not in stored else torch.float32
-
-
-def fuse_weight_norm(g: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Weight-norm pair to a plain weight: w = g * v / ||v||, the norm over every dim but 0."""
-    dims = tuple(range(1, v.dim()))
-    return (g.float() * v.float() / torch.linalg.vector_norm(v.float(), dim=dims, keepdim=True)).to(v.dtype)
 
 
 def _build(kind: str, config, operations, dtype):
@@ -85,7 +80,7 @@ def model_tensors(pairs, kind: str):
             pending.setdefault(base, {})[part] = tensor
             if len(pending[base]) == 2:
                 parts = pending.pop(base)
-                yield base, fuse_weight_norm(parts["g"], parts["v"])
+                yield base, weight_from_norm(parts["g"], parts["v"])
             continue
         yield key, tensor
 
@@ -156,7 +151,7 @@ def load_component(
     type torch computes in; fp8 weights stay fp8) on ``device`` one tensor at a time. An fp8
     ``dtype`` stores the Linear weights of blocks / conditioners in fp8 and the rest in bf16.
     """
-    ckpt = path if isinstance(path, Checkpoint) else open_checkpoint(path, component or _default_folder(kind))
+    ckpt = path if isinstance(path, Checkpoint) else open_checkpoint(path, component or kind)
     check_kind(ckpt, kind)
     check_fp8_layout(ckpt)
     config = config or detect_config(ckpt, kind)
@@ -202,6 +197,3 @@ def load_component(
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval().requires_grad_(False)
 
-
-def _default_folder(kind: str) -> str:
-    return {"video_dit": "video_dit"}.get(kind, kind)

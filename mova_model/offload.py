@@ -43,6 +43,8 @@ class BlockSwap:
         self.resident_blocks = [blocks[i] for i in range(self.resident)]
         self.host_blocks = [blocks[i] for i in range(self.resident, self.num_blocks)]
         self.slots = [copy.deepcopy(self.host_blocks[0]).to(self.device) for _ in self.host_blocks[:2]]
+        self._host_tensors = [_tensors(b) for b in self.host_blocks]
+        self._slot_tensors = [_tensors(s) for s in self.slots]
         self.copy_stream = torch.cuda.Stream(self.device) if cuda else None
         self._loaded = [None, None]   # event: the copy into slot s finished
         self._free = [None, None]     # event: the last compute that read slot s finished
@@ -54,7 +56,7 @@ class BlockSwap:
     def _load(self, index: int) -> None:
         """Start copying swapped block ``index`` into its slot (asynchronously on CUDA)."""
         slot = index % 2
-        source, target = _tensors(self.host_blocks[index]), _tensors(self.slots[slot])
+        source, target = self._host_tensors[index], self._slot_tensors[slot]
         if self.copy_stream is None:
             for dst, src in zip(target, source):
                 dst.data.copy_(src.data)
