@@ -26,7 +26,11 @@ class Fp8Linear(nn.Linear):
     x [..., in] -> [..., out] with W = weight * scale_weight cast to x.dtype.
 
     ``scale_weight`` is None (no state-dict key) until the loader makes the layer an fp8 layer.
+    With ``fp8_matmul`` set (``enable_fp8_matmul``) an e4m3fn weight multiplies in fp8 (see
+    ``scaled_fp8_linear``) instead of being dequantised.
     """
+
+    fp8_matmul = False
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None):
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
@@ -41,10 +45,67 @@ class Fp8Linear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.weight
+        if self.fp8_matmul and self.scale_weight is not None and weight.dtype == torch.float8_e4m3fn:
+            return scaled_fp8_linear(x, weight, self.scale_weight, self.bias)
         if self.scale_weight is not None or weight.dtype != x.dtype:
             weight = self.dequantized_weight(x.dtype)
         bias = None if self.bias is None else self.bias.to(x.dtype)
         return F.linear(x, weight, bias)
+
+
+FP8_MAX = 448.0  # largest float8_e4m3fn value
+
+
+_FP8_GPUS: dict[int, bool] = {}  # CUDA device index -> has fp8 tensor cores (filled on first use)
+
+
+def fp8_tensor_cores(device: torch.device) -> bool:
+    """True on CUDA GPUs with fp8 tensor cores (compute capability 8.9: Ada, 9.0: Hopper, and later)."""
+    if device.type != "cuda":
+        return False
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _FP8_GPUS:
+        _FP8_GPUS[index] = torch.cuda.get_device_capability(index) >= (8, 9)
+    return _FP8_GPUS[index]
+
+
+def quantize_per_token(x: torch.Tensor):
+    """x [M, K] -> (q [M, K] float8_e4m3fn, scale [M, 1] float32) with x ~= q * scale, one scale per row."""
+    amax = x.abs().amax(dim=1, keepdim=True).float().clamp_(min=1e-12)
+    scale = amax / FP8_MAX
+    q = (x.float() / scale).clamp_(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+    return q, scale
+
+
+def scaled_fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale_weight: torch.Tensor,
+                      bias: torch.Tensor | None) -> torch.Tensor:
+    """x [..., in] @ (weight * scale_weight).T + bias in x's dtype, with the activations quantised to
+    e4m3fn per token. On GPUs with fp8 tensor cores the product is one ``torch._scaled_mm`` (fp8
+    operands, float32 accumulation); elsewhere the same quantised values are multiplied in float32,
+    so the CPU computes the same function (up to accumulation order)."""
+    shape = x.shape
+    q, scale_x = quantize_per_token(x.reshape(-1, shape[-1]))
+    out_features = weight.shape[0]
+    scale_w = scale_weight.to(device=x.device, dtype=torch.float32).reshape(1, 1).expand(1, out_features)
+    if fp8_tensor_cores(x.device) and x.dtype in (torch.bfloat16, torch.float16):
+        out = torch._scaled_mm(q, weight.t(), scale_a=scale_x, scale_b=scale_w.contiguous(), out_dtype=x.dtype)
+    else:
+        out = ((q.float() * scale_x) @ weight.float().t() * scale_w).to(x.dtype)
+    if bias is not None:
+        out = out + bias.to(out.dtype)
+    return out.reshape(*shape[:-1], out_features)
+
+
+def enable_fp8_matmul(model: nn.Module, enabled: bool = True) -> int:
+    """Let every fp8 Linear of ``model`` multiply in fp8 (``enabled``) or dequantise to the activations'
+    dtype (the default); returns how many layers it set."""
+    layers = [m for m in model.modules() if isinstance(m, Fp8Linear)]
+    for tensor in model.parameters():
+        fp8_tensor_cores(tensor.device)  # learn the device's capability outside any compiled region
+        break
+    for layer in layers:
+        layer.fp8_matmul = enabled
+    return len(layers)
 
 
 fp8_ops = SimpleNamespace(
