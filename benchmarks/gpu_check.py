@@ -45,6 +45,7 @@ from mova_model.ops import enable_fp8_matmul  # noqa: E402
 from mova_model.quantize import quantize_fp8_  # noqa: E402
 
 GIB = 1024 ** 3
+ROW_GROUPS = ("profile", "backends", "dequant", "matmul", "swap", "compile", "720p")
 BF16 = torch.bfloat16
 # Targets (benchmark, not tests): seconds per 360p step, ratios to the resident fp8 step, host RAM.
 TARGETS = {
@@ -63,6 +64,8 @@ class Check:
     def __init__(self, args):
         self.args = args
         self.device = torch.device("cpu" if args.quick else args.device)
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.cuda = self.device.type == "cuda"
         self.config = mid_config() if args.quick else MOVA_360P
         self.res = {"360p": (176, 320), "720p": (352, 640)} if args.quick else {"360p": (352, 640), "720p": (720, 1280)}
@@ -302,9 +305,10 @@ def run(args):
     where = "both experts resident" if with_low else "low-noise expert not built (GPU under 100 GiB)"
     base = check.row("bf16, SDPA", note=where, target="360p bf16 s/step")
     step = base.get("s_step", 60.0)
-    check.profile()
+    if "profile" in args.rows:
+        check.profile()
     for backend in ("sage", "flash3", "sdpa_cudnn"):
-        if is_available(backend, check.device) and check.fits(f"bf16 {backend}", 2 * step + 10):
+        if "backends" in args.rows and is_available(backend, check.device) and check.fits(f"bf16 {backend}", 2 * step + 10):
             check.row(f"bf16, {backend}", backend=backend, note=where)
     rows = {r["name"]: r for r in rec["rows"]}
     best = min((r for r in rows.values() if "s_step" in r), key=lambda r: r["s_step"])["attention"]
@@ -316,17 +320,26 @@ def run(args):
             quantize_fp8_(part)
     check.resident_gib = sum(weight_bytes(p) for p in check.parts if p is not None) / GIB
     rec["fp8_weights_gib"] = round(check.resident_gib, 2)
-    dequant = check.row("fp8 dequant, SDPA", note=f"{where}; weights dequantised to bf16 per layer")
+    dequant = {}
+    if "dequant" in args.rows:
+        dequant = check.row("fp8 dequant, SDPA", note=f"{where}; weights dequantised to bf16 per layer")
     for part in check.parts:
         if part is not None:
             enable_fp8_matmul(part, True)
-    matmul = check.row("fp8 matmul, SDPA", note=f"{where}; torch._scaled_mm, activations per token")
+    matmul = {}
+    if "matmul" in args.rows:
+        matmul = check.row("fp8 matmul, SDPA", note=f"{where}; torch._scaled_mm, activations per token")
+    if "s_step" not in matmul and "s_step" not in dequant:  # fp8 matmul failed: measure the dequant path
+        for part in check.parts:
+            if part is not None:
+                enable_fp8_matmul(part, False)
+        dequant = check.row("fp8 dequant, SDPA", note=f"{where}; weights dequantised to bf16 per layer")
     use_matmul = matmul.get("s_step", 1e9) < dequant.get("s_step", 1e9)
     for part in check.parts:
         if part is not None:
             enable_fp8_matmul(part, use_matmul)
     resident_row = matmul if use_matmul else dequant
-    if "s_step" in resident_row:
+    if "s_step" in resident_row and "swap" in args.rows:
         check.swap_rows(resident_row, "fp8 matmul" if use_matmul else "fp8 dequant")
 
     # compiled blocks (video expert; the audio tower and bridge are ~7% of the work and stay eager)
@@ -334,7 +347,7 @@ def run(args):
     for part in check.parts:
         if part is not None:
             enable_fp8_matmul(part, True)
-    if check.fits("fp8 matmul + compile", 90 + 3 * step):
+    if "compile" in args.rows and check.fits("fp8 matmul + compile", 90 + 3 * step):
         compile_blocks(high)
         check.row("fp8 matmul + compile, " + best, backend=best, note="video expert blocks compiled; "
                   "warm-up forward includes compilation", target="360p fp8 + compile s/step")
@@ -344,11 +357,13 @@ def run(args):
     estimate = attention_share_720p(check) * step / 2
     check.parts = None
     gc.collect()
-    if check.fits("720p bf16 step", 2 * estimate + 30):
+    if "720p" not in args.rows:
+        pass
+    elif check.fits("720p bf16 step", 2 * estimate + 30):
         check.build(with_low=with_low)
         check.row(f"720p bf16, {best}", res="720p", backend=best, warmup=False, note=f"{where}; no warm-up forward "
                   "(kernels warmed at 360p)", target="720p bf16 s/step")
-    elif check.fits("720p bf16 forward", estimate + 30):
+    elif check.fits("720p bf16 forward", estimate + 30):  # noqa: SIM114
         check.build(with_low=with_low)
         x, a, ctx, _ = check.inputs("720p")
         check.reset_peaks()
@@ -362,6 +377,8 @@ def run(args):
         check.save()
 
     # bf16 + compile at 360p
+    if "compile" not in args.rows:
+        return rec
     if check.parts is None:
         if not check.fits("bf16 + compile", 120 + 3 * step):
             return rec
@@ -403,6 +420,8 @@ def main():
     parser.add_argument("--steps", type=int, default=1, help="timed CFG steps per row, after one warm-up forward")
     parser.add_argument("--kernel-repeats", type=int, default=3)
     parser.add_argument("--budget-s", type=float, default=480.0, help="skip rows that would not end within this")
+    parser.add_argument("--rows", nargs="+", default=list(ROW_GROUPS), choices=ROW_GROUPS,
+                        help="which groups of rows to run besides the bf16 SDPA baseline (default: all)")
     parser.add_argument("--json", default=None, help="write the record here (after every row)")
     args = parser.parse_args()
     if not args.quick and not torch.cuda.is_available():

@@ -84,7 +84,8 @@ def scaled_fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale_weight: torch
     operands, float32 accumulation); elsewhere the same quantised values are multiplied in float32,
     so the CPU computes the same function (up to accumulation order)."""
     shape = x.shape
-    q, scale_x = quantize_per_token(x.reshape(-1, shape[-1]))
+    # cuBLASLt takes only row-major activations (a token stream can arrive transposed from patchify)
+    q, scale_x = quantize_per_token(x.reshape(-1, shape[-1]).contiguous())
     out_features = weight.shape[0]
     scale_w = scale_weight.to(device=x.device, dtype=torch.float32).reshape(1, 1).expand(1, out_features)
     if fp8_tensor_cores(x.device) and x.dtype in (torch.bfloat16, torch.float16):
