@@ -245,7 +245,7 @@ class Check:
             others = weight_bytes(audio_dit) + weight_bytes(bridge)
             block = weight_bytes(high.blocks[0])
             outside = weight_bytes(high) - block * len(high.blocks)
-            reserve = (activations + 1.0) * GIB
+            reserve = (1.5 * activations + 1.0) * GIB  # the caching allocator fragments: keep a margin
             free = budget * GIB - reserve - others - outside - 2 * block
             resident = int(max(0, min(len(high.blocks), free // block)))
             if self.args.quick:
@@ -258,7 +258,7 @@ class Check:
                 torch.cuda.set_per_process_memory_fraction(budget * GIB / total, self.device)
             try:
                 self.row(f"fp8 + block swap, {budget} GiB", note=f"{resident}/{len(high.blocks)} blocks resident; "
-                         f"{compute_note}; low-noise expert in host RAM; reserve {activations + 1:.1f} GiB",
+                         f"{compute_note}; low-noise expert in host RAM; reserve {1.5 * activations + 1:.1f} GiB",
                          target=f"{budget} GiB swap / resident", resident_s_step=fp8_row["s_step"],
                          ratio=None)
                 last = self.record["rows"][-1]
