@@ -239,10 +239,16 @@ class Check:
         activations = max(1.0, fp8_row["vram_peak_gib"] - self.resident_gib)
         if low is not None:
             low.to("cpu")  # the low-noise expert waits in host memory until the boundary
-        for budget in (24, 12):
+        for budget in self.args.swap_budgets:
             if not self.fits(f"fp8 swap {budget} GiB", 3.5 * fp8_row["s_step"] + 20):
                 continue
-            others = weight_bytes(audio_dit) + weight_bytes(bridge)
+            audio_note = ""
+            if budget <= 16:  # small budgets: the audio DiT streams its blocks too
+                enable_block_swap(audio_dit, self.device, resident=0)
+                audio_note = "; audio DiT blocks streamed too"
+            ablock = weight_bytes(audio_dit.blocks[0])
+            others = weight_bytes(bridge) + weight_bytes(audio_dit) - (
+                ablock * (len(audio_dit.blocks) - 2) if audio_note else 0)
             block = weight_bytes(high.blocks[0])
             outside = weight_bytes(high) - block * len(high.blocks)
             reserve = (1.5 * activations + 1.0) * GIB  # the caching allocator fragments: keep a margin
@@ -258,7 +264,7 @@ class Check:
                 torch.cuda.set_per_process_memory_fraction(budget * GIB / total, self.device)
             try:
                 self.row(f"fp8 + block swap, {budget} GiB", note=f"{resident}/{len(high.blocks)} blocks resident; "
-                         f"{compute_note}; low-noise expert in host RAM; reserve {1.5 * activations + 1:.1f} GiB",
+                         f"{compute_note}{audio_note}; low-noise expert in host RAM; reserve {1.5 * activations + 1:.1f} GiB",
                          target=f"{budget} GiB swap / resident", resident_s_step=fp8_row["s_step"],
                          ratio=None)
                 last = self.record["rows"][-1]
@@ -269,6 +275,7 @@ class Check:
                 if self.cuda:
                     torch.cuda.set_per_process_memory_fraction(1.0, self.device)
         disable_block_swap(high)
+        disable_block_swap(audio_dit)
         for part in self.parts:
             if part is not None:
                 part.to(self.device)
@@ -422,6 +429,7 @@ def main():
     parser.add_argument("--budget-s", type=float, default=480.0, help="skip rows that would not end within this")
     parser.add_argument("--rows", nargs="+", default=list(ROW_GROUPS), choices=ROW_GROUPS,
                         help="which groups of rows to run besides the bf16 SDPA baseline (default: all)")
+    parser.add_argument("--swap-budgets", nargs="+", type=int, default=[24, 12], help="VRAM budgets (GiB) of the swap rows")
     parser.add_argument("--json", default=None, help="write the record here (after every row)")
     args = parser.parse_args()
     if not args.quick and not torch.cuda.is_available():
