@@ -69,9 +69,15 @@ AUTO_ORDER = ("flash3", "sdpa")
 _current = "sdpa"
 
 
-def register_attention_backend(name: str, function: Backend, cpu: bool = True) -> None:
-    """Make ``function`` (q, k, v [B,L,H,D] -> [B,L,H,D]) selectable as ``name``."""
+_auto_first: list[str] = []  # hosts' backends that ``auto`` prefers (on every device they run on)
+
+
+def register_attention_backend(name: str, function: Backend, cpu: bool = True, prefer_in_auto: bool = False) -> None:
+    """Make ``function`` (q, k, v [B,L,H,D] -> [B,L,H,D]) selectable as ``name``; with
+    ``prefer_in_auto`` it is what ``auto`` picks wherever it runs (ComfyUI registers its own attention so)."""
     _BACKENDS[name] = (function, None, "", cpu)
+    if prefer_in_auto and name not in _auto_first:
+        _auto_first.insert(0, name)
 
 
 def attention_backends() -> list[str]:
@@ -96,12 +102,17 @@ def is_available(name: str, device: torch.device | str | None = None) -> bool:
 def resolve_attention_backend(name: str, device: torch.device | str | None = None) -> str:
     """The concrete backend ``name`` stands for on ``device``; a clear error when it cannot run there."""
     if name == "auto":
+        for preferred in _auto_first:
+            if is_available(preferred, device):
+                return preferred
         on_cuda = device is not None and torch.device(device).type == "cuda"
         if not on_cuda:
             return "sdpa"
         return next(n for n in AUTO_ORDER if is_available(n, device))
     if name not in _BACKENDS:
-        raise ValueError(f"attention backend {name!r} is unknown; choose one of {', '.join(attention_backends())}")
+        hint = " ('comfy' exists only inside ComfyUI)" if name == "comfy" else ""
+        raise ValueError(f"attention backend {name!r} is unknown{hint}; choose one of "
+                         f"{', '.join(attention_backends())}")
     _, module, install, cpu = _BACKENDS[name]
     if module is not None and importlib.util.find_spec(module) is None:
         raise RuntimeError(f"attention backend {name!r} needs the Python module {module!r}, which is not "
@@ -142,3 +153,22 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int)
     v = v.view(b, v.shape[1], num_heads, d)
     out = _BACKENDS[_current][0](q, k, v)
     return out.reshape(b, lq, c)
+
+
+def sdpa_kernel_names(device: torch.device | str, dtype: torch.dtype, num_heads: int, head_dim: int,
+                      tokens: int = 256) -> list[str]:
+    """Which kernels the current backend runs for an attention of this head layout on ``device``: the
+    attention-like op and kernel names the torch profiler records for one small call."""
+    device = torch.device(device)
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    q = torch.randn(1, tokens, num_heads * head_dim, device=device, dtype=dtype)
+    with torch.profiler.profile(activities=activities) as prof:
+        attention(q, q, q, num_heads)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    words = ("attention", "sdpa", "fmha", "flash", "sage", "attn")
+    names = {e.key for e in prof.key_averages() if any(w in e.key.lower() for w in words)}
+    # the innermost names say most: drop wrappers whose name another entry extends
+    return sorted(n for n in names if n != "aten::scaled_dot_product_attention") or sorted(names)

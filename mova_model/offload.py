@@ -42,12 +42,21 @@ class BlockSwap:
                         t.data = t.data.pin_memory()
         self.resident_blocks = [blocks[i] for i in range(self.resident)]
         self.host_blocks = [blocks[i] for i in range(self.resident, self.num_blocks)]
-        self.slots = [copy.deepcopy(self.host_blocks[0]).to(self.device) for _ in self.host_blocks[:2]]
+        self.slots = [self._make_slot() for _ in self.host_blocks[:2]]
         self._host_tensors = [_tensors(b) for b in self.host_blocks]
         self._slot_tensors = [_tensors(s) for s in self.slots]
         self.copy_stream = torch.cuda.Stream(self.device) if cuda else None
         self._loaded = [None, None]   # event: the copy into slot s finished
         self._free = [None, None]     # event: the last compute that read slot s finished
+
+    def _make_slot(self) -> nn.Module:
+        """A device copy of a swapped block's structure. A compiled block's copy would still call the
+        original's compiled forward (bound to the host weights): the copy is compiled afresh."""
+        slot = copy.deepcopy(self.host_blocks[0]).to(self.device)
+        if getattr(slot, "_compiled_call_impl", None) is not None:
+            slot._compiled_call_impl = None
+            slot.compile(dynamic=False)
+        return slot
 
     @property
     def swapped(self) -> int:

@@ -8,12 +8,14 @@ from typing import Callable, Sequence
 
 import torch
 
+from .attention import resolve_attention_backend, use_attention_backend
 from .bridge import DualTowerBridge
 from .configs import SchedulerConfig
 from .dit import WanDiT
 from .guidance import NO_GUIDANCE, Guidance, guided_velocity
 from .joint import check_towers, joint_forward
 from .scheduler import make_schedule
+from .speed import apply_speed_options, check_speed_options
 from .step_cache import StepCache
 
 # callback(step, total, video_latents, audio_latents) after each step; raise inside it to cancel.
@@ -60,6 +62,9 @@ class SamplingOptions:
     bridge_cfg_scale: float = 1.0         # dual CFG s_B (1.0: off, the official behaviour; 3 passes otherwise)
     cfg_cutoff: float = 1.0               # share of steps that use CFG; later steps run one plain pass
     cache_threshold: float = 0.0          # step caching (0: off); see step_cache.py
+    attention: str = "auto"               # attention backend (see attention.py)
+    compile: str = "off"                  # "off", "blocks", "blocks-max-autotune" (see speed.py)
+    fp8_compute: str = "auto"             # fp8 weights: "auto", "dequant", "fp8_matmul" (see speed.py)
 
     def guidance(self, step: int) -> Guidance:
         """The guidance scales for ``step`` (0-based): none after the CFG cut-off."""
@@ -99,6 +104,7 @@ def _check_inputs(condition, context_pos, context_neg, video_noise, audio_noise,
         raise ValueError(f"CFG {opts.cfg_scale} needs a negative prompt: connect one, or set CFG to 1.0")
     if not 0.0 <= opts.cfg_cutoff <= 1.0:
         raise ValueError(f"cfg_cutoff {opts.cfg_cutoff} must lie in 0..1 (the share of steps that use CFG)")
+    check_speed_options(opts.compile, opts.fp8_compute)
 
 
 @torch.no_grad()
@@ -122,13 +128,15 @@ def sample(
     ``before_expert(i)`` runs when expert i (0 high, 1 low) is about to be used (load/offload hook).
     ``device`` is where the latents live (default: the first expert's); give it when a memory manager
     keeps some weights elsewhere (offloaded or partially loaded experts).
-    ``stats`` (a dict) receives computed_steps / skipped_steps (step caching).
+    ``stats`` (a dict) receives computed_steps / skipped_steps (step caching), the attention backend
+    used and the speed settings applied.
     """
     opts = options or SamplingOptions()
     _check_inputs(condition, context_pos, context_neg, video_noise, audio_noise, opts)
     expert0 = towers.video_experts[0]
     device = torch.device(device) if device is not None else next(expert0.parameters()).device
     dtype = dtype or next(expert0.parameters()).dtype
+    attention = resolve_attention_backend(opts.attention, device)  # a missing backend stops here
     b = video_noise.shape[0]
     pos = context_pos.to(device).expand(b, -1, -1)
     neg = None if context_neg is None else context_neg.to(device).expand(b, -1, -1)
@@ -136,6 +144,16 @@ def sample(
     video = video_noise.to(device=device, dtype=torch.float32)
     audio = audio_noise.to(device=device, dtype=torch.float32)
 
+    models = [m for m in (*towers.video_experts, towers.audio_dit, towers.bridge) if m is not None]
+    speed = apply_speed_options(models, opts.compile, opts.fp8_compute, device)
+    if stats is not None:
+        stats.update(attention=attention, speed=speed)
+    with use_attention_backend(attention):
+        return _denoise(towers, condition, pos, neg, video, audio, opts, callback, before_expert, dtype, device,
+                        stats)
+
+
+def _denoise(towers, condition, pos, neg, video, audio, opts, callback, before_expert, dtype, device, stats):
     schedule = make_schedule(opts.steps, opts.shift, opts.scheduler, snap=opts.snap_to_training_grid)
     audio_schedule = schedule if opts.audio_shift in (None, opts.shift) else make_schedule(
         opts.steps, opts.audio_shift, opts.scheduler, snap=opts.snap_to_training_grid)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
+from . import comfy_attention
 from .audio_node import MovaAudioDecode
 from .conditioning_node import MovaConditioning
 from .loader_nodes import MovaAudioTowerLoader, MovaAudioVAELoader, MovaVideoExpertLoader
@@ -14,6 +15,9 @@ NODE_CLASSES = [
     MovaVideoExpertLoader, MovaAudioTowerLoader, MovaAudioVAELoader, MovaConditioning, MovaSampler, MovaAudioDecode,
     MovaLoraLoader, MovaSamplerOptions,
 ]
+
+
+comfy_attention.register()
 
 
 class MovaExtension(ComfyExtension):

@@ -70,3 +70,6 @@ class SamplerSettings:
     audio_shift: float | None = None    # None: the sampler's shift
     cfg_cutoff: float = 1.0
     cache_threshold: float = 0.0
+    attention: str = "auto"
+    compile: str = "off"
+    fp8_compute: str = "auto"

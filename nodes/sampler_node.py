@@ -68,6 +68,7 @@ class MovaSampler(io.ComfyNode):
             boundary_ratio, device=device, before_expert=before_expert, on_step=on_step, settings=options,
             stats=stats,
         )
+        log.info("MOVA Sampler: attention %s; %s", stats.get("attention"), "; ".join(stats.get("speed") or ["eager"]))
         if options is None or options.cache_threshold <= 0:
             return io.NodeOutput(video_latent, audio_latent)
         report = cache_report(stats)
@@ -83,5 +84,7 @@ class MovaSamplerOptions(io.ComfyNode):
 
     @classmethod
     def execute(cls, bridge_cfg: float, audio_cfg: float, audio_shift: float, cfg_cutoff: float,
-                cache_threshold: float) -> io.NodeOutput:
-        return io.NodeOutput(make_settings(bridge_cfg, audio_cfg, audio_shift, cfg_cutoff, cache_threshold))
+                cache_threshold: float, attention: str = "auto", compile: str = "off",
+                fp8_compute: str = "auto") -> io.NodeOutput:
+        return io.NodeOutput(make_settings(bridge_cfg, audio_cfg, audio_shift, cfg_cutoff, cache_threshold,
+                                           attention, compile, fp8_compute, device=mm.get_torch_device()))

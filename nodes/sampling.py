@@ -7,9 +7,11 @@ from typing import Callable
 
 import torch
 
+from ..mova_model.attention import resolve_attention_backend
 from ..mova_model.configs import DiTConfig
 from ..mova_model.latents import denormalise_video_latents
 from ..mova_model.sampler import MovaTowers, SamplingOptions, make_noise, sample
+from ..mova_model.speed import check_speed_options
 from .handles import (HIGH_NOISE, LATENT_AUDIO_KEY, LOW_NOISE, AudioLatent, LoadedPart, MovaConditioning,
                       SamplerSettings)
 
@@ -85,10 +87,14 @@ def activation_bytes(video_shape, audio_shape, video: DiTConfig, audio: DiTConfi
 
 
 def make_settings(bridge_cfg: float, audio_cfg: float, audio_shift: float, cfg_cutoff: float,
-                  cache_threshold: float) -> SamplerSettings:
-    """MOVA Sampler Options' widgets as settings: audio_cfg / audio_shift 0 mean the sampler's cfg / shift."""
+                  cache_threshold: float, attention: str = "auto", compile: str = "off",
+                  fp8_compute: str = "auto", device=None) -> SamplerSettings:
+    """MOVA Sampler Options' widgets as settings: audio_cfg / audio_shift 0 mean the sampler's cfg / shift.
+    An attention backend that cannot run on ``device`` (the sampling device) is refused here."""
     settings = SamplerSettings(bridge_cfg=bridge_cfg, audio_cfg=audio_cfg or None, audio_shift=audio_shift or None,
-                               cfg_cutoff=cfg_cutoff, cache_threshold=cache_threshold)
+                               cfg_cutoff=cfg_cutoff, cache_threshold=cache_threshold, attention=attention,
+                               compile=compile, fp8_compute=fp8_compute)
+    resolve_attention_backend(attention, device)
     sampling_options(1, 5.0, 5.0, 0.9, 24.0, settings)  # the same checks the sampler makes, here at the source
     return settings
 
@@ -105,9 +111,11 @@ def sampling_options(steps: int, cfg: float, shift: float, boundary_ratio: float
         raise ValueError(f"cache_threshold {s.cache_threshold} must be 0 (off) or positive")
     if s.audio_shift is not None and s.audio_shift <= 0:
         raise ValueError(f"audio_shift {s.audio_shift} must be positive (or unset: the sampler's shift)")
+    check_speed_options(s.compile, s.fp8_compute)
     return SamplingOptions(steps=steps, cfg_scale=cfg, shift=shift, boundary_ratio=boundary_ratio, fps=fps,
                            audio_cfg_scale=s.audio_cfg, audio_shift=s.audio_shift, bridge_cfg_scale=s.bridge_cfg,
-                           cfg_cutoff=s.cfg_cutoff, cache_threshold=s.cache_threshold)
+                           cfg_cutoff=s.cfg_cutoff, cache_threshold=s.cache_threshold, attention=s.attention,
+                           compile=s.compile, fp8_compute=s.fp8_compute)
 
 
 def needs_negative(options: SamplingOptions) -> bool:

@@ -142,7 +142,7 @@ def test_lora_and_dual_cfg_workflows_convert(object_info):
     dual = ui_to_api(_workflow("mova_i2va_dual_cfg.json"), object_info)
     options = _node(dual, "MovaSamplerOptions")["inputs"]
     assert options == {"bridge_cfg": 3.5, "audio_cfg": 0.0, "audio_shift": 0.0, "cfg_cutoff": 1.0,
-                       "cache_threshold": 0.0}
+                       "cache_threshold": 0.0, "attention": "auto", "compile": "off", "fp8_compute": "auto"}
     assert dual[_node(dual, "MovaSampler")["inputs"]["options"][0]]["class_type"] == "MovaSamplerOptions"
 
 
