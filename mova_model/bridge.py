@@ -55,12 +55,14 @@ class DualTowerBridge(nn.Module):
     def interacts(self, layer: int) -> bool:
         return str(layer) in self.audio_to_video_conditioners
 
-    def aligned_rope(self, grid: tuple[int, int, int], audio_len: int, video_fps: float, device=None):
-        """Bridge RoPE tables on the shared time axis: ((cos, sin) video [Nv,D], (cos, sin) audio [La,D])."""
+    def aligned_rope(self, grid: tuple[int, int, int], audio_len: int, video_fps: float, device=None,
+                     dtype: torch.dtype = torch.float32):
+        """Bridge RoPE tables on the shared time axis, computed in float32 and cast once to ``dtype`` (the
+        activations'): ((cos, sin) video [Nv,D], (cos, sin) audio [La,D])."""
         if not self.config.apply_cross_rope:
             return None, None
         video_pos, audio_pos = aligned_positions(grid, audio_len, video_fps, self.config.audio_fps, device=device)
-        return bridge_rope(self.config.head_dim, video_pos), bridge_rope(self.config.head_dim, audio_pos)
+        return tuple(tuple(t.to(dtype) for t in bridge_rope(self.config.head_dim, pos)) for pos in (video_pos, audio_pos))
 
     def forward(self, layer: int, video: torch.Tensor, audio: torch.Tensor,
                 video_rope=None, audio_rope=None, scale: float = 1.0):

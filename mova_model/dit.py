@@ -40,11 +40,11 @@ class Attention(nn.Module):
         return self.norm_q(self.q(x)), self.norm_k(self.k(context)), self.v(context)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, rope=None) -> torch.Tensor:
-        """x [B,L,C] -> [B,L,C]; ``rope`` = (cos, sin) rotates q and k (self-attention only)."""
+        """x [B,L,C] -> [B,L,C]; ``rope`` (complex table [L, D/2]) rotates q and k (self-attention only)."""
         q, k, v = self.project(x, x if context is None else context)
         if rope is not None:
-            q = apply_interleaved_rope(q, *rope, self.num_heads)
-            k = apply_interleaved_rope(k, *rope, self.num_heads)
+            q = apply_interleaved_rope(q, rope, self.num_heads)
+            k = apply_interleaved_rope(k, rope, self.num_heads)
         return self.o(attention(q, k, v, self.num_heads))
 
 
@@ -143,8 +143,8 @@ class WanDiT(nn.Module):
                              f=grid[0], h=grid[1], w=grid[2], pf=p[0], ph=p[1], pw=p[2])
         return rearrange(x, "b l (p c) -> b c (l p)", l=grid[0], p=p[0])
 
-    def rope(self, grid: tuple[int, ...], device) -> tuple[torch.Tensor, torch.Tensor]:
-        """The tower's self-attention RoPE table for a token grid: cos/sin [N, head_dim/2]."""
+    def rope(self, grid: tuple[int, ...], device) -> torch.Tensor:
+        """The tower's self-attention RoPE table for a token grid: complex64 [N, head_dim/2]."""
         if self.config.is_video:
             return tower_rope_video(self.config.head_dim, grid, device=device)
         return tower_rope_audio(self.config.head_dim, grid[0], device=device)

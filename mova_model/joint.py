@@ -79,7 +79,7 @@ def joint_forward(
     audio, a_grid = audio_dit.patchify(audio_in.to(dtype))
     v_rope = video_dit.rope(v_grid, device)
     a_rope = audio_dit.rope(a_grid, device)
-    bv_rope, ba_rope = bridge.aligned_rope(v_grid, a_grid[0], video_fps, device=device)
+    bv_rope, ba_rope = bridge.aligned_rope(v_grid, a_grid[0], video_fps, device=device, dtype=dtype)
 
     video_blocks, audio_blocks = iter_blocks(video_dit), iter_blocks(audio_dit)
     for i in range(len(video_dit.blocks)):

@@ -6,7 +6,7 @@ from torch import nn
 
 
 class RMSNorm(nn.Module):
-    """RMS norm over the last dim with a learned scale, computed in float32."""
+    """RMS norm over the last dim with a learned scale (statistics in float32)."""
 
     def __init__(self, dim: int, eps: float = 1e-6, device=None, dtype=None):
         super().__init__()
@@ -14,14 +14,14 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = x.float()
-        y = y * torch.rsqrt(y.pow(2).mean(dim=-1, keepdim=True) + self.eps)
-        return (y * self.weight.float().to(y.device)).to(x.dtype)
+        # as the official torch.nn.RMSNorm: normalised in float32, rounded to x's dtype, then scaled
+        return F.rms_norm(x, (x.shape[-1],), param_like(self.weight, x), self.eps)
 
 
 def layer_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """LayerNorm without weights over the last dim, computed in float32: [..., C] -> [..., C]."""
-    return F.layer_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
+    """LayerNorm without weights over the last dim: [..., C] -> [..., C]. Like the official nn.LayerNorm
+    it runs in the input's dtype; torch's kernels accumulate bf16/fp16 inputs in float32."""
+    return F.layer_norm(x, (x.shape[-1],), eps=eps)
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

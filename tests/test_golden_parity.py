@@ -67,8 +67,9 @@ def test_golden_bridge_rope(fps, towers, golden_tensors, golden_cases):
 
 
 def test_golden_tower_rope_splits_head_dim():
-    cos, _ = rope.tower_rope_video(128, (2, 3, 4))
-    assert cos.shape == (24, 64)  # 44/42/42 split -> 22 + 21 + 21 complex pairs
+    table = rope.tower_rope_video(128, (2, 3, 4))
+    assert table.shape == (24, 64) and table.dtype == torch.complex64  # 44/42/42 split -> 22 + 21 + 21 pairs
+    assert torch.allclose(table.abs(), torch.ones(24, 64))
 
 
 @pytest.mark.parametrize("cfg", [5, 1])
