@@ -10,6 +10,7 @@ import comfy.utils
 import latent_preview
 from comfy_api.latest import io, ui
 
+from ..mova_model.attention import resolve_attention_backend
 from . import spec
 from .comfy_io import schema, show_text
 from .handles import LoadedPart, MovaConditioning, SamplerSettings
@@ -81,6 +82,15 @@ class MovaSamplerOptions(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return schema(spec.SAMPLER_OPTIONS_NODE)
+
+    @classmethod
+    def validate_inputs(cls, attention: str = "auto") -> bool | str:
+        """At queue time: an attention backend that is missing or cannot run on this device."""
+        try:
+            resolve_attention_backend(attention, mm.get_torch_device())
+        except (ValueError, RuntimeError) as exc:
+            return f"attention: {exc}"
+        return True
 
     @classmethod
     def execute(cls, bridge_cfg: float, audio_cfg: float, audio_shift: float, cfg_cutoff: float,

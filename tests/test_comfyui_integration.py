@@ -410,3 +410,21 @@ def test_dual_cfg_workflow_with_step_caching(client, base, tmp_path):
     _run(client, prompt, outputs)
     assert re.fullmatch(r"step caching skipped [1-9] of 10 steps \(\d+%\)", outputs[sampler]["text"][0])
     assert "MOVA Sampler: step caching skipped" in (base / "server.log").read_text()
+
+
+def test_speed_options_inside_comfyui(client, base, tmp_path):
+    """ComfyUI's own attention and compiled blocks run the dual-CFG workflow to an MP4; a GPU-only attention
+    kernel is refused at queue time on this CPU server, on the options node, with the fix."""
+    from comfy_client import ServerError
+    name = client.upload_image(base / "input" / "start.png")
+    prompt = _prompt(client, "mova_i2va_dual_cfg.json", seed=12, image_name=name)
+    options = next(n for n in prompt.values() if n["class_type"] == "MovaSamplerOptions")["inputs"]
+    options.update(attention="comfy", compile="blocks")
+    videos, _ = _run(client, prompt)
+    _check_mp4(client.download(videos[0], tmp_path / "speed.mp4"))
+    log = (base / "server.log").read_text()
+    assert re.search(r"MOVA Sampler: attention comfy; \d+ blocks compiled \(blocks\)", log)
+    options.update(attention="sdpa_cudnn", compile="off")
+    with pytest.raises(ServerError, match="refused the workflow.*attention: attention backend 'sdpa_cudnn' runs on "
+                       "CUDA GPUs only.*choose 'auto' or 'sdpa'"):
+        client.queue(prompt)
