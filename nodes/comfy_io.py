@@ -18,7 +18,7 @@ CUSTOM_TYPES = {
 }
 STOCK_TYPES = {
     "CONDITIONING": io.Conditioning, "VAE": io.Vae, "IMAGE": io.Image, "LATENT": io.Latent,
-    "AUDIO": io.Audio, "FLOAT": io.Float,
+    "AUDIO": io.Audio, "FLOAT": io.Float, "STRING": io.String,
 }
 
 
@@ -43,6 +43,10 @@ def _widget(w: spec.Widget):
     if w.kind == "COMBO":
         options = list(w.options) if w.options is not None else model_choices(w.model_folder)
         return io.Combo.Input(w.name, options=options, default=w.default, tooltip=w.tooltip)
+    if w.kind == "BOOLEAN":
+        return io.Boolean.Input(w.name, default=w.default, tooltip=w.tooltip)
+    if w.multiline:
+        return io.String.Input(w.name, default=w.default, multiline=True, tooltip=w.tooltip)
     return io.String.Input(w.name, default=w.default, tooltip=w.tooltip)
 
 

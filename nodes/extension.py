@@ -9,11 +9,12 @@ from .audio_node import MovaAudioDecode
 from .conditioning_node import MovaConditioning
 from .loader_nodes import MovaAudioTowerLoader, MovaAudioVAELoader, MovaVideoExpertLoader
 from .lora_node import MovaLoraLoader
+from .prompt_nodes import MovaPromptBuilder, MovaPromptEnhance
 from .sampler_node import MovaSampler, MovaSamplerOptions
 
 NODE_CLASSES = [
     MovaVideoExpertLoader, MovaAudioTowerLoader, MovaAudioVAELoader, MovaConditioning, MovaSampler, MovaAudioDecode,
-    MovaLoraLoader, MovaSamplerOptions,
+    MovaLoraLoader, MovaSamplerOptions, MovaPromptEnhance, MovaPromptBuilder,
 ]
 
 

@@ -31,7 +31,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--workflow", type=Path, help="UI-format workflow (default: mova_i2va.json with --image, "
                    "else mova_t2va.json)")
     p.add_argument("--image", type=Path, help="first frame (png/jpg); omit for text-only generation")
-    p.add_argument("--prompt", help="the prompt (default: the workflow's)")
+    p.add_argument("--prompt", help="the prompt (default: the workflow's); with mova_i2va_enhanced.json the idea "
+                   "that MOVA Prompt Enhance turns into the caption")
     p.add_argument("--negative", help="the negative prompt (default: the workflow's)")
     p.add_argument("--seed", type=int)
     p.add_argument("--width", type=int, help="multiple of 16 (640 for 360p)")

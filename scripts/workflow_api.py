@@ -137,7 +137,13 @@ def set_parameters(prompt: dict, *, prompt_text: str | None = None, negative: st
         source = _source(prompt, cond, name)
         if source is None or source[1]["class_type"] != "CLIPTextEncode":
             raise WorkflowError(f"MOVA Conditioning's {name} input is not fed by a CLIP Text Encode node")
-        source[1]["inputs"]["text"] = text
+        writer = _source(prompt, source[1], "text")
+        if writer is not None and writer[1]["class_type"] == "MovaPromptEnhance":
+            writer[1]["inputs"]["idea"] = text  # the language model writes the caption from it
+        elif writer is not None:
+            raise WorkflowError(f"the {name} prompt's text comes from a {writer[1]['class_type']} node: edit it there")
+        else:
+            source[1]["inputs"]["text"] = text
     image_source = _source(prompt, cond, "start_image")
     if image_name is not None:
         if image_source is None or image_source[1]["class_type"] != "LoadImage":

@@ -25,6 +25,7 @@ import torch
 from comfy_fixtures import (PROBE_NODE, STRENGTHS, TEXT_NODE, WAN_VAE, lora_delta, lora_node, loaders, original,
                             probe_node, probed, write_test_loras)
 from comfyui_mova.nodes import spec
+from fake_llm_server import TEXT_MODEL, VISION_MODEL, FakeLLMServer, caption_for
 
 COMFYUI = os.environ.get("COMFYUI_PATH")
 pytestmark = [
@@ -36,6 +37,8 @@ pytestmark = [
 PACK = Path(__file__).resolve().parents[1]
 SCRIPTS = PACK / "scripts"
 WIDTH, HEIGHT, FRAMES, FPS, STEPS = 32, 32, 25, 24.0, 4
+# The ComfyUI server gets this key in its environment, for MOVA Prompt Enhance's api_key_env.
+LLM_KEY_ENV, LLM_KEY = "MOVA_TEST_LLM_KEY", "sk-test-Zq8Xw2Lm4Np6Rt0Vb1Yc3Hd5"
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -78,7 +81,7 @@ def server(base):
     process = subprocess.Popen(
         [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--base-directory",
          str(base), "--disable-auto-launch", "--preview-method", "auto", "--database-url", "sqlite:///:memory:"],
-        cwd=COMFYUI, stdout=log, stderr=subprocess.STDOUT)
+        cwd=COMFYUI, stdout=log, stderr=subprocess.STDOUT, env=os.environ | {LLM_KEY_ENV: LLM_KEY})
     url = f"http://127.0.0.1:{port}"
     sys.path.insert(0, str(SCRIPTS))
     from comfy_client import ComfyClient, ServerError
@@ -130,7 +133,7 @@ def test_all_nodes_register(client, base):
 def test_workflows_served_as_templates(client):
     """ComfyUI's template browser lists the shipped workflows under the pack and serves them unchanged."""
     assert sorted(client.get_json("/workflow_templates")["comfyui-mova"]) == \
-        ["mova_i2va", "mova_i2va_dual_cfg", "mova_i2va_lora", "mova_t2va"]
+        ["mova_i2va", "mova_i2va_dual_cfg", "mova_i2va_enhanced", "mova_i2va_lora", "mova_t2va"]
     served = client.get_json("/api/workflow_templates/comfyui-mova/mova_i2va.json")
     assert served == json.loads((PACK / "workflows" / "mova_i2va.json").read_text())
 
@@ -428,3 +431,91 @@ def test_speed_options_inside_comfyui(client, base, tmp_path):
     with pytest.raises(ServerError, match="refused the workflow.*attention: attention backend 'sdpa_cudnn' runs on "
                        "CUDA GPUs only.*choose 'auto' or 'sdpa'"):
         client.queue(prompt)
+
+
+@pytest.fixture(scope="module")
+def llm():
+    """The language model server stand-in, in this process on 127.0.0.1 (ComfyUI's process calls it)."""
+    with FakeLLMServer() as server:
+        yield server
+
+
+def _enhancer(prompt: dict, llm, **inputs) -> tuple[str, dict]:
+    key, node = next((k, n) for k, n in prompt.items() if n["class_type"] == "MovaPromptEnhance")
+    node["inputs"].update({"base_url": llm.url, "model": VISION_MODEL} | inputs)
+    return key, node
+
+
+def test_enhanced_workflow_end_to_end(client, base, llm, tmp_path):
+    """Idea + first frame -> MOVA Prompt Enhance (the local test server) -> text encoder -> i2va -> MP4. The key
+    comes from ComfyUI's environment into the request only; a re-queue reuses the caption without a request."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    llm.reset()
+    llm.required_key = LLM_KEY
+    Image.new("RGB", (48, 40), (30, 160, 90)).save(tmp_path / "enhanced_start.png")  # no other test uploads it
+    name = client.upload_image(tmp_path / "enhanced_start.png")
+    prompt = _prompt(client, "mova_i2va_enhanced.json", seed=12, image_name=name)
+    key, enhancer = _enhancer(prompt, llm, api_key_env=LLM_KEY_ENV)
+    outputs = {}
+    videos, _ = _run(client, prompt, outputs)
+    _check_mp4(client.download(videos[0], tmp_path / "enhanced.mp4"))
+
+    (request,) = llm.chat_requests()
+    assert request["headers"]["authorization"] == f"Bearer {LLM_KEY}"
+    body = request["body"]
+    assert body["model"] == VISION_MODEL and body["seed"] == 0 and body["max_tokens"] == 2048
+    assert enhancer["inputs"]["idea"] in body["messages"][1]["content"][0]["text"]
+    url = body["messages"][1]["content"][1]["image_url"]["url"]
+    picture = Image.open(io.BytesIO(base64.b64decode(url.removeprefix("data:image/png;base64,"))))
+    assert picture.format == "PNG" and picture.size == (48, 40)
+    assert [c for _, c in picture.convert("RGB").getcolors()] == [(30, 160, 90)]  # the frame MOVA starts from
+    assert outputs[key]["text"][0] == caption_for(enhancer["inputs"]["idea"])  # cleaned: no think block, no fence
+    positive = next(n for n in prompt.values() if n["class_type"] == "TestRandomTextStates"
+                    and isinstance(n["inputs"]["text"], list))
+    assert positive["inputs"]["text"] == [key, 0]
+
+    # re-queued with another sampler seed: the sampler runs again, the enhancer comes from ComfyUI's cache
+    next(n for n in prompt.values() if n["class_type"] == "MovaSampler")["inputs"]["seed"] = 13
+    videos, progress = _run(client, prompt)
+    assert videos and [v for k, v in progress if k == "MovaSampler"][-1] == STEPS
+    assert len(llm.chat_requests()) == 1
+
+    # the key appears nowhere that is saved or logged
+    history = json.dumps(client.get_json("/history"))
+    assert LLM_KEY_ENV in history and LLM_KEY not in history
+    assert LLM_KEY not in (base / "server.log").read_text()
+    assert LLM_KEY not in (PACK / "workflows" / "mova_i2va_enhanced.json").read_text()
+    assert LLM_KEY not in json.dumps(client.object_info()["MovaPromptEnhance"])
+
+
+def test_prompt_tools_errors_reach_the_user(client, base, llm):
+    """Builder -> Enhance -> Preview: the builder's caption is the idea; a text-only model given the first frame
+    and a server that is down stop the run with messages that say what to do."""
+    from comfy_client import ServerError
+    llm.reset()
+    builder = {w.name: "" for w in spec.PROMPT_BUILDER.widgets}
+    builder |= {"scene": "A lighthouse on a cliff at night", "speaker_1": "the keeper", "language_1": "English",
+                "words_1": "Storm's coming.", "effects": "waves crashing"}
+    enhance = {w.name: w.default for w in spec.PROMPT_ENHANCE.widgets}
+    enhance |= {"idea": ["1", 0], "base_url": llm.url, "model": VISION_MODEL}
+    prompt = {"1": {"class_type": "MovaPromptBuilder", "inputs": builder},
+              "2": {"class_type": "MovaPromptEnhance", "inputs": enhance},
+              "3": {"class_type": "PreviewAny", "inputs": {"source": ["2", 0]}}}
+    outputs = {}
+    _run(client, prompt, outputs)
+    (request,) = llm.chat_requests()
+    assert 'The keeper says, "Storm\'s coming."' in request["body"]["messages"][1]["content"]
+    assert outputs["3"]["text"][0].startswith("A woman waits under an awning")
+
+    name = client.upload_image(base / "input" / "start.png")
+    prompt["4"] = {"class_type": "LoadImage", "inputs": {"image": name}}
+    prompt["2"]["inputs"] |= {"model": TEXT_MODEL, "image": ["4", 0]}
+    with pytest.raises(ServerError, match=f"'{TEXT_MODEL}' cannot read images.*retry_without_image"):
+        _run(client, prompt)
+    prompt["2"]["inputs"]["base_url"] = f"http://127.0.0.1:{_free_port()}/v1"
+    with pytest.raises(ServerError, match="cannot reach the language model server at http://127.0.0.1:.*ollama serve"):
+        _run(client, prompt)

@@ -13,7 +13,9 @@ import comfyui_mova
 from comfyui_mova.nodes import spec
 
 PACK = Path(comfyui_mova.__file__).parent
-PLAIN_MODULES = ("spec", "handles", "model_files", "condition", "sampling", "audio_decode", "lora_patches")
+PLAIN_MODULES = ("spec", "handles", "model_files", "condition", "sampling", "audio_decode", "lora_patches",
+                 "llm_client", "prompt_reply", "prompt_image", "prompt_instructions", "prompt_enhance",
+                 "prompt_builder")
 
 
 def _comfy_available() -> bool:
@@ -63,12 +65,27 @@ def test_every_input_has_a_tooltip_and_valid_default(node):
     for widget in node.widgets:
         if widget.default is not None:
             assert widget.problem(widget.default) is None
-        assert widget.kind in ("INT", "FLOAT", "COMBO", "STRING")
+        assert widget.kind in ("INT", "FLOAT", "COMBO", "STRING", "BOOLEAN")
+        assert not widget.multiline or widget.kind == "STRING"
         if widget.kind == "COMBO":
             assert (widget.options is None) != (widget.model_folder is None)
     # optional inputs come last: ComfyUI lists required inputs first, so widget order must not depend on it
     flags = [i.optional for i in node.sockets]
     assert flags == sorted(flags)
+
+
+def test_network_code_uses_the_standard_library_only():
+    """The prompt enhancer talks HTTP with urllib: no new runtime dependency."""
+    for name in ("llm_client", "prompt_enhance", "prompt_reply", "prompt_instructions"):
+        tree = ast.parse((PACK / "nodes" / f"{name}.py").read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                roots = [alias.name.split(".")[0] for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                roots = [node.module.split(".")[0]]
+            else:
+                continue
+            assert all(r in sys.stdlib_module_names or r == "__future__" for r in roots), (name, roots)
 
 
 def test_widget_problem_messages():
@@ -78,6 +95,8 @@ def test_widget_problem_messages():
     assert "whole number" in steps.problem(2.5)
     assert spec.VIDEO_EXPERT_LOADER.widgets[1].problem("int4") is not None
     assert spec.SAMPLER.widgets[0].stored_values == 2  # seed + its control_after_generate value
+    retry = next(w for w in spec.PROMPT_ENHANCE.widgets if w.kind == "BOOLEAN")
+    assert retry.problem(True) is None and "true or false" in retry.problem("yes")
 
 
 def test_extension_lists_every_spec():

@@ -146,6 +146,19 @@ def test_lora_and_dual_cfg_workflows_convert(object_info):
     assert dual[_node(dual, "MovaSampler")["inputs"]["options"][0]]["class_type"] == "MovaSamplerOptions"
 
 
+def test_enhanced_workflow_converts_and_takes_the_idea(object_info):
+    prompt = ui_to_api(_workflow("mova_i2va_enhanced.json"), object_info)
+    enhancer = _node(prompt, "MovaPromptEnhance")["inputs"]
+    assert enhancer["base_url"] == "http://localhost:11434/v1" and enhancer["retry_without_image"] is False
+    assert prompt[enhancer["image"][0]]["class_type"] == "LoadImage"
+    positive = prompt[_node(prompt, "MovaConditioning")["inputs"]["positive"][0]]
+    assert positive["inputs"]["text"][0] in prompt  # linked: the caption, not the empty widget value
+    assert prompt[positive["inputs"]["text"][0]]["class_type"] == "MovaPromptEnhance"
+    assert missing_models(prompt, object_info) == []
+    set_parameters(prompt, prompt_text="a cat jumps", image_name="cat.png")
+    assert enhancer["idea"] == "a cat jumps" and isinstance(positive["inputs"]["text"], list)
+
+
 def test_unknown_node_type_says_install(object_info):
     del object_info["MovaSampler"]
     with pytest.raises(WorkflowError, match="MovaSampler.*not installed on the server"):

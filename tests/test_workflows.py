@@ -65,7 +65,7 @@ def _loader(workflow, node, input_name):
 
 def test_all_workflows_shipped():
     assert {p.name for p in FILES} >= {"mova_i2va.json", "mova_t2va.json", "mova_i2va_lora.json",
-                                       "mova_i2va_dual_cfg.json"}
+                                       "mova_i2va_dual_cfg.json", "mova_i2va_enhanced.json"}
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
@@ -111,7 +111,9 @@ def test_nodes_are_ours_or_stock_with_valid_widgets(path):
             assert kind in STOCK_WIDGETS, f"{kind} is neither a MOVA node nor a stock node we know"
             assert len(values) == len(STOCK_WIDGETS[kind]), kind
             for entry in node["inputs"]:
-                if kind in STOCK_SOCKETS:
+                if "widget" in entry:  # a widget turned into an input: one of the node's widgets, same name
+                    assert entry["widget"]["name"] == entry["name"] and entry["name"] in STOCK_WIDGETS[kind]
+                elif kind in STOCK_SOCKETS:
                     assert STOCK_SOCKETS[kind][entry["name"]] == entry["type"]
         assert node["mode"] == 0, f"{kind} is muted or bypassed"
 
@@ -160,7 +162,12 @@ def test_mova_graph_wired_end_to_end(path):
     assert decoded["type"] == "VAEDecode" and _source(wf, decoded, "samples") == (sampler, "video_latent")
     assert any(_source(wf, n, "audio") == (audio, "audio") for n in _by_type(wf, "PreviewAudio"))
     pos, _ = _source(wf, cond, "positive")
-    assert pos["type"] == "CLIPTextEncode" and "The audio shows" in pos["widgets_values"][0]
+    assert pos["type"] == "CLIPTextEncode"
+    enhancer = _source(wf, pos, "text")
+    if enhancer is None:
+        assert "The audio shows" in pos["widgets_values"][0]
+    else:  # the caption comes from the language model
+        assert enhancer[0]["type"] == "MovaPromptEnhance" and enhancer[1] == "caption"
     width, height, length, fps = cond["widgets_values"]
     assert (width, height, length, fps) == (640, 352, 193, 24)
     seed, _, steps, cfg, shift, boundary = sampler["widgets_values"]
@@ -214,3 +221,20 @@ def test_plain_workflows_use_official_sampling(name):
     assert not _by_type(wf, "MovaLoraLoader") and not _by_type(wf, "MovaSamplerOptions")
     (sampler,) = _by_type(wf, "MovaSampler")
     assert _source(wf, sampler, "options") is None
+
+
+def test_enhanced_workflow_feeds_idea_and_first_frame_to_the_enhancer():
+    """Idea + the first frame -> MOVA Prompt Enhance -> the positive prompt; the rest is the i2va graph."""
+    wf = _load(WORKFLOWS / "mova_i2va_enhanced.json")
+    (enhancer,) = _by_type(wf, "MovaPromptEnhance")
+    (cond,) = _by_type(wf, "MovaConditioning")
+    image, _ = _source(wf, cond, "start_image")
+    assert _source(wf, enhancer, "image") == (image, "IMAGE")  # the same picture MOVA starts from
+    values = dict(zip((w.name for w in spec.PROMPT_ENHANCE.widgets), enhancer["widgets_values"]))
+    defaults = {w.name: w.default for w in spec.PROMPT_ENHANCE.widgets}
+    assert values == defaults | {"idea": values["idea"]} and '"' in values["idea"]  # speech quoted in the idea
+    assert values["api_key_env"] == "" and values["base_url"].startswith("http://localhost:")  # local, no key
+    plain = _load(WORKFLOWS / "mova_i2va.json")
+    assert {n["type"] for n in wf["nodes"]} - {n["type"] for n in plain["nodes"]} == {"MovaPromptEnhance"}
+    notes = " ".join(n["widgets_values"][0] for n in _by_type(wf, "Note"))
+    assert "ollama pull" in notes and "api_key_env" in notes and "leave this machine" in notes

@@ -1,0 +1,41 @@
+"""MOVA Prompt Enhance (a language model writes the caption) and MOVA Prompt Builder (fields -> caption)."""
+
+from __future__ import annotations
+
+from comfy_api.latest import io, ui
+
+from . import spec
+from .comfy_io import schema
+from .prompt_builder import build_caption, speech_lines
+from .prompt_enhance import EnhanceSettings, enhance_prompt
+from .prompt_image import image_data_url
+
+
+class MovaPromptEnhance(io.ComfyNode):
+    # No fingerprint_inputs: ComfyUI's cache keys on the inputs (the key's variable NAME, never its value), so a
+    # re-queue with the same inputs and seed reuses the caption without a request.
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return schema(spec.PROMPT_ENHANCE)
+
+    @classmethod
+    def execute(cls, idea: str, base_url: str, model: str, api_key_env: str, temperature: float, seed: int,
+                max_tokens: int, timeout: int, retry_without_image: bool = False, image=None) -> io.NodeOutput:
+        settings = EnhanceSettings(base_url, model, api_key_env, temperature, seed, max_tokens, timeout,
+                                   retry_without_image)
+        result = enhance_prompt(idea, image_data_url(image) if image is not None else None, settings)
+        shown = "".join(f"warning: {w}\n\n" for w in result.warnings) + result.caption
+        return io.NodeOutput(result.caption, ui=ui.PreviewText(shown))
+
+
+class MovaPromptBuilder(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return schema(spec.PROMPT_BUILDER)
+
+    @classmethod
+    def execute(cls, scene: str, action: str, camera: str, **fields) -> io.NodeOutput:
+        rows = [(fields[f"speaker_{i}"], fields[f"language_{i}"], fields[f"words_{i}"])
+                for i in range(1, spec.SPEECH_LINES + 1)]
+        return io.NodeOutput(build_caption(scene, action, camera, speech_lines(rows), fields["music"],
+                                           fields["effects"], fields["ambience"]))

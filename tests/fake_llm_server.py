@@ -1,0 +1,150 @@
+"""Test double for an OpenAI-compatible language model server (a real HTTP server on 127.0.0.1).
+
+A language model cannot run here, so this server answers /v1/models and /v1/chat/completions the way
+Ollama / LM Studio / llama.cpp / OpenAI do, including their error bodies, and records every request.
+The default reply wraps a caption in a reasoning block and a markdown fence, as real models often do.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+VISION_MODEL, TEXT_MODEL = "test-vision:7b", "test-text:3b"
+
+
+def caption_for(idea: str) -> str:
+    """The clean caption the default reply holds for ``idea`` (its first line)."""
+    first = idea.strip().splitlines()[0] if idea.strip() else ""
+    return (f"A woman waits under an awning while it rains. Test caption for: {first}\n\n"
+            "She lifts her cup and says, \"Of course it pours today.\"\n\n"
+            "The audio shows her voice over steady rain and a soft piano.")
+
+
+def wrapped_reply(caption: str) -> str:
+    return f"<think>\nThe user wants a caption. Plan it.\n</think>\n\nHere is the caption:\n```text\n{caption}\n```\n"
+
+
+class FakeLLMServer:
+    """Start with ``with FakeLLMServer() as server``; ``server.url`` is the base URL up to /v1.
+
+    ``respond``: optional callable(request) -> (status, body) or None (None: the default behaviour); ``body`` is
+    a dict (sent as JSON) or str. ``required_key``: requests must carry ``Bearer <key>``. ``delay``: seconds to
+    wait before answering. ``requests``: every request as {method, path, headers, body}.
+    """
+
+    def __init__(self, models=(VISION_MODEL, TEXT_MODEL), vision_models=(VISION_MODEL,)):
+        self.models = list(models)
+        self.vision_models = set(vision_models)
+        self._lock = threading.Lock()
+        self.reset()
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                        daemon=True)
+
+    def reset(self) -> None:
+        """Back to the default behaviour, with no recorded requests."""
+        self.required_key: str | None = None
+        self.respond = None
+        self.delay = 0.0
+        with self._lock:
+            self.requests: list[dict] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
+
+    def chat_requests(self) -> list[dict]:
+        with self._lock:
+            return [r for r in self.requests if r["path"].endswith("/chat/completions")]
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    # -- behaviour -------------------------------------------------------------------------------------------
+    def answer(self, request: dict) -> tuple[int, object]:
+        if self.delay:
+            time.sleep(self.delay)
+        if self.respond is not None:
+            custom = self.respond(request)
+            if custom is not None:
+                return custom
+        auth = request["headers"].get("authorization", "")
+        if self.required_key is not None and auth != f"Bearer {self.required_key}":
+            given = auth.removeprefix("Bearer ")
+            return 401, {"error": {"message": f"Incorrect API key provided: {given or '(none)'}",
+                                   "type": "invalid_request_error", "code": "invalid_api_key"}}
+        if request["method"] == "GET" and request["path"] == "/v1/models":
+            return 200, {"object": "list", "data": [{"id": m, "object": "model", "owned_by": "test"}
+                                                    for m in self.models]}
+        if request["method"] != "POST" or request["path"] != "/v1/chat/completions":
+            return 404, "404 page not found"
+        body = request["body"]
+        model = body.get("model") if isinstance(body, dict) else None
+        if model not in self.models:
+            return 404, {"error": {"message": f'model "{model}" not found, try pulling it first',
+                                   "type": "api_error"}}
+        user = body["messages"][-1]["content"]
+        has_image = isinstance(user, list) and any(part.get("type") == "image_url" for part in user)
+        if has_image and model not in self.vision_models:
+            return 500, {"error": {"message": "Failed to create new sequence: failed to process inputs: this model "
+                                              "is missing data required for image input", "type": "api_error"}}
+        text = user if isinstance(user, str) else next(p["text"] for p in user if p.get("type") == "text")
+        idea = text.split("Idea for the clip:\n", 1)[-1].split("\n\n", 1)[0]
+        return 200, completion(wrapped_reply(caption_for(idea)), model=model)
+
+    def _handler(self):
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # keep the test output quiet
+                pass
+
+            def _serve(self, method):
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                try:
+                    body = json.loads(raw) if raw else None
+                except ValueError:
+                    body = raw.decode("utf-8", "replace")
+                request = {"method": method, "path": self.path,
+                           "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body}
+                with server._lock:
+                    server.requests.append(request)
+                status, reply = server.answer(request)
+                data = (json.dumps(reply) if not isinstance(reply, str) else reply).encode("utf-8")
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json" if not isinstance(reply, str)
+                                     else "text/plain")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout tests)
+                    pass
+
+            def do_GET(self):
+                self._serve("GET")
+
+            def do_POST(self):
+                self._serve("POST")
+
+        return Handler
+
+
+def completion(content, finish_reason="stop", model=VISION_MODEL) -> dict:
+    """A chat.completion body holding ``content``."""
+    return {"id": "chatcmpl-test", "object": "chat.completion", "created": 0, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                         "finish_reason": finish_reason}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
