@@ -454,7 +454,8 @@ def test_converted_fp8_files_run(client, base, tmp_path, layout):
     for loader, stem in (("Video Expert", "video_dit_high"), ("Video Expert", "video_dit_low"),
                          ("Audio Tower", "audio_dit")):
         assert re.search(rf"MOVA {loader} Loader: \S*converted_{layout}/mova_tiny_{stem}_fp8_e4m3fn_scaled"
-                         rf"\.safetensors.* loaded with comfy\.ops\.{family} .*, patcher comfy\.model_patcher\.\w+", log), \
+                         rf"\.safetensors.* loaded with comfy\.ops\.{family} .*, patcher comfy\.model_patcher\.\w+",
+                         log), \
             log[-3000:]
 
 

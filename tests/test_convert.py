@@ -75,7 +75,8 @@ def test_files_keys_and_metadata(converted, golden_dir):
         fp8 = {k for k, d in dtypes.items() if d == "F8_E4M3"}
         assert fp8 and all(k.startswith(("blocks.", "audio_to_video", "video_to_audio")) for k in fp8)
         modules = {k[: -len(".weight")] for k in fp8}
-        assert keys == set(source.keys()) | {m + ".weight_scale" for m in modules} | {m + ".comfy_quant" for m in modules}
+        extra = {m + suffix for m in modules for suffix in (".weight_scale", ".comfy_quant")}
+        assert keys == set(source.keys()) | extra
         assert all(dtypes[m + ".weight_scale"] == "F32" and dtypes[m + ".comfy_quant"] == "U8" for m in modules)
         assert all(c == {"format": "float8_e4m3fn", "full_precision_matrix_mult": True} for c in confs.values())
         assert {d for k, d in dtypes.items() if k not in fp8 and "." + k.rsplit(".", 1)[1] not in
@@ -88,7 +89,8 @@ def test_files_keys_and_metadata(converted, golden_dir):
             assert f.metadata()["mova.fp8_layout"] == "scaled_fp8"
             marker = f.get_tensor("scaled_fp8")
             for m in modules:
-                assert torch.equal(f.get_tensor(m + ".weight").view(torch.uint8), g.get_tensor(m + ".weight").view(torch.uint8))
+                codes = f.get_tensor(m + ".weight").view(torch.uint8)
+                assert torch.equal(codes, g.get_tensor(m + ".weight").view(torch.uint8))
                 assert torch.equal(f.get_tensor(m + ".scale_weight"), g.get_tensor(m + ".weight_scale"))
         assert marker.dtype == torch.float8_e4m3fn and marker.shape == (2,)
         with safe_open(str(_file(converted["bf16"], part, "bf16")), framework="pt") as f:
@@ -150,7 +152,8 @@ def test_overwrite_refusal_names_the_file(golden_dir, tmp_path, capsys):
 
 @pytest.mark.parametrize("key,fmt,layout", [
     ("blocks.1.ffn.0.weight", "fp8_e4m3fn", "comfy_quant"), ("blocks.1.ffn.0.weight", "fp8_e4m3fn", "scaled_fp8"),
-    ("blocks.1.ffn.0.weight_scale", "fp8_e4m3fn", "comfy_quant"), ("blocks.1.ffn.0.comfy_quant", "fp8_e4m3fn", "comfy_quant"),
+    ("blocks.1.ffn.0.weight_scale", "fp8_e4m3fn", "comfy_quant"),
+    ("blocks.1.ffn.0.comfy_quant", "fp8_e4m3fn", "comfy_quant"),
     ("head.head.weight", "fp8_e4m3fn", "comfy_quant"), ("blocks.0.self_attn.q.weight", "bf16", "comfy_quant")])
 def test_verification_catches_a_changed_value(golden_dir, tmp_path, key, fmt, layout):
     ckpt = open_checkpoint(golden_dir / "checkpoint", "audio_dit")
