@@ -5,6 +5,8 @@
 
 Writes <prefix>_video_dit_high_<fmt>, <prefix>_video_dit_low_<fmt>, <prefix>_audio_dit_<fmt>,
 <prefix>_dual_tower_bridge_<fmt> (fmt: bf16 or fp8_e4m3fn_scaled) and <prefix>_audio_vae_fp32.
+fp8 files use ComfyUI's comfy_quant keys (weight_scale + comfy_quant per layer, ComfyUI v0.8.0 and later)
+or, with --fp8-layout scaled_fp8, the older scale_weight + scaled_fp8 marker keys; MOVA's loaders read both.
 Tensors are streamed one at a time (peak memory: a few copies of the largest tensor), each file
 is written as <name>.part, verified against the source, then renamed.
 """
@@ -23,10 +25,10 @@ from safetensors import safe_open
 
 from .checkpoint import Checkpoint, CheckpointError, open_checkpoint
 from .configs import config_to_dict
-from .ops import torch_ops
 from .detect import METADATA_CONFIG, METADATA_EXPERT, METADATA_KIND, check_kind, detect_config
-from .loading import _build, _is_aux, _key_report, check_fp8_layout, model_tensors, source_shapes
-from .quantize import MARKER_KEY, SCALE_SUFFIX, is_fp8_target, quantize_fp8, rounding_bound
+from .loading import _is_aux, check_against_config, check_fp8_layout, expected_state, model_tensors, source_shapes
+from .quantize import (MARKER_KEY, QUANT_CONF_SUFFIX, QUANT_SCALE_SUFFIX, SCALE_SUFFIX, comfy_quant_entry,
+                       fp8_entries, fp8_scale, is_fp8_target, quantize_fp8, rounding_bound)
 from .safetensors_stream import NAME_DTYPES, RawReader, StreamWriter, TensorSpec
 
 FORMATS = {"bf16": (torch.bfloat16, "bf16"), "fp8_e4m3fn": (torch.float8_e4m3fn, "fp8_e4m3fn_scaled")}
@@ -34,6 +36,8 @@ FORMATS = {"bf16": (torch.bfloat16, "bf16"), "fp8_e4m3fn": (torch.float8_e4m3fn,
 # runs once per video, and its deep snake/conv stack is where low precision is heard (see test_dac).
 VAE_DTYPE, VAE_TAG = torch.float32, "fp32"
 METADATA_FORMAT = "mova.format"
+METADATA_FP8_LAYOUT = "mova.fp8_layout"
+FP8_LAYOUTS = ("comfy_quant", "scaled_fp8")
 CHUNK = 1 << 20   # elements compared at a time when verifying fp8 tensors (a few 4 MB temporaries)
 
 
@@ -80,18 +84,25 @@ def target_dtype(key: str, shape, stored: str, kind: str, fmt: str) -> torch.dty
     return fp8 if fp8 != torch.bfloat16 and is_fp8_target(key, shape) else torch.bfloat16
 
 
-def plan(ckpt: Checkpoint, kind: str, fmt: str) -> list[TensorSpec]:
-    """Every tensor of the output file: model keys, a scale per fp8 weight, and the scaled_fp8 marker."""
+def _is_fp8(dtype: torch.dtype) -> bool:
+    return dtype.itemsize == 1 and dtype.is_floating_point
+
+
+def plan(ckpt: Checkpoint, kind: str, fmt: str, layout: str = "comfy_quant") -> list[TensorSpec]:
+    """Every tensor of the output file: model keys, and per fp8 weight its scale (and comfy_quant entry), or
+    for the scaled_fp8 layout one scaled_fp8 marker."""
     dtypes = ckpt.dtypes()
     specs = []
     for key, shape in source_shapes(ckpt, kind).items():
         stored = dtypes.get(key) or dtypes[key[: -len("weight")] + "weight_v"]  # fused weight-norm
         dtype = target_dtype(key, shape, stored, kind, fmt)
         specs.append(TensorSpec(key, dtype, tuple(shape)))
-        if dtype.itemsize == 1 and dtype.is_floating_point:
-            specs.append(TensorSpec(key[: -len(".weight")] + SCALE_SUFFIX, torch.float32, ()))
-    fp8 = {s.dtype for s in specs if s.dtype.itemsize == 1 and s.dtype.is_floating_point}
-    if fp8:  # 2 elements: ComfyUI computes from the dequantised weight (no fp8 matmul, no input scales)
+        if _is_fp8(dtype):
+            module = key[: -len(".weight")]
+            specs += [TensorSpec(k, v.dtype, tuple(v.shape)) for k, v in
+                      fp8_entries(module, torch.empty(0, dtype=dtype), torch.ones(()), layout).items() if k != key]
+    fp8 = {s.dtype for s in specs if _is_fp8(s.dtype)}
+    if fp8 and layout == "scaled_fp8":  # 2 elements: ComfyUI computes from the dequantised weight
         specs.append(TensorSpec(MARKER_KEY, fp8.pop(), (2,)))
     return specs
 
@@ -124,13 +135,14 @@ def _sources(ckpt: Checkpoint, kind: str):
 def write_part(ckpt: Checkpoint, kind: str, specs: list[TensorSpec], path: Path, metadata: dict) -> None:
     """Stream the source into ``path`` following ``specs``."""
     dtypes = {s.key: s.dtype for s in specs}
+    layout = "comfy_quant" if any(k.endswith(QUANT_CONF_SUFFIX) for k in dtypes) else "scaled_fp8"
     with StreamWriter(path, specs, metadata) as writer:
-        progress = Progress("write", sum(s.nbytes for s in specs if not s.key.endswith(SCALE_SUFFIX)))
+        progress = Progress("write", sum(s.nbytes for s in specs if not _is_aux(s.key)))
         for key, tensor in _sources(ckpt, kind):
-            if dtypes[key].itemsize == 1 and dtypes[key].is_floating_point:
+            if _is_fp8(dtypes[key]):
                 q, scale = quantize_fp8(tensor, dtypes[key])
-                writer.write(key, q)
-                writer.write(key[: -len(".weight")] + SCALE_SUFFIX, scale)
+                for name, value in fp8_entries(key[: -len(".weight")], q, scale, layout).items():
+                    writer.write(name, value)
             else:
                 writer.write(key, tensor.to(dtypes[key]))
             progress.add(tensor.numel() * dtypes[key].itemsize)
@@ -160,11 +172,17 @@ def verify_part(path: Path, ckpt: Checkpoint, kind: str, specs: list[TensorSpec]
     for key, source in _sources(ckpt, kind):
         with safe_open(str(path), framework="pt") as f:  # one tensor mapped at a time
             out = f.get_tensor(key)
-            scale_key = key[: -len(".weight")] + SCALE_SUFFIX
-            scale = f.get_tensor(scale_key) if scale_key in want else None
+            module = key[: -len(".weight")]
+            scale_key = next((module + s for s in (QUANT_SCALE_SUFFIX, SCALE_SUFFIX) if module + s in want), None)
+            scale = f.get_tensor(scale_key) if scale_key else None
+            conf = f.get_tensor(module + QUANT_CONF_SUFFIX) if module + QUANT_CONF_SUFFIX in want else None
+        if conf is not None and not torch.equal(conf, comfy_quant_entry(out.dtype)):
+            fail(f"{module + QUANT_CONF_SUFFIX} does not describe an {out.dtype} weight")
         if scale is None:
             if not torch.equal(out, source.to(out.dtype)):
                 fail(f"{key} differs from the source rounded to {out.dtype}")
+        elif not (scale.shape == () and torch.equal(scale, fp8_scale(source, out.dtype))):
+            fail(f"{scale_key} ({scale.tolist()}) is not the source's scale")
         elif not _fp8_close(out, scale, source):
             fail(f"{key} (fp8, scale {float(scale):.3g}) is not within fp8 rounding of the source")
         progress.add(want[key].nbytes)
@@ -186,18 +204,11 @@ def _fp8_close(q: torch.Tensor, scale: torch.Tensor, source: torch.Tensor) -> bo
 
 def check_complete(ckpt: Checkpoint, kind: str, config) -> None:
     """Raise the loader's CheckpointError when the source lacks, adds or misshapes a tensor of ``config``'s model."""
-    want = {k: tuple(v.shape) for k, v in _build(kind, config, torch_ops, torch.float32).state_dict().items()}
-    have = source_shapes(ckpt, kind)
-    missing, unexpected = sorted(set(want) - set(have)), sorted(set(have) - set(want))
-    if missing or unexpected:
-        raise CheckpointError(_key_report(ckpt.name, missing, unexpected))
-    wrong = [k for k in want if tuple(have[k]) != want[k]]
-    if wrong:
-        raise CheckpointError(f"{ckpt.name}: tensor {wrong[0]} has shape {tuple(have[wrong[0]])}, the config asks "
-                              f"for {want[wrong[0]]}: the config.json does not belong to these weights.")
+    check_against_config(ckpt, kind, *expected_state(kind, config, torch.float32))
 
 
-def convert_part(source: Path, part: Part, out_path: Path, fmt: str, verify: bool = True) -> None:
+def convert_part(source: Path, part: Part, out_path: Path, fmt: str, verify: bool = True,
+                 layout: str = "comfy_quant") -> None:
     """Convert one release folder to ``out_path`` (written as .part, verified, then renamed)."""
     ckpt = open_checkpoint(source, part.folder)
     check_kind(ckpt, part.kind)
@@ -207,10 +218,12 @@ def convert_part(source: Path, part: Part, out_path: Path, fmt: str, verify: boo
             f"{ckpt.name} is already a converted (scaled) file: convert from the Hugging Face release folder.")
     config = detect_config(ckpt, part.kind)
     check_complete(ckpt, part.kind, config)
-    specs = plan(ckpt, part.kind, fmt)
+    specs = plan(ckpt, part.kind, fmt, layout)
     metadata = {"format": "pt", METADATA_KIND: part.kind, METADATA_CONFIG: json.dumps(config_to_dict(config)),
                 METADATA_FORMAT: VAE_TAG if part.kind == "audio_vae" else FORMATS[fmt][1],
                 "mova.source": f"{source.resolve().name}/{part.folder}"}
+    if any(_is_fp8(s.dtype) for s in specs):
+        metadata[METADATA_FP8_LAYOUT] = layout
     if part.expert:
         metadata[METADATA_EXPERT] = part.expert
     tmp = out_path.with_name(out_path.name + ".part")
@@ -244,6 +257,8 @@ def parse_args(argv):
                         help="weights of the experts, audio DiT and bridge (the audio VAE is always fp32)")
     parser.add_argument("--prefix", help="file name prefix (default: from the source folder, e.g. mova_360p)")
     parser.add_argument("--components", nargs="+", choices=[p.name for p in PARTS], default=[p.name for p in PARTS])
+    parser.add_argument("--fp8-layout", choices=FP8_LAYOUTS, default="comfy_quant",
+                        help="keys of fp8 files: comfy_quant (ComfyUI v0.8.0 and later) or scaled_fp8 (older ComfyUI)")
     parser.add_argument("--overwrite", action="store_true", help="replace files that already exist")
     parser.add_argument("--no-verify", action="store_true", help="skip re-reading the written files (not advised)")
     return parser.parse_args(argv)
@@ -263,7 +278,7 @@ def main(argv=None) -> int:
         args.output.mkdir(parents=True, exist_ok=True)
         for i, (part, out) in enumerate(zip(parts, outputs), 1):
             print(f"[{i}/{len(parts)}] {part.label}: {args.source / part.folder} -> {out}", file=sys.stderr)
-            convert_part(args.source, part, out, args.dtype, verify=not args.no_verify)
+            convert_part(args.source, part, out, args.dtype, verify=not args.no_verify, layout=args.fp8_layout)
     except CheckpointError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

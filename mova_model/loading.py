@@ -1,10 +1,18 @@
-"""Build a MOVA component from its weights: detect, construct on the meta device, fill tensor by tensor.
+"""Build a MOVA component from its weights the way ComfyUI's core loads its models.
 
-fp8: Linear weights stored in fp8 (our converted files, ComfyUI's scaled-fp8 files with
-``X.scale_weight`` and a ``scaled_fp8`` marker, or plain unscaled fp8 files) stay fp8 and compute
-in the activations' dtype; ``dtype=torch.float8_e4m3fn`` quantises the fp8 targets of a bf16/fp32
-source on load (per-tensor scale amax/448) and loads everything else in bf16; a float ``dtype``
-dequantises stored fp8 weights into a plain model.
+The expected keys and shapes come from the config (a meta-device model made with plain torch layers), never
+from the model being filled: the host's ``operations`` may create layers without weights until
+``_load_from_state_dict`` runs (ComfyUI's dynamic-VRAM ``comfy.ops`` and ``mixed_precision_ops``). The model
+is built on the meta device with ``operations`` and filled by one ``load_state_dict(assign=True)`` with tensors
+streamed from the file, so a component is held once.
+
+fp8: Linear weights stored in fp8 (our converted files and ComfyUI's in either layout, ``comfy_quant`` or
+``scaled_fp8``, or plain unscaled fp8 files) stay fp8 and compute in the activations' dtype;
+``dtype=torch.float8_e4m3fn`` quantises the fp8 targets of a bf16/fp32 source on load (per-tensor scale
+amax/448) and loads everything else in bf16; a float ``dtype`` dequantises stored fp8 weights into a plain
+model. ``fp8_layout`` is the key layout the fp8 layers of ``operations`` take (see ``quantize``): 'scaled_fp8'
+(our ``fp8_ops``, ComfyUI's ``scaled_fp8_ops``; found by itself when the layers have ``scale_weight``) or
+'comfy_quant' (ComfyUI's ``mixed_precision_ops``).
 """
 
 from __future__ import annotations
@@ -17,17 +25,13 @@ from torch import nn
 from .checkpoint import Checkpoint, CheckpointError, open_checkpoint
 from .dac import weight_from_norm
 from .detect import check_kind, detect_config
+from .fp8_files import KNOWN_DTYPES, aux_module, check_fp8_layout, is_aux, read_scales  # noqa: F401 (re-exported)
 from .ops import fp8_ops, torch_ops
-from .quantize import (FP8_DTYPES, INPUT_SCALE_SUFFIX, MARKER_DTYPES, MARKER_KEY, SCALE_SUFFIX, STORED_FP8,
-                       dequantize, is_fp8_target, quantize_fp8)
+from .quantize import (FP8_DTYPES, INPUT_SCALE_SUFFIX, LAYOUTS, MARKER_KEY, SCALE_SUFFIX, STORED_FP8, dequantize,
+                       fp8_entries, is_fp8_target, quantize_fp8)
 
 STORED_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
-KNOWN_DTYPES = set(STORED_DTYPES) | set(STORED_FP8) | {"I64", "I32", "I16", "I8", "U8", "BOOL", "F64"}
-
-
-def _is_aux(key: str) -> bool:
-    """Scale tensors and the marker: not weights of the model itself."""
-    return key == MARKER_KEY or key.endswith((SCALE_SUFFIX, INPUT_SCALE_SUFFIX))
+_is_aux = is_aux  # the converter's name for it
 
 
 def stored_dtype(ckpt: Checkpoint) -> torch.dtype:
@@ -85,54 +89,91 @@ def model_tensors(pairs, kind: str):
         yield key, tensor
 
 
-def check_fp8_layout(ckpt: Checkpoint) -> None:
-    """Raise a CheckpointError for a marker or a dtype this loader cannot read."""
-    dtypes = ckpt.dtypes()
-    if MARKER_KEY in dtypes and dtypes[MARKER_KEY] not in MARKER_DTYPES:
-        raise CheckpointError(
-            f"{ckpt.name} has a '{MARKER_KEY}' marker of dtype {dtypes[MARKER_KEY]}, which names no fp8 format "
-            f"this loader knows ({', '.join(sorted(MARKER_DTYPES))}): the file is damaged or of a newer format; "
-            "convert the MOVA release again with python -m mova_model.convert."
-        )
-    unknown = sorted({d for d in dtypes.values() if d not in KNOWN_DTYPES})
-    if unknown:
-        raise CheckpointError(
-            f"{ckpt.name} stores tensors as {', '.join(unknown)}, which this loader cannot read: "
-            "use a bf16, fp16, fp32 or fp8 (e4m3fn / e5m2) file, e.g. one made by python -m mova_model.convert."
-        )
+def expected_state(kind: str, config, dtype: torch.dtype) -> tuple[dict[str, tuple[int, ...]], set[str]]:
+    """({state-dict key: shape}, names of the Linear modules) of the component ``config`` describes, from a
+    meta-device model built with plain torch layers (nothing is allocated)."""
+    reference = _build(kind, config, torch_ops, dtype)
+    shapes = {k: tuple(v.shape) for k, v in reference.state_dict().items()}
+    return shapes, {name for name, m in reference.named_modules() if isinstance(m, nn.Linear)}
 
 
-def _read_scales(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
-    """Module name -> float32 scalar scale_weight found in the file."""
-    scales = {}
-    for key, tensor in ckpt.tensors([k for k in ckpt.keys() if k.endswith(SCALE_SUFFIX)]):
-        if tensor.numel() != 1:
+def check_against_config(ckpt: Checkpoint, kind: str, want: dict[str, tuple[int, ...]], linears: set[str]) -> None:
+    """Raise a CheckpointError naming what the file lacks, adds or misshapes (from its header only)."""
+    have = {k: s for k, s in source_shapes(ckpt, kind).items()
+            if k != MARKER_KEY and not (is_aux(k) and aux_module(k) in linears)}
+    missing, unexpected = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+    if missing or unexpected:
+        raise CheckpointError(_key_report(ckpt.name, missing, unexpected))
+    wrong = [k for k in want if tuple(have[k]) != want[k]]
+    if wrong:
+        raise CheckpointError(
+            f"{ckpt.name}: tensor {wrong[0]} has shape {tuple(have[wrong[0]])}, the config asks for {want[wrong[0]]}: "
+            "the config.json (or metadata) does not belong to these weights.")
+
+
+def _fp8_layout(model: nn.Module, layers: set[str], fp8_layout: str | None, ckpt: Checkpoint, operations) -> str:
+    """The key layout the fp8 ``layers`` of ``model`` take; gives our fp8 Linears their scale_weight slot."""
+    if fp8_layout is not None:
+        if fp8_layout not in LAYOUTS:
+            raise ValueError(f"fp8_layout {fp8_layout!r} is not one of {', '.join(LAYOUTS)}")
+        if fp8_layout == "comfy_quant":
+            return fp8_layout
+    for name in layers:
+        module = model.get_submodule(name)
+        if not hasattr(module, "scale_weight"):
             raise CheckpointError(
-                f"{ckpt.name}: {key} holds {tensor.numel()} values; only per-tensor scales (one value) are "
-                "supported: convert the MOVA release with python -m mova_model.convert."
+                f"{ckpt.name} needs fp8 Linear layers, but operations.Linear ({type(module).__name__}) has no "
+                "scale_weight: pass operations=mova_model.ops.fp8_ops (in ComfyUI comfy.ops.scaled_fp8_ops(), or "
+                "comfy.ops.mixed_precision_ops() with fp8_layout='comfy_quant'), or load with dtype=torch.bfloat16 "
+                "to dequantise the weights."
             )
-        scales[key[: -len(SCALE_SUFFIX)]] = tensor.float().reshape(())
-    return scales
+        if module.scale_weight is None:  # our Fp8Linear: no scale slot until it holds an fp8 weight
+            module.scale_weight = nn.Parameter(torch.empty((), device="meta"), requires_grad=False)
+    return "scaled_fp8"
 
 
-def _plan_fp8(model: nn.Module, ckpt: Checkpoint, shapes, dtype, operations) -> set[str]:
-    """Names of the Linear modules that hold fp8 weights; gives each a scale_weight parameter."""
-    fp8_stored = {k for k, d in ckpt.dtypes().items() if d in STORED_FP8}
-    layers = set()
+def _scale_slots(model: nn.Module, state: dict, device) -> None:
+    """Scale 1 for the scale parameters the operations' layers carry but the file has no value for
+    (ComfyUI's scaled_fp8_ops gives every Linear a scale_weight, and a scale_input when asked)."""
     for name, module in model.named_modules():
-        key = name + ".weight"
-        if isinstance(module, nn.Linear) and key in shapes and (
-                key in fp8_stored or (dtype in FP8_DTYPES and is_fp8_target(key, shapes[key]))):
-            if not hasattr(module, "scale_weight"):
-                raise CheckpointError(
-                    f"{ckpt.name} needs fp8 Linear layers, but operations.Linear ({type(module).__name__}) has no "
-                    "scale_weight: pass operations=mova_model.ops.fp8_ops (in ComfyUI comfy.ops.scaled_fp8_ops()), "
-                    "or load with dtype=torch.bfloat16 to dequantise the weights."
-                )
-            if module.scale_weight is None:
-                module.scale_weight = nn.Parameter(torch.empty((), device="meta"), requires_grad=False)
-            layers.add(name)
-    return layers
+        for suffix in (SCALE_SUFFIX, INPUT_SCALE_SUFFIX):
+            if isinstance(getattr(module, suffix[1:], None), torch.Tensor) and name + suffix not in state:
+                state[name + suffix] = torch.ones((), device=device)
+
+
+def _built_dtypes(model: nn.Module, state: dict) -> None:
+    """Float tensors of ``state`` in the float dtype the layers built those parameters with, as load_state_dict
+    without ``assign`` would copy them (ComfyUI's mixed_precision_ops keep their biases in their compute dtype);
+    fp8 tensors and parameters the layers create while loading keep the dtype given."""
+    built = dict(model.named_parameters())
+    built.update(model.named_buffers())
+    for key, tensor in state.items():
+        target = built.get(key)
+        if (target is not None and target.dtype != tensor.dtype and target.is_floating_point()
+                and tensor.is_floating_point() and target.dtype not in FP8_DTYPES and tensor.dtype not in FP8_DTYPES):
+            state[key] = tensor.to(target.dtype)
+
+
+def _fill(model: nn.Module, state: dict, ckpt: Checkpoint, operations) -> None:
+    """load_state_dict(assign=True): every layer takes its tensors its own way (lazily created ones too)."""
+    _built_dtypes(model, state)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    except (RuntimeError, ValueError) as exc:
+        raise CheckpointError(f"{ckpt.name}: the layers of {_ops_name(operations)} refused the weights: {exc}") from exc
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{ckpt.name}: the layers of {_ops_name(operations)} do not take this model's keys "
+            f"({len(missing)} not filled, e.g. {missing[:3]}; {len(unexpected)} not taken, e.g. {unexpected[:3]}): "
+            "for fp8 weights pass the fp8_layout those layers read, or load with dtype=torch.bfloat16.")
+    left = [n for n, p in [*model.named_parameters(), *model.named_buffers()] if p.is_meta]
+    if left:
+        raise CheckpointError(f"{ckpt.name}: {len(left)} tensors were not filled (first: {left[0]}) by "
+                              f"{_ops_name(operations)}: load with dtype=torch.bfloat16 or other operations.")
+
+
+def _ops_name(operations) -> str:
+    return getattr(operations, "__name__", None) or type(operations).__name__
 
 
 def load_component(
@@ -143,6 +184,7 @@ def load_component(
     operations=torch_ops,
     config=None,
     component: str | None = None,
+    fp8_layout: str | None = None,
 ) -> nn.Module:
     """Load one component ('video_dit', 'audio_dit', 'dual_tower_bridge', 'audio_vae') from a file,
     a component folder or a release folder (``component`` names the sub-folder there).
@@ -150,6 +192,7 @@ def load_component(
     Weights are cast to ``dtype`` (default: as stored, float32 for anything that is not a float
     type torch computes in; fp8 weights stay fp8) on ``device`` one tensor at a time. An fp8
     ``dtype`` stores the Linear weights of blocks / conditioners in fp8 and the rest in bf16.
+    ``fp8_layout``: the keys the fp8 layers of ``operations`` take (module docstring).
     """
     ckpt = path if isinstance(path, Checkpoint) else open_checkpoint(path, component or kind)
     check_kind(ckpt, kind)
@@ -160,40 +203,29 @@ def load_component(
     base = torch.bfloat16 if dtype in FP8_DTYPES else dtype or stored_dtype(ckpt)
     if keep_fp8 and (has_fp8 or dtype in FP8_DTYPES) and operations is torch_ops:
         operations = fp8_ops
+    want, linears = expected_state(kind, config, base)
+    check_against_config(ckpt, kind, want, linears)
+    dtypes = ckpt.dtypes()
+    fp8_layers = {name for name in linears if keep_fp8 and (
+        dtypes.get(name + ".weight") in STORED_FP8
+        or (dtype in FP8_DTYPES and is_fp8_target(name + ".weight", want[name + ".weight"])))}
+
     model = _build(kind, config, operations, base)
-    shapes = source_shapes(ckpt, kind)
-    fp8_layers = _plan_fp8(model, ckpt, shapes, dtype, operations) if keep_fp8 else set()
-
-    expected = set(model.state_dict().keys())
-    linears = {name for name, m in model.named_modules() if isinstance(m, nn.Linear)}
-    scale_keys = {k for k in shapes if k.endswith((SCALE_SUFFIX, INPUT_SCALE_SUFFIX))
-                  and k.rsplit(".", 1)[0] in linears}
-    present = {k for k in shapes if k != MARKER_KEY and k not in scale_keys}
-    filled = {k for k in expected if k.endswith((SCALE_SUFFIX, INPUT_SCALE_SUFFIX))}
-    missing, unexpected = sorted(expected - present - filled), sorted(present - expected)
-    if missing or unexpected:
-        raise CheckpointError(_key_report(ckpt.name, missing, unexpected))
-
-    model_shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    scales = _read_scales(ckpt)
-    state = {k: torch.ones((), device=device) for k in filled}  # no scale in the file: scale 1
-    for key, tensor in model_tensors(ckpt.tensors([k for k in ckpt.keys() if not _is_aux(k)]), kind):
-        if tuple(tensor.shape) != model_shapes[key]:
-            raise CheckpointError(
-                f"{ckpt.name}: tensor {key} has shape {tuple(tensor.shape)}, the config asks for {model_shapes[key]}: "
-                "the config.json (or metadata) does not belong to these weights."
-            )
+    layout = _fp8_layout(model, fp8_layers, fp8_layout, ckpt, operations) if fp8_layers else None
+    scales = read_scales(ckpt)
+    state = {}
+    for key, tensor in model_tensors(ckpt.tensors([k for k in ckpt.keys() if not is_aux(k)]), kind):
         module = key[: -len(".weight")] if key.endswith(".weight") else None
         scale = scales.get(module)
         if module in fp8_layers:
             if tensor.dtype not in FP8_DTYPES:  # quantise on load (a scale on a float weight is folded in)
                 tensor, scale = quantize_fp8(dequantize(tensor, scale, torch.float32), dtype)
-            state[module + SCALE_SUFFIX] = (torch.ones(()) if scale is None else scale).to(device)
-            state[key] = tensor.to(device)
+            scale = torch.ones(()) if scale is None else scale
+            state.update(fp8_entries(module, tensor.to(device), scale.to(device), layout))
             continue
         if tensor.dtype in FP8_DTYPES or scale is not None:
             tensor = dequantize(tensor, scale, torch.float32)
         state[key] = tensor.to(device=device, dtype=base if tensor.is_floating_point() else tensor.dtype)
-    model.load_state_dict(state, strict=True, assign=True)
+    _scale_slots(model, state, device)
+    _fill(model, state, ckpt, operations)
     return model.eval().requires_grad_(False)
-

@@ -1,13 +1,19 @@
-"""fp8 weights: which tensors become fp8, per-tensor scaled quantisation, and ComfyUI's scaled-fp8 keys.
+"""fp8 weights: which tensors become fp8, per-tensor scaled quantisation, and ComfyUI's two fp8 key layouts.
 
-Layout (the one ComfyUI's ``scaled_fp8`` files use, so the same file loads there with comfy.ops):
-``X.weight`` stored fp8, ``X.scale_weight`` float32 scalar with W = weight * scale_weight, and a
-``scaled_fp8`` marker tensor whose dtype names the fp8 format (ComfyUI reads a float32 marker as
-e4m3fn). A marker of 2 elements tells ComfyUI to compute in bf16 from the dequantised weight
-(no fp8 matrix multiply, no input scales), which is what these files are made for.
+Both layouts store ``X.weight`` in fp8 with one float32 scale per tensor, W = weight * scale:
+
+- ``comfy_quant`` (ComfyUI v0.8.0 and later, today's convention): ``X.weight_scale`` and a per-layer
+  ``X.comfy_quant`` uint8 tensor holding JSON such as ``{"format": "float8_e4m3fn"}``; our files add
+  ``"full_precision_matrix_mult": true`` (compute in bf16 from the dequantised weight). ComfyUI also
+  accepts the layer table as file metadata ``_quantization_metadata`` = ``{"layers": {X: {...}}}``.
+- ``scaled_fp8`` (ComfyUI up to v0.3.x; read by every version): ``X.scale_weight`` and a ``scaled_fp8``
+  marker tensor whose dtype names the fp8 format (a float32 marker means e4m3fn); a marker of 2 elements
+  tells ComfyUI to compute from the dequantised weight (no fp8 matrix multiply, no input scales).
 """
 
 from __future__ import annotations
+
+import json
 
 import torch
 from torch import nn
@@ -21,6 +27,15 @@ MARKER_KEY = "scaled_fp8"
 MARKER_DTYPES = {**STORED_FP8, "F32": torch.float8_e4m3fn}  # ComfyUI: a float32 marker means e4m3fn
 SCALE_SUFFIX = ".scale_weight"
 INPUT_SCALE_SUFFIX = ".scale_input"   # ComfyUI's fp8-matmul input scales; unused when computing in bf16
+# comfy_quant layout: per-layer weight scale, input scale (unused here) and the JSON format entry
+QUANT_SCALE_SUFFIX = ".weight_scale"
+QUANT_INPUT_SUFFIX = ".input_scale"
+QUANT_CONF_SUFFIX = ".comfy_quant"
+QUANT_METADATA = "_quantization_metadata"
+QUANT_FORMATS = {"float8_e4m3fn": torch.float8_e4m3fn, "float8_e5m2": torch.float8_e5m2}
+LAYOUTS = ("comfy_quant", "scaled_fp8")
+# Per-layer key suffixes that describe a Linear's fp8 weight rather than being weights of the model.
+AUX_SUFFIXES = (SCALE_SUFFIX, INPUT_SCALE_SUFFIX, QUANT_SCALE_SUFFIX, QUANT_INPUT_SUFFIX, QUANT_CONF_SUFFIX)
 # Only the big matrices of the transformer blocks and the bridge's conditioners are stored in fp8.
 # Biases, norms, modulation tables, the patch/text/time embeddings and the heads stay in bf16: they
 # are small (a few % of the bytes) and sensitive (they set the scale of every block's input/output).
@@ -48,6 +63,36 @@ def quantize_fp8(tensor: torch.Tensor, fp8_dtype: torch.dtype = torch.float8_e4m
     fmax = torch.finfo(fp8_dtype).max
     q = tensor.to(torch.float32, copy=True).div_(scale.to(tensor.device)).clamp_(-fmax, fmax).to(fp8_dtype)
     return q, scale
+
+
+def quant_format_name(fp8_dtype: torch.dtype) -> str:
+    """'float8_e4m3fn' / 'float8_e5m2': the comfy_quant format name of an fp8 dtype."""
+    return next(name for name, dtype in QUANT_FORMATS.items() if dtype == fp8_dtype)
+
+
+def comfy_quant_entry(fp8_dtype: torch.dtype) -> torch.Tensor:
+    """The ``X.comfy_quant`` tensor of one fp8 layer: uint8 [n], JSON bytes; computes from the dequantised weight."""
+    conf = {"format": quant_format_name(fp8_dtype), "full_precision_matrix_mult": True}
+    return torch.tensor(list(json.dumps(conf).encode("utf-8")), dtype=torch.uint8)
+
+
+def read_comfy_quant(tensor: torch.Tensor) -> dict:
+    """The JSON dict of an ``X.comfy_quant`` tensor (uint8 [n]); ValueError when it holds no JSON object."""
+    conf = json.loads(bytes(tensor.to(torch.uint8).flatten().tolist()).decode("utf-8"))
+    if not isinstance(conf, dict):
+        raise ValueError(f"expected a JSON object, got {conf!r}")
+    return conf
+
+
+def fp8_entries(module: str, weight: torch.Tensor, scale: torch.Tensor, layout: str) -> dict[str, torch.Tensor]:
+    """The state-dict entries of one fp8 Linear ``module`` in ``layout`` ('comfy_quant' or 'scaled_fp8'):
+    weight [out, in] fp8 and its float32 scalar scale (plus the JSON entry for comfy_quant)."""
+    if layout == "comfy_quant":
+        return {module + ".weight": weight, module + QUANT_SCALE_SUFFIX: scale,
+                module + QUANT_CONF_SUFFIX: comfy_quant_entry(weight.dtype)}
+    if layout == "scaled_fp8":
+        return {module + ".weight": weight, module + SCALE_SUFFIX: scale}
+    raise ValueError(f"fp8 layout {layout!r} is not one of {', '.join(LAYOUTS)}")
 
 
 def dequantize(q: torch.Tensor, scale: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import comfy.model_management as mm
 import comfy.model_patcher
@@ -14,34 +15,54 @@ from comfy_api.latest import io
 from . import spec
 from .comfy_io import schema
 from .handles import LoadedPart
-from .model_files import load_audio_tower, load_audio_vae, load_video_expert, needs_fp8_layers, resolve_choice
+from .model_files import (float_dtype, load_audio_tower, load_audio_vae, load_video_expert, needs_fp8_layers,
+                          resolve_choice)
 from .model_files import weight_dtype as storage_dtype
 
-# Newer ComfyUI has a dynamic-VRAM patcher; fall back to the classic one.
-PATCHER_CLASS = getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher)
+log = logging.getLogger(__name__)
 
 
 def _path(folder: str, name: str):
     return resolve_choice(name, folder_paths.get_folder_paths(folder), folder)
 
 
-def _operations(paths, dtype):
-    """comfy.ops layers that cast weights to the activations' dtype/device on the fly (which partial loading
-    needs); ComfyUI's scaled-fp8 Linear (weight * scale_weight) when fp8 weights are involved."""
-    return comfy.ops.scaled_fp8_ops() if needs_fp8_layers(paths, dtype) else comfy.ops.manual_cast
+def patcher_class():
+    """ComfyUI's model patcher class as it is when a model loads: newer ComfyUI names its current one
+    CoreModelPatcher (main.py sets it to the dynamic-VRAM patcher before custom nodes load); else ModelPatcher."""
+    return getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher)
 
 
-def _load(loader, dtype_choice: str, *paths) -> LoadedPart:
-    """Build on the offload device with comfy.ops layers, then wrap in a ModelPatcher."""
+def operations_for(paths, dtype, compute: torch.dtype):
+    """(operations, their name for the log, fp8 key layout) for loading ``paths`` as ``dtype`` to compute in
+    ``compute``: comfy.ops layers that cast weights to the activations' dtype/device on the fly (which partial
+    loading needs); for fp8 weights the running ComfyUI's own quantised layers: mixed_precision_ops
+    (QuantizedTensor weights, comfy_quant keys; its other Linear weights are kept in ``compute``, which they then
+    run in without a cast) where it has them, else scaled_fp8_ops (weight * scale_weight)."""
+    if not needs_fp8_layers(paths, dtype):
+        return comfy.ops.manual_cast, "comfy.ops.manual_cast", None
+    mixed = getattr(comfy.ops, "mixed_precision_ops", None)
+    if mixed is not None:
+        return mixed(compute_dtype=compute), "comfy.ops.mixed_precision_ops (fp8 QuantizedTensor)", "comfy_quant"
+    scaled = getattr(comfy.ops, "scaled_fp8_ops", None)
+    if scaled is not None:
+        return scaled(), "comfy.ops.scaled_fp8_ops (fp8 weight * scale_weight)", "scaled_fp8"
+    raise RuntimeError("this ComfyUI has neither comfy.ops.mixed_precision_ops nor comfy.ops.scaled_fp8_ops for fp8 "
+                       "weights: set weight_dtype to bf16 on the MOVA loaders (the fp8 weights are dequantised).")
+
+
+def _load(node: str, loader, dtype_choice: str, *paths) -> LoadedPart:
+    """Build on the offload device with comfy.ops layers, then wrap in ComfyUI's current ModelPatcher class."""
     load_device, offload_device = mm.get_torch_device(), mm.unet_offload_device()
     dtype = storage_dtype(dtype_choice)
-    part = loader(*paths, dtype=dtype, operations=_operations(paths, dtype), device=offload_device)
-    stored = next(p.dtype for p in part.model.parameters() if p.is_floating_point())
+    floats = float_dtype(paths, dtype)  # what the weights that are not fp8 are stored in
     # ComfyUI's rule for the compute dtype on this device (None: the stored dtype computes fine there).
-    compute = mm.unet_manual_cast(stored, load_device, [torch.bfloat16, torch.float16, torch.float32])
-    if compute is None:
-        compute = part.compute_dtype
-    patcher = PATCHER_CLASS(part.model, load_device=load_device, offload_device=offload_device)
+    compute = mm.unet_manual_cast(floats, load_device, [torch.bfloat16, torch.float16, torch.float32]) or floats
+    operations, ops_name, fp8_layout = operations_for(paths, dtype, compute)
+    part = loader(*paths, dtype=dtype, operations=operations, device=offload_device, fp8_layout=fp8_layout)
+    cls = patcher_class()
+    patcher = cls(part.model, load_device=load_device, offload_device=offload_device)
+    log.info("%s: %s loaded with %s layers, patcher %s.%s, computes in %s", node, part.source, ops_name,
+             cls.__module__, cls.__name__, compute)
     return dataclasses.replace(part, compute_dtype=compute, patcher=patcher)
 
 
@@ -52,7 +73,8 @@ class MovaVideoExpertLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, model_name: str, weight_dtype: str) -> io.NodeOutput:
-        return io.NodeOutput(_load(load_video_expert, weight_dtype, _path("diffusion_models", model_name)))
+        path = _path("diffusion_models", model_name)
+        return io.NodeOutput(_load("MOVA Video Expert Loader", load_video_expert, weight_dtype, path))
 
 
 class MovaAudioTowerLoader(io.ComfyNode):
@@ -63,7 +85,7 @@ class MovaAudioTowerLoader(io.ComfyNode):
     @classmethod
     def execute(cls, audio_dit_name: str, bridge_name: str, weight_dtype: str) -> io.NodeOutput:
         paths = _path("diffusion_models", audio_dit_name), _path("diffusion_models", bridge_name)
-        return io.NodeOutput(_load(load_audio_tower, weight_dtype, *paths))
+        return io.NodeOutput(_load("MOVA Audio Tower Loader", load_audio_tower, weight_dtype, *paths))
 
 
 class MovaAudioVAELoader(io.ComfyNode):
@@ -73,4 +95,4 @@ class MovaAudioVAELoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, vae_name: str, weight_dtype: str) -> io.NodeOutput:
-        return io.NodeOutput(_load(load_audio_vae, weight_dtype, _path("vae", vae_name)))
+        return io.NodeOutput(_load("MOVA Audio VAE Loader", load_audio_vae, weight_dtype, _path("vae", vae_name)))

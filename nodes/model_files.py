@@ -15,7 +15,7 @@ import torch
 
 from ..mova_model.checkpoint import INDEX_NAME, CheckpointError, open_checkpoint
 from ..mova_model.detect import METADATA_EXPERT
-from ..mova_model.loading import load_component
+from ..mova_model.loading import load_component, stored_dtype
 from ..mova_model.ops import torch_ops
 from .handles import HIGH_NOISE, LOW_NOISE, AudioTower, LoadedPart
 
@@ -52,6 +52,14 @@ def needs_fp8_layers(paths: Iterable[Path], dtype: torch.dtype | None) -> bool:
     if dtype is not None:
         return False  # a float dtype dequantises stored fp8 weights
     return any(name.startswith("F8_") for path in paths for name in open_checkpoint(path).dtypes().values())
+
+
+def float_dtype(paths: Iterable[Path], dtype: torch.dtype | None) -> torch.dtype:
+    """The dtype the weights that do not become fp8 are loaded in: bf16 next to fp8, ``dtype`` when given,
+    else as the first file stores them."""
+    if dtype in FP8_DTYPES:
+        return torch.bfloat16
+    return dtype or stored_dtype(open_checkpoint(next(iter(paths))))
 
 
 def _is_component_dir(folder: Path) -> bool:
@@ -102,9 +110,9 @@ def expert_role(path: Path) -> str | None:
     return METADATA_ROLES.get(open_checkpoint(path).metadata.get(METADATA_EXPERT))
 
 
-def _load(path, kind, dtype, operations, device):
+def _load(path, kind, dtype, operations, device, fp8_layout=None):
     try:
-        return load_component(path, kind, dtype=dtype, device=device, operations=operations)
+        return load_component(path, kind, dtype=dtype, device=device, operations=operations, fp8_layout=fp8_layout)
     except CheckpointError:
         raise
     except (OSError, ValueError) as exc:
@@ -116,18 +124,19 @@ def _part_dtype(model: torch.nn.Module) -> torch.dtype:
 
 
 def load_video_expert(path: Path, dtype: torch.dtype | None = None, operations=torch_ops,
-                      device="cpu") -> LoadedPart:
-    """A MOVA video expert (WanDiT) from a file or component folder, with its role when the folder tells it."""
-    model = _load(path, "video_dit", dtype, operations, device)
+                      device="cpu", fp8_layout: str | None = None) -> LoadedPart:
+    """A MOVA video expert (WanDiT) from a file or component folder, with its role when the folder tells it.
+    ``fp8_layout``: the fp8 keys ``operations`` take (see mova_model.loading)."""
+    model = _load(path, "video_dit", dtype, operations, device, fp8_layout)
     stored = _part_dtype(model)
     return LoadedPart(model, compute_dtype_for(stored), str(path), role=expert_role(Path(path)))
 
 
 def load_audio_tower(dit_path: Path, bridge_path: Path, dtype: torch.dtype | None = None,
-                     operations=torch_ops, device="cpu") -> LoadedPart:
+                     operations=torch_ops, device="cpu", fp8_layout: str | None = None) -> LoadedPart:
     """The audio DiT and the bridge as one AudioTower; checks that the bridge was made for this audio DiT."""
-    audio_dit = _load(dit_path, "audio_dit", dtype, operations, device)
-    bridge = _load(bridge_path, "dual_tower_bridge", dtype, operations, device)
+    audio_dit = _load(dit_path, "audio_dit", dtype, operations, device, fp8_layout)
+    bridge = _load(bridge_path, "dual_tower_bridge", dtype, operations, device, fp8_layout)
     b, a = bridge.config, audio_dit.config
     if b.audio_hidden_dim != a.dim or b.audio_layers > a.num_layers:
         raise ValueError(
@@ -138,7 +147,8 @@ def load_audio_tower(dit_path: Path, bridge_path: Path, dtype: torch.dtype | Non
     return LoadedPart(AudioTower(audio_dit, bridge), compute_dtype_for(stored), f"{dit_path} + {bridge_path}")
 
 
-def load_audio_vae(path: Path, dtype: torch.dtype | None = None, operations=torch_ops, device="cpu") -> LoadedPart:
+def load_audio_vae(path: Path, dtype: torch.dtype | None = None, operations=torch_ops, device="cpu",
+                   fp8_layout: str | None = None) -> LoadedPart:
     """MOVA's DAC audio codec from a file or component folder."""
-    model = _load(path, "audio_vae", dtype, operations, device)
+    model = _load(path, "audio_vae", dtype, operations, device, fp8_layout)
     return LoadedPart(model, compute_dtype_for(_part_dtype(model)), str(path))

@@ -86,6 +86,13 @@ def activation_bytes(video_shape, audio_shape, video: DiTConfig, audio: DiTConfi
     return int(b * per_sample * size)
 
 
+def experts_fit_together(expert_bytes: tuple[int, int], tower_bytes: int, activations: int, budget: float) -> bool:
+    """Whether both video experts, the audio tower and one forward's activations fit in ``budget`` bytes of the
+    sampling device at once: then both experts stay loaded (no reload per expert or per queue); else the sampler
+    keeps one expert at a time."""
+    return sum(expert_bytes) + tower_bytes + activations <= budget
+
+
 def make_settings(bridge_cfg: float, audio_cfg: float, audio_shift: float, cfg_cutoff: float,
                   cache_threshold: float, attention: str = "auto", compile: str = "off",
                   fp8_compute: str = "auto", device=None) -> SamplerSettings:

@@ -61,7 +61,8 @@ import comfy.model_management as mm
 
 class TestMovaWeightProbe:
     """Test only: weights of a MOVA expert and audio tower as they compute once ComfyUI loaded them
-    (fp8 weights times their scale). keys: "expert:<key>" or "tower:<key>", comma separated."""
+    (fp8 weights times their scale; ComfyUI's QuantizedTensor dequantised). keys: "expert:<key>" or
+    "tower:<key>", comma separated. Reports the storage dtype and which fp8 layer kind holds the weight."""
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {"expert": ("MOVA_VIDEO_EXPERT",), "audio_tower": ("MOVA_AUDIO_TOWER",),
@@ -81,11 +82,15 @@ class TestMovaWeightProbe:
         for entry in keys.split(","):
             part, key = entry.split(":")
             module = (expert if part == "expert" else audio_tower).model.get_submodule(key.rsplit(".", 1)[0])
-            weight = module.weight.float()
-            scale = getattr(module, "scale_weight", None)
-            if scale is not None:
-                weight = weight * scale.float()
-            found[entry] = {"dtype": str(module.weight.dtype), "values": weight.cpu().flatten().tolist()}
+            storage = getattr(module.weight, "storage_dtype", None)
+            if storage is not None:  # comfy_quant layers (ComfyUI v0.8.0+): a QuantizedTensor with its own scale
+                weight, layout = module.weight.dequantize().float(), "comfy_quant"
+            else:
+                weight, layout, storage = module.weight.float(), "scaled_fp8", module.weight.dtype
+                scale = getattr(module, "scale_weight", None)
+                if scale is not None:
+                    weight = weight * scale.float()
+            found[entry] = {"dtype": str(storage), "layout": layout, "values": weight.cpu().flatten().tolist()}
         return {"ui": {"weights": [json.dumps(found)]}}
 
 NODE_CLASS_MAPPINGS = {"TestMovaWeightProbe": TestMovaWeightProbe}
@@ -172,11 +177,13 @@ def probe_node(expert: list, tower: list) -> dict:
                                                             "keys": ",".join(PROBED)}}
 
 
-def probed(outputs: dict, node: str) -> dict[str, tuple[str, torch.Tensor]]:
-    """entry -> (stored dtype, float32 values) from a probe node's UI output."""
+def probed(outputs: dict, node: str, layout: bool = False) -> dict[str, tuple]:
+    """entry -> (stored dtype, float32 values) from a probe node's UI output; with ``layout`` the fp8 layer kind
+    ("comfy_quant": a QuantizedTensor with its own scale, else "scaled_fp8") comes third."""
     import json
     found = json.loads(outputs[node]["weights"][0])
-    return {k: (v["dtype"], torch.tensor(v["values"], dtype=torch.float32)) for k, v in found.items()}
+    return {k: (v["dtype"], torch.tensor(v["values"], dtype=torch.float32)) + ((v["layout"],) if layout else ())
+            for k, v in found.items()}
 
 
 def original(models: Path, entry: str, expert: str) -> torch.Tensor:

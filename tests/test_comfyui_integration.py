@@ -39,6 +39,10 @@ SCRIPTS = PACK / "scripts"
 WIDTH, HEIGHT, FRAMES, FPS, STEPS = 32, 32, 25, 24.0, 4
 # The ComfyUI server gets this key in its environment, for MOVA Prompt Enhance's api_key_env.
 LLM_KEY_ENV, LLM_KEY = "MOVA_TEST_LLM_KEY", "sk-test-Zq8Xw2Lm4Np6Rt0Vb1Yc3Hd5"
+FP8_LAYOUTS = ("comfy_quant", "scaled_fp8")
+CONVERTED = {"MOVA-360p/video_dit": "video_dit_high", "MOVA-360p/video_dit_2": "video_dit_low",
+             "MOVA-360p/audio_dit": "audio_dit", "MOVA-360p/dual_tower_bridge": "dual_tower_bridge"}
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -64,6 +68,11 @@ def base(tmp_path_factory) -> Path:
     vae_file = models / "vae" / "wan_2.1_vae.safetensors"
     subprocess.run([sys.executable, "-c", WAN_VAE, str(vae_file)], cwd=COMFYUI, check=True, capture_output=True)
     write_test_loras(models / "loras")
+    release = models / "diffusion_models" / "MOVA-360p"
+    for layout in FP8_LAYOUTS:  # the converter's fp8 files in both key layouts
+        subprocess.run([sys.executable, "-m", "mova_model.convert", str(release), str(models / "diffusion_models" /
+                        f"converted_{layout}"), "--prefix", "mova_tiny", "--components", "high", "low", "audio_dit",
+                        "bridge", "--fp8-layout", layout], cwd=PACK, check=True, capture_output=True)
     (root / "input").mkdir()
     Image.new("RGB", (48, 40), (200, 120, 40)).save(root / "input" / "start.png")
     return root
@@ -350,8 +359,10 @@ def test_lora_patches_stack_and_come_off(client, base, tmp_path):
 
 
 def test_lora_on_fp8_weights(client, base, tmp_path):
-    """Scaled-fp8 experts: ComfyUI dequantises, adds the LoRA, requantises with the weight's own scale (stays
-    fp8, so the range cannot grow: |W'| <= max|W|, README says so); unplugging is exact."""
+    """fp8 experts: ComfyUI dequantises, adds the LoRA and requantises (stays fp8): W + s·(α/r)·B·A within fp8
+    rounding. scaled_fp8 layers (ComfyUI up to v0.3.x) keep the weight's own scale, so the range cannot grow
+    (|W'| <= max|W|); comfy_quant layers (v0.8.0+) take a new scale from the patched weight, so its largest value
+    is kept within fp8 rounding (README says both). Unplugging is exact."""
     factors = write_test_loras(tmp_path / "loras")
     strengths = dict.fromkeys(STRENGTHS, 0.5)  # a small update, as real LoRAs make: little is clipped
     plain = loaders("fp8_e4m3fn") | {"30": probe_node(["1", 0], ["3", 0])}
@@ -361,14 +372,18 @@ def test_lora_on_fp8_weights(client, base, tmp_path):
                                           "20": probe_node(["10", 0], ["10", 2])}, patched)
     _run(client, plain, after)
     applied = [("my_mova_lora/lora_weights.pt", strengths)]
-    for entry, (dtype, w0) in probed(before, "30").items():
-        dtype1, w1 = probed(patched, "20")[entry]
-        assert dtype == dtype1 == "torch.float8_e4m3fn", entry
+    for entry, (dtype, w0, layout) in probed(before, "30", layout=True).items():
+        dtype1, w1, layout1 = probed(patched, "20", layout=True)[entry]
+        assert dtype == dtype1 == "torch.float8_e4m3fn" and layout == layout1, entry
         delta = lora_delta(factors, applied, entry, "video_dit")
+        want = w0 + delta
         if delta.abs().max() > 0:
-            assert (w1 - (w0 + delta)).norm() < 0.1 * (w0 + delta).norm(), entry  # fp8 rounding
+            assert (w1 - want).norm() < 0.1 * want.norm(), entry  # fp8 rounding
             assert torch.cosine_similarity(w1 - w0, delta, dim=0) > 0.8, entry  # the change is the LoRA
-        assert w1.abs().max() <= w0.abs().max(), entry
+        if layout == "scaled_fp8":
+            assert w1.abs().max() <= w0.abs().max(), entry
+        else:  # a new per-tensor scale: the largest value survives within an fp8 step (3 mantissa bits)
+            assert abs(w1.abs().max() - want.abs().max()) <= want.abs().max() * 2 ** -3, entry
         assert torch.equal(probed(after, "30")[entry][1], w0), entry
 
 
@@ -519,3 +534,89 @@ def test_prompt_tools_errors_reach_the_user(client, base, llm):
     prompt["2"]["inputs"]["base_url"] = f"http://127.0.0.1:{_free_port()}/v1"
     with pytest.raises(ServerError, match="cannot reach the language model server at http://127.0.0.1:.*ollama serve"):
         _run(client, prompt)
+
+
+def _log_after(base: Path, start: int) -> str:
+    return (base / "server.log").read_text()[start:]
+
+
+def _has_fp8_layers(kind: str) -> bool:
+    """Whether this ComfyUI's comfy.ops has ``kind`` (feature, read from its source: no version numbers)."""
+    return f"def {kind}(" in (Path(COMFYUI) / "comfy" / "ops.py").read_text()
+
+
+@pytest.mark.parametrize("layout", FP8_LAYOUTS)
+def test_converted_fp8_files_run(client, base, tmp_path, layout):
+    """The converter's fp8 files, in either key layout, load through the nodes as stored and run to an MP4 with the
+    running ComfyUI's own fp8 layers (mixed_precision_ops where it has them, else scaled_fp8_ops); the log names
+    the layers and the patcher class each loader used."""
+    start = len((base / "server.log").read_text())
+    prompt = _prompt(client, "mova_t2va.json", seed=12)
+    for node in prompt.values():
+        for name, value in node["inputs"].items():
+            if isinstance(value, str) and value in CONVERTED:
+                node["inputs"][name] = f"converted_{layout}/mova_tiny_{CONVERTED[value]}_fp8_e4m3fn_scaled.safetensors"
+    videos, _ = _run(client, prompt)
+    _check_mp4(client.download(videos[0], tmp_path / f"{layout}.mp4"))
+    family = "mixed_precision_ops" if _has_fp8_layers("mixed_precision_ops") else "scaled_fp8_ops"
+    log = _log_after(base, start)
+    for loader, stem in (("Video Expert", "video_dit_high"), ("Video Expert", "video_dit_low"),
+                         ("Audio Tower", "audio_dit")):
+        assert re.search(rf"MOVA {loader} Loader: \S*converted_{layout}/mova_tiny_{stem}_fp8_e4m3fn_scaled"
+                         rf"\.safetensors.* loaded with comfy\.ops\.{family} .*, patcher comfy\.model_patcher\.\w+",
+                         log), \
+            log[-3000:]
+
+
+def test_experts_stay_loaded_between_queues(client, base):
+    """Both experts fit beside each other (always so on the CPU): the next queue finds them loaded, so ComfyUI
+    loads no expert again."""
+    _run(client, _prompt(client, "mova_t2va.json", seed=14))
+    start = len((base / "server.log").read_text())
+    _run(client, _prompt(client, "mova_t2va.json", seed=15))
+    log = _log_after(base, start)
+    assert "MOVA Sampler: both video experts stay loaded" in log
+    assert "Requested to load WanDiT" not in log, log[-3000:]
+
+
+def _saved_latent(base: Path, outputs: dict, node: str) -> torch.Tensor:
+    from safetensors.torch import load_file
+    entry = outputs[node]["latents"][0]
+    return load_file(str(base / "output" / entry["subfolder"] / entry["filename"]))["latent_tensor"]
+
+
+def test_video_latent_through_stock_latent_nodes(client, base):
+    """The MOVA Sampler's video LATENT is a plain Wan 2.1 latent for core's latent nodes: Latent Cut along time,
+    Replace Video Latent Frames (where this ComfyUI has it), Save Latent, and VAE Decode of the result."""
+    info = client.object_info()
+    prompt = _prompt(client, "mova_t2va.json", seed=13)
+    sampler = next(k for k, n in prompt.items() if n["class_type"] == "MovaSampler")
+    vae = next(k for k, n in prompt.items() if n["class_type"] == "VAELoader")
+
+    def node(kind, **inputs):
+        return {"class_type": kind, "inputs": inputs}
+
+    prompt |= {
+        "40": node("SaveLatent", samples=[sampler, 0], filename_prefix="latents/mova_full"),
+        "41": node("LatentCut", samples=[sampler, 0], dim="t", index=1, amount=3),
+        "42": node("SaveLatent", samples=["41", 0], filename_prefix="latents/mova_cut"),
+        "43": node("VAEDecode", samples=["41", 0], vae=[vae, 0]),
+        "44": node("PreviewImage", images=["43", 0]),
+    }
+    replace = "ReplaceVideoLatentFrames" in info
+    if replace:
+        prompt |= {"45": node("LatentCut", samples=[sampler, 0], dim="t", index=0, amount=1),
+                   "46": node("ReplaceVideoLatentFrames", destination=[sampler, 0], source=["45", 0], index=2),
+                   "47": node("SaveLatent", samples=["46", 0], filename_prefix="latents/mova_replaced")}
+    outputs = {}
+    _run(client, prompt, outputs)
+    from comfyui_mova.mova_model.sizes import VAE_TIME, latent_shapes
+    from tiny_release import DAC_16K
+    full, cut = _saved_latent(base, outputs, "40"), _saved_latent(base, outputs, "42")
+    assert tuple(full.shape) == latent_shapes(1, HEIGHT, WIDTH, FRAMES, FPS, DAC_16K, DAC_16K.latent_dim).video
+    assert torch.equal(cut, full[:, :, 1:4])
+    assert len(outputs["44"]["images"]) == 1 + VAE_TIME * (cut.shape[2] - 1)  # VAE Decode of 3 latent frames
+    if replace:
+        replaced = _saved_latent(base, outputs, "47")
+        assert torch.equal(replaced[:, :, 2], full[:, :, 0])
+        assert torch.equal(replaced[:, :, :2], full[:, :, :2]) and torch.equal(replaced[:, :, 3:], full[:, :, 3:])

@@ -28,12 +28,14 @@ KINDS = {"high": "video_dit", "low": "video_dit", "audio": "audio_dit", "bridge"
 
 @pytest.fixture(scope="module")
 def converted(golden_dir, tmp_path_factory):
-    """{format: output folder} for the golden release converted to bf16 and fp8."""
+    """{format: output folder} for the golden release converted to bf16, fp8 (comfy_quant keys, the default)
+    and fp8 with the older scaled_fp8 keys ("fp8_legacy")."""
     out = {}
-    for fmt in ("bf16", "fp8_e4m3fn"):
-        folder = tmp_path_factory.mktemp(fmt)
-        assert convert.main([str(golden_dir / "checkpoint"), str(folder), "--dtype", fmt, "--prefix", "mova_tiny"]) == 0
-        out[fmt] = folder
+    for name, args in (("bf16", ["--dtype", "bf16"]), ("fp8_e4m3fn", []),
+                       ("fp8_legacy", ["--dtype", "fp8_e4m3fn", "--fp8-layout", "scaled_fp8"])):
+        folder = tmp_path_factory.mktemp(name)
+        assert convert.main([str(golden_dir / "checkpoint"), str(folder), "--prefix", "mova_tiny", *args]) == 0
+        out[name] = folder
     return out
 
 
@@ -65,15 +67,31 @@ def test_files_keys_and_metadata(converted, golden_dir):
         with safe_open(str(_file(converted["fp8_e4m3fn"], part, "fp8_e4m3fn_scaled")), framework="pt") as f:
             meta, keys = f.metadata(), set(f.keys())
             dtypes = {k: f.get_slice(k).get_dtype() for k in keys}
-            marker = f.get_tensor("scaled_fp8")
+            confs = {k: json.loads(bytes(f.get_tensor(k).tolist())) for k in keys if k.endswith(".comfy_quant")}
         assert meta[METADATA_KIND] == KINDS[part] and meta["mova.format"] == "fp8_e4m3fn_scaled"
+        assert meta["mova.fp8_layout"] == "comfy_quant"
         assert json.loads(meta[METADATA_CONFIG]) == config_to_dict(detect_config(source, KINDS[part]))
         assert meta.get(METADATA_EXPERT) == {"high": "high", "low": "low"}.get(part)
-        fp8 = {k for k, d in dtypes.items() if d == "F8_E4M3" and k != "scaled_fp8"}
+        fp8 = {k for k, d in dtypes.items() if d == "F8_E4M3"}
         assert fp8 and all(k.startswith(("blocks.", "audio_to_video", "video_to_audio")) for k in fp8)
-        assert keys == set(source.keys()) | {k[: -len("weight")] + "scale_weight" for k in fp8} | {"scaled_fp8"}
-        assert all(dtypes[k[: -len("weight")] + "scale_weight"] == "F32" for k in fp8)
-        assert {d for k, d in dtypes.items() if k not in fp8 and "scale" not in k} == {"BF16"}
+        modules = {k[: -len(".weight")] for k in fp8}
+        extra = {m + suffix for m in modules for suffix in (".weight_scale", ".comfy_quant")}
+        assert keys == set(source.keys()) | extra
+        assert all(dtypes[m + ".weight_scale"] == "F32" and dtypes[m + ".comfy_quant"] == "U8" for m in modules)
+        assert all(c == {"format": "float8_e4m3fn", "full_precision_matrix_mult": True} for c in confs.values())
+        assert {d for k, d in dtypes.items() if k not in fp8 and "." + k.rsplit(".", 1)[1] not in
+                (".weight_scale", ".comfy_quant")} == {"BF16"}
+        # the older layout on request: the same fp8 codes and scales under scale_weight, plus the scaled_fp8 marker
+        legacy = _file(converted["fp8_legacy"], part, "fp8_e4m3fn_scaled")
+        with safe_open(str(legacy), framework="pt") as f, \
+                safe_open(str(_file(converted["fp8_e4m3fn"], part, "fp8_e4m3fn_scaled")), framework="pt") as g:
+            assert set(f.keys()) == set(source.keys()) | {m + ".scale_weight" for m in modules} | {"scaled_fp8"}
+            assert f.metadata()["mova.fp8_layout"] == "scaled_fp8"
+            marker = f.get_tensor("scaled_fp8")
+            for m in modules:
+                codes = f.get_tensor(m + ".weight").view(torch.uint8)
+                assert torch.equal(codes, g.get_tensor(m + ".weight").view(torch.uint8))
+                assert torch.equal(f.get_tensor(m + ".scale_weight"), g.get_tensor(m + ".weight_scale"))
         assert marker.dtype == torch.float8_e4m3fn and marker.shape == (2,)
         with safe_open(str(_file(converted["bf16"], part, "bf16")), framework="pt") as f:
             assert set(f.keys()) == set(source.keys())
@@ -92,14 +110,17 @@ def test_converted_files_give_the_source_forward(converted, golden_dir, golden_t
                             ("bridge", "dual_tower_bridge"))}
     bf16 = _towers_from(converted["bf16"], "bf16")
     fp8 = _towers_from(converted["fp8_e4m3fn"], "fp8_e4m3fn_scaled")
+    legacy = _towers_from(converted["fp8_legacy"], "fp8_e4m3fn_scaled")
     for case in ("step_high", "step_low"):
         ref, ref_fp8 = _forward(src, case, g, fps), _forward(src_fp8, case, g, fps)
         out_bf16, out_fp8 = _forward(bf16, case, g, fps), _forward(fp8, case, g, fps)
+        out_legacy = _forward(legacy, case, g, fps)
         for name in ("video", "audio"):
             # bf16 file = the source rounded to bf16: the same forward as the source loaded in bf16
             assert torch.equal(getattr(out_bf16, name), getattr(ref, name)), (case, name)
-            # fp8 file = the same fp8 codes and scales as quantising the source on load
+            # fp8 file (either layout) = the same fp8 codes and scales as quantising the source on load
             assert torch.equal(getattr(out_fp8, name), getattr(ref_fp8, name)), (case, name)
+            assert torch.equal(getattr(out_legacy, name), getattr(ref_fp8, name)), (case, name)
             assert rel_l2(getattr(out_fp8, name), getattr(ref, name)) < FP8_VS_BF16_BOUND, (case, name)
     dac_src = loading.load_component(ckpt, "audio_vae", dtype=torch.float32)
     dac = loading.load_component(_file(converted["fp8_e4m3fn"], "audio_vae", "fp32"), "audio_vae")
@@ -129,11 +150,14 @@ def test_overwrite_refusal_names_the_file(golden_dir, tmp_path, capsys):
     assert (tmp_path / "mova_x_audio_dit_bf16.safetensors").read_bytes() == b"mine"
 
 
-@pytest.mark.parametrize("key,fmt", [("blocks.1.ffn.0.weight", "fp8_e4m3fn"), ("head.head.weight", "fp8_e4m3fn"),
-                                     ("blocks.0.self_attn.q.weight", "bf16")])
-def test_verification_catches_a_changed_value(golden_dir, tmp_path, key, fmt):
+@pytest.mark.parametrize("key,fmt,layout", [
+    ("blocks.1.ffn.0.weight", "fp8_e4m3fn", "comfy_quant"), ("blocks.1.ffn.0.weight", "fp8_e4m3fn", "scaled_fp8"),
+    ("blocks.1.ffn.0.weight_scale", "fp8_e4m3fn", "comfy_quant"),
+    ("blocks.1.ffn.0.comfy_quant", "fp8_e4m3fn", "comfy_quant"),
+    ("head.head.weight", "fp8_e4m3fn", "comfy_quant"), ("blocks.0.self_attn.q.weight", "bf16", "comfy_quant")])
+def test_verification_catches_a_changed_value(golden_dir, tmp_path, key, fmt, layout):
     ckpt = open_checkpoint(golden_dir / "checkpoint", "audio_dit")
-    specs = convert.plan(ckpt, "audio_dit", fmt)
+    specs = convert.plan(ckpt, "audio_dit", fmt, layout)
     path = tmp_path / "part.safetensors"
     convert.write_part(ckpt, "audio_dit", specs, path, {"format": "pt"})
     convert.verify_part(path, ckpt, "audio_dit", specs, {"format": "pt"})   # a clean file passes
@@ -143,7 +167,8 @@ def test_verification_catches_a_changed_value(golden_dir, tmp_path, key, fmt):
     data = bytearray(path.read_bytes())
     data[start + begin + 1] ^= 0x24   # a few bits of the second element
     path.write_bytes(bytes(data))
-    with pytest.raises(CheckpointError, match=rf"part.safetensors failed verification: {key}.*Convert again"):
+    module = key.rsplit(".", 1)[0]
+    with pytest.raises(CheckpointError, match=rf"part.safetensors failed verification: {module}\..*Convert again"):
         convert.verify_part(path, ckpt, "audio_dit", specs, {"format": "pt"})
 
 

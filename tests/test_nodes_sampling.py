@@ -171,3 +171,13 @@ def test_activation_estimate_real_sizes():
     expected = 2 * (43120 * (13824 + 6 * 5120) + 403 * (8960 + 6 * 1536))
     assert estimate == expected
     assert 3e9 < estimate < 5e9
+
+
+def test_experts_stay_together_only_when_they_fit():
+    """Both experts, the tower and the activations against the device budget: one byte over and the sampler goes
+    back to one expert at a time."""
+    from comfyui_mova.nodes.sampling import experts_fit_together
+    experts, tower, activations = (28 << 30, 28 << 30), 3 << 30, 5 << 30
+    need = sum(experts) + tower + activations
+    assert experts_fit_together(experts, tower, activations, need)
+    assert not experts_fit_together(experts, tower, activations, need - 1)
