@@ -7,13 +7,16 @@ from comfy_api.latest import ComfyExtension, io
 from . import comfy_attention
 from .audio_node import MovaAudioDecode
 from .conditioning_node import MovaConditioning
+from .dataset_node import MovaDataset
 from .loader_nodes import MovaAudioTowerLoader, MovaAudioVAELoader, MovaVideoExpertLoader
 from .lora_node import MovaLoraLoader
 from .sampler_node import MovaSampler, MovaSamplerOptions
+from .save_lora_node import MovaSaveLora
+from .train_node import MovaTrainLora
 
 NODE_CLASSES = [
     MovaVideoExpertLoader, MovaAudioTowerLoader, MovaAudioVAELoader, MovaConditioning, MovaSampler, MovaAudioDecode,
-    MovaLoraLoader, MovaSamplerOptions,
+    MovaLoraLoader, MovaSamplerOptions, MovaDataset, MovaTrainLora, MovaSaveLora,
 ]
 
 
