@@ -13,7 +13,8 @@ import comfyui_mova
 from comfyui_mova.nodes import spec
 
 PACK = Path(comfyui_mova.__file__).parent
-PLAIN_MODULES = ("spec", "handles", "model_files", "condition", "sampling", "audio_decode", "lora_patches")
+PLAIN_MODULES = ("spec", "handles", "model_files", "condition", "sampling", "audio_decode", "lora_patches", "clips",
+                 "dataset", "training_run", "loss_plot")
 
 
 def _comfy_available() -> bool:
@@ -63,7 +64,7 @@ def test_every_input_has_a_tooltip_and_valid_default(node):
     for widget in node.widgets:
         if widget.default is not None:
             assert widget.problem(widget.default) is None
-        assert widget.kind in ("INT", "FLOAT", "COMBO", "STRING")
+        assert widget.kind in ("INT", "FLOAT", "COMBO", "STRING", "BOOLEAN")
         if widget.kind == "COMBO":
             assert (widget.options is None) != (widget.model_folder is None)
     # optional inputs come last: ComfyUI lists required inputs first, so widget order must not depend on it
@@ -78,6 +79,9 @@ def test_widget_problem_messages():
     assert "whole number" in steps.problem(2.5)
     assert spec.VIDEO_EXPERT_LOADER.widgets[1].problem("int4") is not None
     assert spec.SAMPLER.widgets[0].stored_values == 2  # seed + its control_after_generate value
+    resume = spec.TRAIN_LORA.widgets[-1]
+    assert resume.name == "resume" and resume.problem(True) is None
+    assert resume.problem("yes") == "resume must be true or false, got 'yes'"
 
 
 def test_extension_lists_every_spec():
