@@ -9,7 +9,7 @@ import folder_paths
 from comfy_api.latest import io, ui
 
 from ..mova_model.lora import LoraFile
-from ..mova_model.lora_save import SAVE_DTYPES, save_lora_safetensors, save_official_folder
+from ..mova_model.lora_save import PART_ORDER, SAVE_DTYPES, save_lora_safetensors, save_official_folder
 from . import spec
 from .comfy_io import schema
 from .training_run import lora_save_paths
@@ -33,7 +33,8 @@ class MovaSaveLora(io.ComfyNode):
             raise ValueError("lora: expected the lora output of MOVA Train LoRA")
         path, folder = _paths(filename, overwrite, official_folder)
         save_lora_safetensors(lora, path, SAVE_DTYPES[dtype], overwrite=overwrite)
-        lines = [f"saved {path} ({lora.summary().split(': ', 1)[-1]})"]
+        counts = ", ".join(f"{part} {len(lora.patches[part])}" for part in PART_ORDER if lora.patches.get(part))
+        lines = [f"saved {path} (LoRA weights: {counts})"]
         if folder is not None:
             save_official_folder(lora, folder, overwrite=overwrite)
             lines.append(f"official folder: {folder} (lora_weights.pt + lora_config.pt)")

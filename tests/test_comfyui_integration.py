@@ -482,6 +482,24 @@ def test_training_workflow_clips_to_a_lora_the_loader_applies(client, base):
                 changed += int(delta.abs().max() > 0)
             assert torch.allclose(values, w + delta, atol=1e-5), (node, entry)
     assert changed >= 4  # the trained B matrices are not zero: the LoRA changes the weights
+    # the trained LoRA straight into the loader's lora input (queued again, the run finds its final checkpoint
+    # and has nothing left to train): the same weights as through the saved file
+    prompt = _train_prompt(client, "itest", steps=4, filename="mova/itest_lora")
+    for key in (_key(prompt, "MovaSaveLora"), _key(prompt, "PreviewImage")):
+        del prompt[key]
+    experts = sorted((k for k, n in prompt.items() if n["class_type"] == "MovaVideoExpertLoader"),
+                     key=lambda k: prompt[k]["inputs"]["model_name"])
+    parts = [[experts[0], 0], [experts[1], 0], [_key(prompt, "MovaAudioTowerLoader"), 0]]
+    direct = lora_node(None, "mova/itest_lora.safetensors", strengths)
+    direct["inputs"].update(zip(("high_noise_expert", "low_noise_expert", "audio_tower"), parts),
+                            lora=[_key(prompt, "MovaTrainLora"), 0])
+    prompt |= {"30": direct, "31": probe_node(["30", 0], ["30", 2])}
+    direct_outputs = {}
+    _run(client, prompt, direct_outputs)
+    assert direct_outputs["30"]["text"][0].startswith("itest (trained, 4 steps): high-noise expert 16 weights at 0.5")
+    assert "MOVA Train LoRA itest: nothing to train: the run already has 4 steps" in (base / "server.log").read_text()
+    for entry, (_, values) in probed(direct_outputs, "31").items():
+        assert torch.allclose(values, probed(outputs, "20")[entry][1], atol=1e-6), entry
 
 
 def test_training_continues_and_never_overwrites_a_lora(client, base):
@@ -494,8 +512,12 @@ def test_training_continues_and_never_overwrites_a_lora(client, base):
     with pytest.raises(ServerError, match="itest_again.safetensors already exists: switch overwrite on"):
         _run(client, _train_prompt(client, "itest", steps=6, filename="itest_again"))
     assert taken.read_bytes() == b"taken"
-    assert "trained steps 5-6 (continued from the checkpoint at step 4)" in (base / "server.log").read_text()
+    log = (base / "server.log").read_text()
+    assert "trained steps 5-6 (continued from the checkpoint at step 4)" in log
     _run(client, _train_prompt(client, "itest", steps=6, filename="itest_6"))
+    # nothing was trained twice: ComfyUI kept the trained LoRA of the failed run, or the run found its final
+    # checkpoint
+    assert (base / "server.log").read_text().count("trained steps 5-6") == 1
     saved = load_file(str(base / "models" / "loras" / "itest_6.safetensors"))
     checkpoint = load_file(str(base / "output" / "mova_training" / "itest" / "step_000006.safetensors"))
     assert saved.keys() == {k for k in checkpoint if not k.startswith("optimizer.")}

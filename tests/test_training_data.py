@@ -13,7 +13,7 @@ from comfyui_mova.mova_model.latent_dataset import load_latent_dataset
 from comfyui_mova.mova_model.sizes import audio_latent_length
 from comfyui_mova.nodes.clips import ClipError, find_clips, inspect_clip, read_clip, resample_indices
 from comfyui_mova.nodes.dataset import build_dataset, module_fingerprint, output_fingerprint
-from training_fixtures import golden_dac, test_encoders, toy_request, write_toy_clips
+from training_fixtures import golden_dac, toy_encoders, toy_request, write_toy_clips
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def test_every_problem_is_reported_before_encoding(tmp_path, golden_dir, golden_
     (folder / "empty.txt").write_text("  \n")
     cache = tmp_path / "cache"
     with pytest.raises(ClipError) as caught:
-        build_dataset(toy_request(folder, golden_cases), test_encoders(golden_dir, golden_cases), cache)
+        build_dataset(toy_request(folder, golden_cases), toy_encoders(golden_dir, golden_cases), cache)
     message = str(caught.value)
     assert message.startswith("6 problem(s) with the clips in") and "nothing was encoded" in message
     for needle in ("no_caption.mp4: no caption (write it in no_caption.txt beside the clip)",
@@ -101,7 +101,7 @@ def test_other_frame_rate_is_resampled_and_reported(tmp_path, sizes, rate):
 def test_dataset_is_encoded_once_and_reused(tmp_path, golden_dir, golden_cases, sizes):
     w, h, frames, fps = sizes
     folder = write_toy_clips(tmp_path / "clips", golden_cases)
-    encoders = test_encoders(golden_dir, golden_cases)
+    encoders = toy_encoders(golden_dir, golden_cases)
     dataset, path, lines = build_dataset(toy_request(folder, golden_cases), encoders, tmp_path / "cache")
     assert lines[0] == f"2 clips encoded to {path.name}" and path.parent == tmp_path / "cache"
     t = (frames - 1) // 4 + 1
@@ -141,3 +141,24 @@ def test_encoder_fingerprints(golden_dir):
     assert module_fingerprint(dac) != before
     x = torch.linspace(-1, 1, 100)
     assert output_fingerprint(x) == output_fingerprint(x + 1e-9) != output_fingerprint(x * 2)
+
+
+def test_official_metadata_for_the_same_clip_folder(tmp_path, golden_cases):
+    """scripts/make_official_metadata.py writes the metadata.json MOVA's own trainers read, from the captions."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = Path(__file__).resolve().parents[1] / "scripts" / "make_official_metadata.py"
+    folder = write_toy_clips(tmp_path / "clips", golden_cases)
+    run = subprocess.run([sys.executable, str(script), str(folder)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    entries = json.loads((folder / "metadata.json").read_text())
+    assert entries == [{"video_path": f"clip{i}.mp4", "caption": (folder / f"clip{i}.txt").read_text().strip()}
+                       for i in range(2)]
+    run = subprocess.run([sys.executable, str(script), str(folder)], capture_output=True, text=True)
+    assert run.returncode == 2 and "already exists: pass --overwrite" in run.stderr
+    (folder / "clip1.txt").unlink()
+    run = subprocess.run([sys.executable, str(script), str(folder), "--overwrite"], capture_output=True, text=True)
+    assert run.returncode == 2 and "no caption for clip1.mp4" in run.stderr
+    assert json.loads((folder / "metadata.json").read_text()) == entries  # left as it was

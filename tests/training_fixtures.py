@@ -40,7 +40,7 @@ def golden_dac(golden_dir):
     return loading.load_component(golden_dir / "checkpoint", "audio_vae", dtype=torch.float32, component="audio_vae")
 
 
-def test_encoders(golden_dir, golden_cases) -> Encoders:
+def toy_encoders(golden_dir, golden_cases) -> Encoders:
     dac = golden_dac(golden_dir)
 
     def encode_audio(wave: torch.Tensor) -> torch.Tensor:
@@ -51,9 +51,6 @@ def test_encoders(golden_dir, golden_cases) -> Encoders:
                     text=hashed_text_encoder(golden_cases["video_dit"]["text_dim"]),
                     sample_rate=dac.config.sample_rate, hop_length=dac.config.hop_length,
                     fingerprint=module_fingerprint(dac) + "|pool|hash")
-
-
-test_encoders.__test__ = False  # a helper, not a test
 
 
 def write_toy_clips(folder: Path, golden_cases, count: int = 2) -> Path:
@@ -76,4 +73,4 @@ def toy_request(folder: Path, golden_cases, **changes) -> DatasetRequest:
 def build_toy_dataset(tmp: Path, golden_dir, golden_cases):
     """(dataset, cache file, report) of two toy clips, built with the real DAC and the stand-in encoders."""
     clips = write_toy_clips(tmp / "clips", golden_cases)
-    return build_dataset(toy_request(clips, golden_cases), test_encoders(golden_dir, golden_cases), tmp / "cache")
+    return build_dataset(toy_request(clips, golden_cases), toy_encoders(golden_dir, golden_cases), tmp / "cache")
