@@ -13,6 +13,7 @@ resumed from a checkpoint continues exactly the loss curve of an uninterrupted r
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import math
@@ -47,6 +48,7 @@ class TrainSettings:
     seed: int = 0
     parts: tuple[str, ...] = COMPONENTS       # LoRA components that train
     gradient_checkpointing: bool = True
+    offload_activations: bool = True          # keep what the backward pass needs in host memory
     checkpoint_every: int = 50
     grad_clip: float = 1.0
     weight_decay: float = 0.01
@@ -155,16 +157,21 @@ def sample_timestep(expert: int, n_high: int, grid_size: int, generator: torch.G
 
 
 def flow_matching_loss(expert, towers: MovaTowers, batch, sigma: float, timestep: float, noise_gen, fps: float,
-                       dtype: torch.dtype, device, checkpoint: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(video MSE, audio MSE) of one batch at one noise level: noisy = (1−σ)x + σε, target ε − x."""
+                       dtype: torch.dtype, device, checkpoint: bool,
+                       offload: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(video MSE, audio MSE) of one batch at one noise level: noisy = (1−σ)x + σε, target ε − x.
+    ``offload`` keeps the tensors saved for the backward pass in (pinned) host memory."""
+    device = torch.device(device)
     video, condition, audio, text = (t.to(device) for t in batch)
     video_noise = torch.randn(video.shape, generator=noise_gen).to(device)
     audio_noise = torch.randn(audio.shape, generator=noise_gen).to(device)
     noisy_video = (1 - sigma) * video + sigma * video_noise
     noisy_audio = (1 - sigma) * audio + sigma * audio_noise
     t = torch.tensor([timestep], device=device)
-    out = joint_forward(expert, towers.audio_dit, towers.bridge, torch.cat([noisy_video, condition], dim=1),
-                        noisy_audio, text, t, t, fps, dtype=dtype, checkpoint=checkpoint)
+    keep = torch.autograd.graph.save_on_cpu(pin_memory=device.type == "cuda") if offload else contextlib.nullcontext()
+    with keep:
+        out = joint_forward(expert, towers.audio_dit, towers.bridge, torch.cat([noisy_video, condition], dim=1),
+                            noisy_audio, text, t, t, fps, dtype=dtype, checkpoint=checkpoint)
     return F.mse_loss(out.video, video_noise - video), F.mse_loss(out.audio, audio_noise - audio)
 
 
@@ -272,7 +279,7 @@ def _loop(towers, dataset, settings, lora: LoraSet, optimizer, history, start, c
             batch = dataset.batch(sample_indices(settings.seed, step, micro, settings, len(dataset)))
             video_loss, audio_loss = flow_matching_loss(
                 towers.video_experts[expert], towers, batch, float(sigmas[index]), float(timesteps[index]), gen,
-                dataset.fps, dtype, device, settings.gradient_checkpointing)
+                dataset.fps, dtype, device, settings.gradient_checkpointing, settings.offload_activations)
             ((video_loss + audio_loss) / settings.grad_accumulation).backward()
             losses += torch.stack([video_loss.detach().cpu(), audio_loss.detach().cpu()])
             used.append(float(timesteps[index]))

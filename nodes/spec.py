@@ -381,6 +381,9 @@ TRAIN_LORA = NodeSpec(
         Widget("resume", "BOOLEAN", default=True,
                tooltip="Continue from the run's latest checkpoint when there is one. Off refuses a run name that "
                "already has checkpoints (nothing is overwritten)."),
+        Widget("offload_activations", "BOOLEAN", default=True,
+               tooltip="Keep the activations saved for the backward pass in system RAM instead of VRAM (as the "
+               "official low-resource trainer does): much less VRAM for long clips, some time for the copies."),
     ),
     outputs=(
         Socket("lora", LORA, "The trained LoRA: for MOVA Save LoRA, or straight into a MOVA LoRA Loader's lora input."),

@@ -29,13 +29,14 @@ class MovaTrainLora(io.ComfyNode):
     def execute(cls, high_noise_expert: LoadedPart, low_noise_expert: LoadedPart, audio_tower: LoadedPart, dataset,
                 run_name: str, steps: int, rank: int, alpha: float, learning_rate: float, batch_size: int,
                 grad_accumulation: int, seed: int, train_high_noise: bool, train_low_noise: bool, train_audio: bool,
-                train_bridge: bool, gradient_checkpointing: bool, checkpoint_every: int,
-                resume: bool) -> io.NodeOutput:
+                train_bridge: bool, gradient_checkpointing: bool, checkpoint_every: int, resume: bool,
+                offload_activations: bool = True) -> io.NodeOutput:
         parts = parts_from_switches(train_high_noise=train_high_noise, train_low_noise=train_low_noise,
                                     train_audio=train_audio, train_bridge=train_bridge)
         settings = TrainSettings(rank=rank, alpha=alpha, learning_rate=learning_rate, steps=steps,
                                  batch_size=batch_size, grad_accumulation=grad_accumulation, seed=seed, parts=parts,
-                                 gradient_checkpointing=gradient_checkpointing, checkpoint_every=checkpoint_every)
+                                 gradient_checkpointing=gradient_checkpointing, checkpoint_every=checkpoint_every,
+                                 offload_activations=offload_activations)
         problems = settings.problems()
         if problems:
             raise ValueError("; ".join(problems))

@@ -48,6 +48,8 @@ def training_memory(dataset: LatentDataset, high: LoadedPart, tower: LoadedPart,
     one_block = activation_bytes(video_shape, audio_shape, video_cfg, audio_cfg, high.compute_dtype)
     if not settings.gradient_checkpointing:
         return one_block * (video_cfg.num_layers + 1)
+    if settings.offload_activations:  # the block inputs kept for the backward pass wait in system RAM
+        return 2 * one_block
     size = torch.empty((), dtype=high.compute_dtype).element_size()
     _, _, t, h, w = video_shape
     tokens = t * (h // video_cfg.patch_size[1]) * (w // video_cfg.patch_size[2])

@@ -79,8 +79,8 @@ def test_widget_problem_messages():
     assert "whole number" in steps.problem(2.5)
     assert spec.VIDEO_EXPERT_LOADER.widgets[1].problem("int4") is not None
     assert spec.SAMPLER.widgets[0].stored_values == 2  # seed + its control_after_generate value
-    resume = spec.TRAIN_LORA.widgets[-1]
-    assert resume.name == "resume" and resume.problem(True) is None
+    resume = next(w for w in spec.TRAIN_LORA.widgets if w.name == "resume")
+    assert resume.kind == "BOOLEAN" and resume.problem(True) is None
     assert resume.problem("yes") == "resume must be true or false, got 'yes'"
 
 

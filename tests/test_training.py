@@ -168,7 +168,7 @@ def test_lora_changes_the_output_as_w_plus_scaled_ba(golden_dir, toy, straight_r
     assert torch.allclose(out.video, hooked.video, atol=1e-5) and torch.allclose(out.audio, hooked.audio, atol=1e-5)
 
 
-def test_gradient_checkpointing_gives_the_same_loss_and_gradients(golden_dir, toy):
+def test_checkpointing_and_offload_give_the_same_loss_and_gradients(golden_dir, toy):
     towers = fresh_towers(golden_dir)
     prepare_networks(towers)  # what train_lora does first: frozen, and usable by autograd
     lora = make_lora_set(_parts(towers), 4, 4.0, 0)
@@ -177,17 +177,19 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(golden_dir, to
             p.normal_(0, 0.05)
     results = []
     with attached(lora, _parts(towers)):
-        for checkpoint in (False, True):
+        for checkpoint, offload in ((False, False), (True, False), (True, True)):
             for p in lora.parameters():
                 p.grad = None
             v, a = flow_matching_loss(towers.video_experts[0], towers, toy.batch([0, 1]), 0.95, 950.0,
-                                      torch.Generator().manual_seed(0), toy.fps, torch.float32, "cpu", checkpoint)
+                                      torch.Generator().manual_seed(0), toy.fps, torch.float32, "cpu", checkpoint,
+                                      offload)
             (v + a).backward()
             results.append(((v + a).item(), [p.grad for p in lora.parameters() if p.grad is not None]))
-    assert results[0][0] == pytest.approx(results[1][0], rel=1e-6)
-    assert len(results[0][1]) == len(results[1][1]) > 0
-    for g0, g1 in zip(results[0][1], results[1][1]):
-        assert torch.allclose(g0, g1, atol=1e-6)
+    for loss, grads in results[1:]:
+        assert loss == pytest.approx(results[0][0], rel=1e-6)
+        assert len(grads) == len(results[0][1]) > 0
+        for g0, g1 in zip(results[0][1], grads):
+            assert torch.allclose(g0, g1, atol=1e-6)
 
 
 def test_resume_continues_the_same_loss_curve(golden_dir, toy, straight_run, tmp_path):
