@@ -551,3 +551,19 @@ def test_cancel_stops_training_and_the_checkpoint_continues(client, base):
     _run(client, prompt, outputs)
     text = outputs[_key(prompt, "MovaTrainLora")]["text"][0]
     assert text.startswith(f"trained steps {last + 1}-{last + 1} (continued from the checkpoint at step {last})"), text
+
+
+def test_training_on_fp8_weights(client, base):
+    """Experts and audio tower loaded as fp8_e4m3fn (ComfyUI's scaled-fp8 layers): a float32 LoRA trains on them."""
+    from safetensors.torch import load_file
+    prompt = _train_prompt(client, "ifp8", steps=2, filename="ifp8")
+    for node in prompt.values():
+        if node["class_type"] in ("MovaVideoExpertLoader", "MovaAudioTowerLoader"):
+            node["inputs"]["weight_dtype"] = "fp8_e4m3fn"
+    outputs = {}
+    _run(client, prompt, outputs)
+    text = outputs[_key(prompt, "MovaTrainLora")]["text"][0]
+    assert text.startswith("trained steps 1-2"), text
+    saved = load_file(str(base / "models" / "loras" / "ifp8.safetensors"))
+    assert all(t.dtype == torch.float32 for t in saved.values())
+    assert any(t.abs().max() > 0 for k, t in saved.items() if "lora_B" in k)
