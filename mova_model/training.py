@@ -4,7 +4,7 @@ One optimizer step trains one video expert: with both experts in the rotation, e
 high-noise expert with a timestep at or above the boundary (0.9 · 1000), odd steps the low-noise expert
 below it. Timesteps are drawn uniformly from the scheduler's 1000-entry training grid (shifted sigmas);
 the noisy latents are (1 − σ)·x + σ·ε, the target is ε − x for video and for audio, and the loss is the
-sum of the two mean squared errors. Gradients of ``grad_accumulation`` micro-batches are summed, clipped
+sum of the two mean squared errors. Gradients of ``grad_accumulation`` micro-batches are averaged, clipped
 to norm 1.0, then AdamW (lr 1e-4, weight decay 0.01) updates the float32 LoRA weights.
 
 Every random draw (clip order, timestep, noise) comes from a generator seeded by (seed, step), so a run
