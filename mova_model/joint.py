@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from .bridge import DualTowerBridge
 from .dit import WanDiT
@@ -52,11 +53,14 @@ def joint_forward(
     video_fps: float,
     bridge_scale: float = 1.0,
     dtype: torch.dtype | None = None,
+    checkpoint: bool = False,
 ) -> JointOutput:
     """video_in [B,36,T,h,w] (latent + I2V condition), audio_in [B,C,L], context [B,Lt,4096],
     timesteps [B] (video and audio may differ) -> JointOutput in float32.
 
     ``bridge_scale`` 0 runs the towers without exchanging information (for dual CFG).
+    ``checkpoint`` (training) recomputes each block and bridge exchange in the backward pass instead of
+    keeping its activations; the forward result is the same.
     """
     dtype = dtype or video_in.dtype
     batch = video_in.shape[0]
@@ -81,13 +85,23 @@ def joint_forward(
     a_rope = audio_dit.rope(a_grid, device)
     bv_rope, ba_rope = bridge.aligned_rope(v_grid, a_grid[0], video_fps, device=device, dtype=dtype)
 
+    run = _run_checkpointed if checkpoint else _run
     video_blocks, audio_blocks = iter_blocks(video_dit), iter_blocks(audio_dit)
     for i in range(len(video_dit.blocks)):
         if i < len(audio_dit.blocks):
-            video, audio = bridge(i, video, audio, bv_rope, ba_rope, scale=bridge_scale)
-            audio = next(audio_blocks)(audio, a_ctx, a_mod, a_rope)
-        video = next(video_blocks)(video, v_ctx, v_mod, v_rope)
+            video, audio = run(lambda v, a, i=i: bridge(i, v, a, bv_rope, ba_rope, scale=bridge_scale), video, audio)
+            audio = run(next(audio_blocks), audio, a_ctx, a_mod, a_rope)
+        video = run(next(video_blocks), video, v_ctx, v_mod, v_rope)
 
     video = video_dit.unpatchify(video_dit.head(video, v_emb), v_grid)
     audio = audio_dit.unpatchify(audio_dit.head(audio, a_emb), a_grid)
     return JointOutput(video=video.float(), audio=audio.float())
+
+
+def _run(fn, *args):
+    return fn(*args)
+
+
+def _run_checkpointed(fn, *args):
+    """fn(*args) whose activations are recomputed in the backward pass (gradient checkpointing)."""
+    return _checkpoint(fn, *args, use_reentrant=False)

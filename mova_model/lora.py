@@ -94,6 +94,12 @@ def read_lora(path: str | os.PathLike) -> LoraFile:
     if not path.exists():
         raise CheckpointError(f"LoRA file {path} does not exist: put it in the loras folder.")
     tensors, settings = _read_raw(path)
+    return lora_from_tensors(tensors, settings, str(path))
+
+
+def lora_from_tensors(tensors: dict, settings: dict, path: str) -> LoraFile:
+    """Parse LoRA tensors in either official key layout (``settings``: alpha / lora_alpha, optional);
+    ``path`` names the LoRA in messages."""
     default_alpha = settings.get("alpha", settings.get("lora_alpha"))
     parts: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
     alphas: dict[str, float] = {}
@@ -124,7 +130,7 @@ def read_lora(path: str | os.PathLike) -> LoraFile:
         alpha = alphas.get(f"{component}.{module}", default_alpha if default_alpha is not None else rank)
         patches[component][module + ".weight"] = LoraPatch(
             down=ab["A"].reshape(rank, -1), up=ab["B"].reshape(ab["B"].shape[0], rank), scale=float(alpha) / rank)
-    return LoraFile(path=str(path), patches=patches, unknown_keys=sorted(unknown))
+    return LoraFile(path=path, patches=patches, unknown_keys=sorted(unknown))
 
 
 def match_patches(patches: dict[str, LoraPatch], shapes: dict[str, tuple[int, ...]]):

@@ -14,11 +14,11 @@ from .model_files import list_choices
 CUSTOM_TYPES = {
     name: io.Custom(name)
     for name in (spec.VIDEO_EXPERT, spec.AUDIO_TOWER, spec.AUDIO_VAE, spec.MOVA_CONDITIONING, spec.AUDIO_LATENT,
-                 spec.SAMPLER_OPTIONS)
+                 spec.SAMPLER_OPTIONS, spec.LORA, spec.DATASET)
 }
 STOCK_TYPES = {
     "CONDITIONING": io.Conditioning, "VAE": io.Vae, "IMAGE": io.Image, "LATENT": io.Latent,
-    "AUDIO": io.Audio, "FLOAT": io.Float, "STRING": io.String,
+    "AUDIO": io.Audio, "FLOAT": io.Float, "STRING": io.String, "CLIP": io.Clip,
 }
 
 
@@ -40,11 +40,11 @@ def _widget(w: spec.Widget):
     if w.kind == "FLOAT":
         return io.Float.Input(w.name, default=w.default, min=w.min, max=w.max, step=w.step, round=w.round,
                               tooltip=w.tooltip)
+    if w.kind == "BOOLEAN":
+        return io.Boolean.Input(w.name, default=w.default, tooltip=w.tooltip)
     if w.kind == "COMBO":
         options = list(w.options) if w.options is not None else model_choices(w.model_folder)
         return io.Combo.Input(w.name, options=options, default=w.default, tooltip=w.tooltip)
-    if w.kind == "BOOLEAN":
-        return io.Boolean.Input(w.name, default=w.default, tooltip=w.tooltip)
     if w.multiline:
         return io.String.Input(w.name, default=w.default, multiline=True, tooltip=w.tooltip)
     return io.String.Input(w.name, default=w.default, tooltip=w.tooltip)
@@ -67,6 +67,7 @@ def schema(node: spec.NodeSpec, hidden: list | None = None) -> io.Schema:
         # output ids must differ from input ids (MovaConditioning has an fps widget and an fps output)
         outputs=[_type(o.type).Output(f"out_{o.name}", display_name=o.name, tooltip=o.tooltip) for o in node.outputs],
         hidden=hidden,
+        is_output_node=node.output_node,
     )
 
 

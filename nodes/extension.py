@@ -7,14 +7,18 @@ from comfy_api.latest import ComfyExtension, io
 from . import comfy_attention
 from .audio_node import MovaAudioDecode
 from .conditioning_node import MovaConditioning
+from .dataset_node import MovaDataset
 from .loader_nodes import MovaAudioTowerLoader, MovaAudioVAELoader, MovaVideoExpertLoader
 from .lora_node import MovaLoraLoader
 from .prompt_nodes import MovaPromptBuilder, MovaPromptEnhance
 from .sampler_node import MovaSampler, MovaSamplerOptions
+from .save_lora_node import MovaSaveLora
+from .train_node import MovaTrainLora
 
 NODE_CLASSES = [
     MovaVideoExpertLoader, MovaAudioTowerLoader, MovaAudioVAELoader, MovaConditioning, MovaSampler, MovaAudioDecode,
-    MovaLoraLoader, MovaSamplerOptions, MovaPromptEnhance, MovaPromptBuilder,
+    MovaLoraLoader, MovaSamplerOptions, MovaPromptEnhance, MovaPromptBuilder, MovaDataset, MovaTrainLora,
+    MovaSaveLora,
 ]
 
 

@@ -14,7 +14,7 @@ import folder_paths
 from comfy.weight_adapter import LoRAAdapter
 from comfy_api.latest import io, ui
 
-from ..mova_model.lora import read_lora
+from ..mova_model.lora import LoraFile, read_lora
 from . import spec
 from .comfy_io import schema, show_text
 from .handles import LoadedPart
@@ -46,9 +46,14 @@ class MovaLoraLoader(io.ComfyNode):
     @classmethod
     def execute(cls, high_noise_expert: LoadedPart, low_noise_expert: LoadedPart, audio_tower: LoadedPart,
                 lora_name: str, strength_high_noise: float, strength_low_noise: float, strength_audio: float,
-                strength_bridge: float) -> io.NodeOutput:
+                strength_bridge: float, lora: LoraFile | None = None) -> io.NodeOutput:
         check_roles(high_noise_expert, low_noise_expert)
-        lora = read_lora(folder_paths.get_full_path_or_raise("loras", lora_name))
+        if lora is None:
+            lora = read_lora(folder_paths.get_full_path_or_raise("loras", lora_name))
+        elif not isinstance(lora, LoraFile):
+            raise ValueError("lora: expected the lora output of MOVA Train LoRA (or leave it unconnected)")
+        else:
+            lora_name = lora.path
         parts = dict(zip(SLOTS, (high_noise_expert, low_noise_expert, audio_tower)))
         shapes = {slot: {k: tuple(v.shape) for k, v in part.model.state_dict().items()} for slot, part in parts.items()}
         strengths = {"video_dit": strength_high_noise, "video_dit_2": strength_low_noise,

@@ -19,6 +19,8 @@ AUDIO_VAE = "MOVA_AUDIO_VAE"
 MOVA_CONDITIONING = "MOVA_CONDITIONING"
 AUDIO_LATENT = "MOVA_AUDIO_LATENT"
 SAMPLER_OPTIONS = "MOVA_SAMPLER_OPTIONS"
+LORA = "MOVA_LORA"
+DATASET = "MOVA_DATASET"
 
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
 WEIGHT_DTYPES = ("default", "bf16", "fp16", "fp8_e4m3fn")
@@ -26,6 +28,8 @@ AUDIO_VAE_DTYPES = ("default", "fp32", "bf16", "fp16")
 ATTENTION_CHOICES = ("auto", "sdpa", "sdpa_cudnn", "sdpa_flash", "flash3", "sage", "comfy")
 COMPILE_CHOICES = ("off", "blocks", "blocks-max-autotune")
 FP8_COMPUTE_CHOICES = ("auto", "dequant", "fp8_matmul")
+FPS_MODES = ("refuse", "resample")
+LORA_SAVE_DTYPES = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,8 @@ class Widget:
 
     def problem(self, value) -> str | None:
         """Why ``value`` is not valid for this widget, or None when it is."""
+        if self.kind == "BOOLEAN":
+            return None if isinstance(value, bool) else f"{self.name} must be true or false, got {value!r}"
         if self.kind in ("INT", "FLOAT"):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 return f"{self.name} must be a number, got {value!r}"
@@ -73,8 +79,6 @@ class Widget:
             if self.max is not None and value > self.max:
                 return f"{self.name} {value} is above the maximum {self.max}"
             return None
-        if self.kind == "BOOLEAN":
-            return None if isinstance(value, bool) else f"{self.name} must be true or false, got {value!r}"
         if not isinstance(value, str):
             return f"{self.name} must be text, got {value!r}"
         if self.options is not None and value not in self.options:
@@ -89,6 +93,7 @@ class NodeSpec:
     description: str
     inputs: tuple[Socket | Widget, ...]
     outputs: tuple[Socket, ...]
+    output_node: bool = False  # runs even when nothing uses its outputs (savers)
 
     @property
     def widgets(self) -> tuple[Widget, ...]:
@@ -251,6 +256,8 @@ LORA_LOADER = NodeSpec(
         _strength("strength_low_noise", "the low-noise expert"),
         _strength("strength_audio", "the audio DiT"),
         _strength("strength_bridge", "the dual-tower bridge"),
+        Socket("lora", LORA, "Optional: a LoRA straight from MOVA Train LoRA, used instead of lora_name (to try a "
+               "freshly trained LoRA without saving it first).", optional=True),
     ),
     outputs=(
         Socket("high_noise_expert", VIDEO_EXPERT, "The high-noise expert with the LoRA, for the MOVA Sampler."),
@@ -393,6 +400,116 @@ PROMPT_BUILDER = NodeSpec(
                     "idea."),),
 )
 
+DATASET_NODE = NodeSpec(
+    node_id="MovaDataset",
+    display_name="MOVA Dataset",
+    description="Turns a folder of clips (video files with sound, each with a same-name .txt caption) into MOVA "
+    "training latents: every clip fitted to width x height x length at fps, encoded once (Wan 2.1 VAE, MOVA's "
+    "audio VAE, the text encoder) and cached in output/mova_datasets; unchanged inputs reuse the cache.",
+    inputs=(
+        Socket("vae", "VAE", "The Wan 2.1 VAE (wan_2.1_vae.safetensors): encodes the clips and their first frames."),
+        Socket("audio_vae", AUDIO_VAE, "MOVA's audio codec: encodes the clips' sound (mixed to mono at its rate)."),
+        Socket("clip", "CLIP", "The text encoder (umt5_xxl with Load CLIP, type wan): encodes each caption as CLIP "
+               "Text Encode does."),
+        Widget("folder", "STRING", default="mova_clips",
+               tooltip="The clip folder: a folder inside ComfyUI/input or a full path. Each clip (mp4, mov, mkv, webm, "
+               "avi) needs a sound track and a caption in a .txt file of the same name."),
+        Widget("width", "INT", default=640, min=16, max=4096, step=16,
+               tooltip="Training width in pixels, a multiple of 16: clips are centre-cropped and resized to it "
+               "(640 for 360p)."),
+        Widget("height", "INT", default=352, min=16, max=4096, step=16,
+               tooltip="Training height in pixels, a multiple of 16 (352 for 360p)."),
+        Widget("length", "INT", default=193, min=1, max=1025, step=4,
+               tooltip="Frames per clip, 4k+1 (193 = about 8 s at 24 fps): the first frames of each clip; shorter "
+               "clips are refused."),
+        Widget("fps", "FLOAT", default=24.0, min=1.0, max=120.0, step=1.0, round=0.001,
+               tooltip="Frame rate of the training clips; it also sets how much sound each clip gives."),
+        Widget("fps_mode", "COMBO", default="refuse", options=FPS_MODES,
+               tooltip="Clips at another frame rate: refuse stops with a list of them; resample picks the frame "
+               "nearest each time step (reported on the node)."),
+    ),
+    outputs=(Socket("dataset", DATASET, "The encoded clips, for MOVA Train LoRA."),),
+)
+
+
+def _switch(name: str, what: str) -> Widget:
+    return Widget(name, "BOOLEAN", default=True,
+                  tooltip=f"Train a LoRA on {what}'s attention projections (q, k, v, o). Off: it stays frozen.")
+
+
+TRAIN_LORA = NodeSpec(
+    node_id="MovaTrainLora",
+    display_name="MOVA Train LoRA",
+    description="Trains a MOVA LoRA the way the official trainers do (even steps the high-noise expert, odd steps "
+    "the low-noise one; flow-matching loss on video and sound). Saves a checkpoint every few steps in "
+    "output/mova_training/<run_name> and continues from it when queued again.",
+    inputs=(
+        Socket("high_noise_expert", VIDEO_EXPERT, "The high-noise video expert (video_dit), bf16 or fp8: its weights "
+               "stay frozen."),
+        Socket("low_noise_expert", VIDEO_EXPERT, "The low-noise video expert (video_dit_2), bf16 or fp8."),
+        Socket("audio_tower", AUDIO_TOWER, "Audio DiT + bridge from the MOVA Audio Tower Loader."),
+        Socket("dataset", DATASET, "The encoded clips from MOVA Dataset."),
+        Widget("run_name", "STRING", default="my_mova_lora",
+               tooltip="Name of this training run: its checkpoints go to output/mova_training/<run_name>. Queue the "
+               "same run again (more steps) to continue it."),
+        Widget("steps", "INT", default=200, min=1, max=1000000,
+               tooltip="Optimizer steps in all (a continued run counts the steps it already has). Each step trains "
+               "one expert, alternating."),
+        Widget("rank", "INT", default=8, min=1, max=256, tooltip="LoRA rank (8 in the official trainers)."),
+        Widget("alpha", "FLOAT", default=8.0, min=0.01, max=1024.0, step=0.01,
+               tooltip="LoRA alpha: the update is scaled by alpha / rank (8 in the official trainers)."),
+        Widget("learning_rate", "FLOAT", default=0.0001, min=0.000001, max=1.0, step=0.000001, round=0.000001,
+               tooltip="AdamW learning rate (0.0001 official), constant; weight decay 0.01 and gradient clipping "
+               "at 1.0 as in the official trainers."),
+        Widget("batch_size", "INT", default=1, min=1, max=64, tooltip="Clips per micro-batch (1 official)."),
+        Widget("grad_accumulation", "INT", default=1, min=1, max=1024,
+               tooltip="Micro-batches whose gradients add up before each optimizer step (the official configs use 4)."),
+        Widget("seed", "INT", default=0, min=0, max=SEED_MAX,
+               tooltip="Seed of the LoRA's initial weights and of every clip order, timestep and noise draw."),
+        _switch("train_high_noise", "the high-noise expert"),
+        _switch("train_low_noise", "the low-noise expert"),
+        _switch("train_audio", "the audio DiT"),
+        _switch("train_bridge", "the dual-tower bridge"),
+        Widget("gradient_checkpointing", "BOOLEAN", default=True,
+               tooltip="Recompute each block in the backward pass instead of keeping its activations: much less "
+               "memory, about a third more time."),
+        Widget("checkpoint_every", "INT", default=50, min=1, max=100000,
+               tooltip="Save a checkpoint every this many steps (and at the end): a Cancel or crash loses at most "
+               "this many steps."),
+        Widget("resume", "BOOLEAN", default=True,
+               tooltip="Continue from the run's latest checkpoint when there is one. Off refuses a run name that "
+               "already has checkpoints (nothing is overwritten)."),
+        Widget("offload_activations", "BOOLEAN", default=True,
+               tooltip="Keep the activations saved for the backward pass in system RAM instead of VRAM (as the "
+               "official low-resource trainer does): much less VRAM for long clips, some time for the copies."),
+    ),
+    outputs=(
+        Socket("lora", LORA, "The trained LoRA: for MOVA Save LoRA, or straight into a MOVA LoRA Loader's lora input."),
+        Socket("loss_curve", "IMAGE", "The loss per step, one line per video expert."),
+    ),
+)
+
+SAVE_LORA = NodeSpec(
+    node_id="MovaSaveLora",
+    display_name="MOVA Save LoRA",
+    description="Saves a MOVA LoRA to models/loras as .safetensors in the official trainers' key layout "
+    "(video_dit.blocks.0.self_attn.q.lora_A.weight ..., rank and alpha in the metadata).",
+    inputs=(
+        Socket("lora", LORA, "The LoRA from MOVA Train LoRA."),
+        Widget("filename", "STRING", default="my_mova_lora",
+               tooltip="File name inside models/loras (sub/folders allowed); .safetensors is added."),
+        Widget("overwrite", "BOOLEAN", default=False,
+               tooltip="Replace an existing file of that name. Off: an existing file stops the run and is kept."),
+        Widget("dtype", "COMBO", default="fp32", options=LORA_SAVE_DTYPES,
+               tooltip="Precision of the saved weights: fp32 as trained, bf16 half the size."),
+        Widget("official_folder", "BOOLEAN", default=False,
+               tooltip="Also write <filename>_official/lora_weights.pt + lora_config.pt: the folder MOVA's own "
+               "inference script (--lora_path) and accelerate trainer (resume_from) read."),
+    ),
+    outputs=(),
+    output_node=True,
+)
+
 ALL_NODES = (VIDEO_EXPERT_LOADER, AUDIO_TOWER_LOADER, AUDIO_VAE_LOADER, CONDITIONING, SAMPLER, AUDIO_DECODE,
-             LORA_LOADER, SAMPLER_OPTIONS_NODE, PROMPT_ENHANCE, PROMPT_BUILDER)
+             LORA_LOADER, SAMPLER_OPTIONS_NODE, PROMPT_ENHANCE, PROMPT_BUILDER, DATASET_NODE, TRAIN_LORA, SAVE_LORA)
 NODES_BY_ID = {spec.node_id: spec for spec in ALL_NODES}

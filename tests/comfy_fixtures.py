@@ -29,6 +29,38 @@ class TestRandomTextStates:
 NODE_CLASS_MAPPINGS = {"TestRandomTextStates": TestRandomTextStates}
 '''
 
+CLIP_NODE = """
+import hashlib
+import torch
+
+
+class _RandomTextEncoder:
+    \"\"\"Test only: what MOVA Dataset calls on a CLIP (tokenize, encode_from_tokens_scheduled), returning
+    deterministic random [1,16,4096] states per caption, like TestRandomTextStates.\"\"\"
+    def tokenize(self, text):
+        return {"text": text}
+
+    def encode_from_tokens_scheduled(self, tokens):
+        seed = int(hashlib.sha256(tokens["text"].encode()).hexdigest()[:8], 16)
+        states = torch.randn(1, 16, 4096, generator=torch.Generator().manual_seed(seed))
+        return [[states, {"pooled_output": None}]]
+
+
+class TestRandomClip:
+    \"\"\"Test only: a CLIP stand-in for UMT5-XXL (which has no tiny form ComfyUI can load).\"\"\"
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {}}
+    RETURN_TYPES = ("CLIP",)
+    FUNCTION = "load"
+    CATEGORY = "testing"
+
+    def load(self):
+        return (_RandomTextEncoder(),)
+
+NODE_CLASS_MAPPINGS = {"TestRandomClip": TestRandomClip}
+"""
+
 WAN_VAE = '''
 import math, sys
 OUT = sys.argv[1]

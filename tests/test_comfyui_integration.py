@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from comfy_fixtures import (PROBE_NODE, STRENGTHS, TEXT_NODE, WAN_VAE, lora_delta, lora_node, loaders, original,
-                            probe_node, probed, write_test_loras)
+from comfy_fixtures import (CLIP_NODE, PROBE_NODE, PROBED, STRENGTHS, TEXT_NODE, WAN_VAE, lora_delta, lora_node,
+                            loaders, original, probe_node, probed, write_test_loras)
 from comfyui_mova.nodes import spec
 from fake_llm_server import TEXT_MODEL, VISION_MODEL, FakeLLMServer, caption_for
 
@@ -42,6 +42,7 @@ LLM_KEY_ENV, LLM_KEY = "MOVA_TEST_LLM_KEY", "sk-test-Zq8Xw2Lm4Np6Rt0Vb1Yc3Hd5"
 FP8_LAYOUTS = ("comfy_quant", "scaled_fp8")
 CONVERTED = {"MOVA-360p/video_dit": "video_dit_high", "MOVA-360p/video_dit_2": "video_dit_low",
              "MOVA-360p/audio_dit": "audio_dit", "MOVA-360p/dual_tower_bridge": "dual_tower_bridge"}
+TRAIN_FRAMES = 9
 
 
 def _free_port() -> int:
@@ -61,6 +62,7 @@ def base(tmp_path_factory) -> Path:
     (root / "custom_nodes" / "comfyui-mova").symlink_to(PACK, target_is_directory=True)
     (root / "custom_nodes" / "test_text_states.py").write_text(TEXT_NODE)
     (root / "custom_nodes" / "test_weight_probe.py").write_text(PROBE_NODE)
+    (root / "custom_nodes" / "test_random_clip.py").write_text(CLIP_NODE)
     models = root / "models"
     write_release(models / "diffusion_models" / "MOVA-360p",
                   ("video_dit", "video_dit_2", "audio_dit", "dual_tower_bridge"))
@@ -75,6 +77,10 @@ def base(tmp_path_factory) -> Path:
                         "bridge", "--fp8-layout", layout], cwd=PACK, check=True, capture_output=True)
     (root / "input").mkdir()
     Image.new("RGB", (48, 40), (200, 120, 40)).save(root / "input" / "start.png")
+    from clip_files import write_clip
+    for i in range(2):  # training clips: real H.264 + AAC files, a little larger and longer than needed
+        write_clip(root / "input" / "mova_clips" / f"clip{i}.mp4", TRAIN_FRAMES + 3, FPS, WIDTH + 16, HEIGHT + 8,
+                   sample_rate=16000, tone=330.0 * (i + 1), seed=i, caption=f"clip {i}. The audio shows a tone.")
     return root
 
 
@@ -142,7 +148,7 @@ def test_all_nodes_register(client, base):
 def test_workflows_served_as_templates(client):
     """ComfyUI's template browser lists the shipped workflows under the pack and serves them unchanged."""
     assert sorted(client.get_json("/workflow_templates")["comfyui-mova"]) == \
-        ["mova_i2va", "mova_i2va_dual_cfg", "mova_i2va_enhanced", "mova_i2va_lora", "mova_t2va"]
+        ["mova_i2va", "mova_i2va_dual_cfg", "mova_i2va_enhanced", "mova_i2va_lora", "mova_t2va", "mova_train_lora"]
     served = client.get_json("/api/workflow_templates/comfyui-mova/mova_i2va.json")
     assert served == json.loads((PACK / "workflows" / "mova_i2va.json").read_text())
 
@@ -620,3 +626,153 @@ def test_video_latent_through_stock_latent_nodes(client, base):
         replaced = _saved_latent(base, outputs, "47")
         assert torch.equal(replaced[:, :, 2], full[:, :, 0])
         assert torch.equal(replaced[:, :, :2], full[:, :, :2]) and torch.equal(replaced[:, :, 3:], full[:, :, 3:])
+def _train_prompt(client, run_name: str, steps: int, filename: str, checkpoint_every: int = 2) -> dict:
+    """The shipped training workflow as an API prompt at test size, with the test CLIP stand-in."""
+    from workflow_api import missing_models, ui_to_api
+    info = client.object_info()
+    prompt = ui_to_api(json.loads((PACK / "workflows" / "mova_train_lora.json").read_text()), info)
+    for node in prompt.values():
+        kind, inputs = node["class_type"], node["inputs"]
+        if kind == "CLIPLoader":
+            node["class_type"], node["inputs"] = "TestRandomClip", {}
+        elif kind == "MovaDataset":
+            inputs.update(width=WIDTH, height=HEIGHT, length=TRAIN_FRAMES, fps=FPS)
+        elif kind == "MovaTrainLora":
+            inputs.update(run_name=run_name, steps=steps, checkpoint_every=checkpoint_every, learning_rate=0.001)
+        elif kind == "MovaSaveLora":
+            inputs.update(filename=filename)
+    assert missing_models(prompt, info) == []
+    return prompt
+
+
+def _key(prompt: dict, class_type: str) -> str:
+    return next(k for k, n in prompt.items() if n["class_type"] == class_type)
+
+
+def test_training_workflow_clips_to_a_lora_the_loader_applies(client, base):
+    """Folder of clips -> MOVA Dataset -> MOVA Train LoRA (progress per step) -> MOVA Save LoRA in models/loras;
+    the saved file then goes through the MOVA LoRA Loader as W + s·(alpha/rank)·B·A."""
+    from safetensors import safe_open
+    prompt = _train_prompt(client, "itest", steps=4, filename="mova/itest_lora")
+    outputs = {}
+    _, progress = _run(client, prompt, outputs)
+    assert [v for k, v in progress if k == "MovaTrainLora"][-1] == 4
+    train_text = outputs[_key(prompt, "MovaTrainLora")]["text"][0]
+    assert train_text.startswith("trained steps 1-4") and "high-noise loss" in train_text, train_text
+    assert outputs[_key(prompt, "MovaDataset")]["text"][0].startswith("2 clips encoded to mova_clips_32x32x9_24fps_")
+    assert outputs[_key(prompt, "PreviewImage")]["images"]  # the loss curve
+    saved = base / "models" / "loras" / "mova" / "itest_lora.safetensors"
+    assert outputs[_key(prompt, "MovaSaveLora")]["text"][0].startswith(f"saved {saved}")
+    assert sorted(p.name for p in (base / "output" / "mova_training" / "itest").iterdir()) == \
+        ["step_000002.safetensors", "step_000004.safetensors"]
+    with safe_open(str(saved), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    rank, alpha = int(meta["rank"]), float(meta["alpha"])
+    assert (rank, alpha) == (8, 8.0) and "video_dit.blocks.0.self_attn.q.lora_A.weight" in tensors
+    strengths = dict(zip(STRENGTHS, (0.5, 1.5, -1.0, 2.0)))
+    loader = lora_node(None, "mova/itest_lora.safetensors", strengths)
+    outputs = {}
+    _run(client, loaders() | {"10": loader, "20": probe_node(["10", 0], ["10", 2]),
+                              "21": probe_node(["10", 1], ["10", 2])}, outputs)
+    assert outputs["10"]["text"][0].startswith("mova/itest_lora.safetensors: high-noise expert 16 weights at 0.5")
+    component_strength = dict(zip(("video_dit", "video_dit_2", "audio_dit", "dual_tower_bridge"),
+                                  (0.5, 1.5, -1.0, 2.0)))
+    changed = 0
+    for node, expert in (("20", "video_dit"), ("21", "video_dit_2")):
+        for entry, (_, values) in probed(outputs, node).items():
+            component, module = PROBED[entry]
+            component = expert if entry.startswith("expert:") else component
+            w = original(base / "models", entry, expert)
+            delta = torch.zeros_like(w)
+            if f"{component}.{module}.lora_A.weight" in tensors:
+                a, b = tensors[f"{component}.{module}.lora_A.weight"], tensors[f"{component}.{module}.lora_B.weight"]
+                delta = (component_strength[component] * alpha / rank * (b @ a)).flatten()
+                changed += int(delta.abs().max() > 0)
+            assert torch.allclose(values, w + delta, atol=1e-5), (node, entry)
+    assert changed >= 4  # the trained B matrices are not zero: the LoRA changes the weights
+    # the trained LoRA straight into the loader's lora input (queued again, the run finds its final checkpoint
+    # and has nothing left to train): the same weights as through the saved file
+    prompt = _train_prompt(client, "itest", steps=4, filename="mova/itest_lora")
+    for key in (_key(prompt, "MovaSaveLora"), _key(prompt, "PreviewImage")):
+        del prompt[key]
+    experts = sorted((k for k, n in prompt.items() if n["class_type"] == "MovaVideoExpertLoader"),
+                     key=lambda k: prompt[k]["inputs"]["model_name"])
+    parts = [[experts[0], 0], [experts[1], 0], [_key(prompt, "MovaAudioTowerLoader"), 0]]
+    direct = lora_node(None, "mova/itest_lora.safetensors", strengths)
+    direct["inputs"].update(zip(("high_noise_expert", "low_noise_expert", "audio_tower"), parts),
+                            lora=[_key(prompt, "MovaTrainLora"), 0])
+    prompt |= {"30": direct, "31": probe_node(["30", 0], ["30", 2])}
+    direct_outputs = {}
+    _run(client, prompt, direct_outputs)
+    assert direct_outputs["30"]["text"][0].startswith("itest (trained, 4 steps): high-noise expert 16 weights at 0.5")
+    assert "MOVA Train LoRA itest: nothing to train: the run already has 4 steps" in (base / "server.log").read_text()
+    for entry, (_, values) in probed(direct_outputs, "31").items():
+        assert torch.allclose(values, probed(outputs, "20")[entry][1], atol=1e-6), entry
+
+
+def test_training_continues_and_never_overwrites_a_lora(client, base):
+    """Queued again with more steps, training continues from the last checkpoint; a taken file name stops the
+    run at MOVA Save LoRA and the file is kept; another name then saves the continued LoRA."""
+    from comfy_client import ServerError
+    from safetensors.torch import load_file
+    taken = base / "models" / "loras" / "itest_again.safetensors"
+    taken.write_bytes(b"taken")
+    with pytest.raises(ServerError, match="itest_again.safetensors already exists: switch overwrite on"):
+        _run(client, _train_prompt(client, "itest", steps=6, filename="itest_again"))
+    assert taken.read_bytes() == b"taken"
+    log = (base / "server.log").read_text()
+    assert "trained steps 5-6 (continued from the checkpoint at step 4)" in log
+    _run(client, _train_prompt(client, "itest", steps=6, filename="itest_6"))
+    # nothing was trained twice: ComfyUI kept the trained LoRA of the failed run, or the run found its final
+    # checkpoint
+    assert (base / "server.log").read_text().count("trained steps 5-6") == 1
+    saved = load_file(str(base / "models" / "loras" / "itest_6.safetensors"))
+    checkpoint = load_file(str(base / "output" / "mova_training" / "itest" / "step_000006.safetensors"))
+    assert saved.keys() == {k for k in checkpoint if not k.startswith("optimizer.")}
+    assert all(torch.equal(saved[k], checkpoint[k]) for k in saved)
+
+
+def test_cancel_stops_training_and_the_checkpoint_continues(client, base):
+    from comfy_client import ServerError
+    from run_workflow import wait
+    prompt = _train_prompt(client, "icancel", steps=1000, filename="icancel", checkpoint_every=2)
+    ws = client.websocket()
+    try:
+        prompt_id = client.queue(prompt)
+        while True:
+            message = ws.receive(timeout=300)
+            assert message is not None, "no progress from MOVA Train LoRA"
+            data = message.get("data", {})
+            trainer = data.get("node") == _key(prompt, "MovaTrainLora")
+            if message["type"] == "progress" and trainer and data["value"] >= 3:
+                break
+        client.cancel(prompt_id)
+        with pytest.raises(ServerError, match="cancelled"):
+            wait(client, ws, prompt_id, prompt, timeout=120)
+    finally:
+        ws.close()
+    run = base / "output" / "mova_training" / "icancel"
+    last = max(int(p.stem.split("_")[1]) for p in run.glob("step_*.safetensors"))
+    assert last >= 2 and not list(run.glob("*.tmp"))
+    prompt = _train_prompt(client, "icancel", steps=last + 1, filename="icancel")
+    outputs = {}
+    _run(client, prompt, outputs)
+    text = outputs[_key(prompt, "MovaTrainLora")]["text"][0]
+    assert text.startswith(f"trained steps {last + 1}-{last + 1} (continued from the checkpoint at step {last})"), text
+
+
+def test_training_on_fp8_weights(client, base):
+    """Experts and audio tower loaded as fp8_e4m3fn (ComfyUI's scaled-fp8 layers): a float32 LoRA trains on them."""
+    from safetensors.torch import load_file
+    prompt = _train_prompt(client, "ifp8", steps=2, filename="ifp8")
+    for node in prompt.values():
+        if node["class_type"] in ("MovaVideoExpertLoader", "MovaAudioTowerLoader"):
+            node["inputs"]["weight_dtype"] = "fp8_e4m3fn"
+    outputs = {}
+    _run(client, prompt, outputs)
+    text = outputs[_key(prompt, "MovaTrainLora")]["text"][0]
+    assert text.startswith("trained steps 1-2"), text
+    saved = load_file(str(base / "models" / "loras" / "ifp8.safetensors"))
+    assert all(t.dtype == torch.float32 for t in saved.values())
+    assert any(t.abs().max() > 0 for k, t in saved.items() if "lora_B" in k)
+

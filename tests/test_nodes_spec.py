@@ -15,7 +15,7 @@ from comfyui_mova.nodes import spec
 PACK = Path(comfyui_mova.__file__).parent
 PLAIN_MODULES = ("spec", "handles", "model_files", "condition", "sampling", "audio_decode", "lora_patches",
                  "llm_client", "prompt_reply", "prompt_image", "prompt_instructions", "prompt_enhance",
-                 "prompt_builder")
+                 "prompt_builder", "clips", "dataset", "training_run", "loss_plot")
 
 
 def _comfy_available() -> bool:
@@ -97,6 +97,9 @@ def test_widget_problem_messages():
     assert spec.SAMPLER.widgets[0].stored_values == 2  # seed + its control_after_generate value
     retry = next(w for w in spec.PROMPT_ENHANCE.widgets if w.kind == "BOOLEAN")
     assert retry.problem(True) is None and "true or false" in retry.problem("yes")
+    resume = next(w for w in spec.TRAIN_LORA.widgets if w.name == "resume")
+    assert resume.kind == "BOOLEAN" and resume.problem(True) is None
+    assert resume.problem("yes") == "resume must be true or false, got 'yes'"
 
 
 def test_extension_lists_every_spec():

@@ -10,6 +10,7 @@ from comfyui_mova.nodes import spec
 
 WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
 FILES = sorted(WORKFLOWS.glob("*.json"))
+SAMPLING = [p for p in FILES if '"MovaSampler"' in p.read_text(encoding="utf-8")]
 
 # Stock ComfyUI nodes the workflows may use: widget names in order (ComfyUI v0.3.64; LoadImage stores its
 # upload button's value after the file name).
@@ -24,6 +25,7 @@ STOCK_WIDGETS = {
     "SaveVideo": ("filename_prefix", "format", "codec"),
     "SaveAudio": ("filename_prefix",),
     "PreviewAudio": (),
+    "PreviewImage": (),
     "Note": ("text",),
     "MarkdownNote": ("text",),
 }
@@ -33,6 +35,7 @@ STOCK_SOCKETS = {
     "CreateVideo": {"images": "IMAGE", "audio": "AUDIO", "fps": "FLOAT"},
     "SaveVideo": {"video": "VIDEO"},
     "PreviewAudio": {"audio": "AUDIO"},
+    "PreviewImage": {"images": "IMAGE"},
 }
 CONTROL_VALUES = ("fixed", "increment", "decrement", "randomize")
 
@@ -65,7 +68,9 @@ def _loader(workflow, node, input_name):
 
 def test_all_workflows_shipped():
     assert {p.name for p in FILES} >= {"mova_i2va.json", "mova_t2va.json", "mova_i2va_lora.json",
-                                       "mova_i2va_dual_cfg.json", "mova_i2va_enhanced.json"}
+                                       "mova_i2va_dual_cfg.json", "mova_i2va_enhanced.json",
+                                       "mova_train_lora.json"}
+    assert {p.name for p in SAMPLING} == {p.name for p in FILES} - {"mova_train_lora.json"}
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
@@ -139,7 +144,7 @@ def test_loaders_declare_their_model_files(path):
     assert _by_type(wf, "VAELoader")[0]["widgets_values"][0] == "wan_2.1_vae.safetensors"
 
 
-@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", SAMPLING, ids=lambda p: p.name)
 def test_mova_graph_wired_end_to_end(path):
     wf = _load(path)
     (cond,) = _by_type(wf, "MovaConditioning")
@@ -238,3 +243,28 @@ def test_enhanced_workflow_feeds_idea_and_first_frame_to_the_enhancer():
     assert {n["type"] for n in wf["nodes"]} - {n["type"] for n in plain["nodes"]} == {"MovaPromptEnhance"}
     notes = " ".join(n["widgets_values"][0] for n in _by_type(wf, "Note"))
     assert "ollama pull" in notes and "api_key_env" in notes and "leave this machine" in notes
+
+
+def test_training_workflow_goes_from_clips_to_a_saved_lora():
+    wf = _load(WORKFLOWS / "mova_train_lora.json")
+    (dataset,) = _by_type(wf, "MovaDataset")
+    (train,) = _by_type(wf, "MovaTrainLora")
+    (save,) = _by_type(wf, "MovaSaveLora")
+    (preview,) = _by_type(wf, "PreviewImage")
+    assert _source(wf, dataset, "vae")[0]["widgets_values"][0] == "wan_2.1_vae.safetensors"
+    assert _source(wf, dataset, "audio_vae")[0]["type"] == "MovaAudioVAELoader"
+    clip, _ = _source(wf, dataset, "clip")
+    assert clip["type"] == "CLIPLoader" and clip["widgets_values"][1] == "wan"
+    assert _source(wf, train, "dataset") == (dataset, "dataset")
+    assert _loader(wf, train, "high_noise_expert")["widgets_values"][0].endswith("video_dit")
+    assert _loader(wf, train, "low_noise_expert")["widgets_values"][0].endswith("video_dit_2")
+    assert _loader(wf, train, "audio_tower")["type"] == "MovaAudioTowerLoader"
+    assert _source(wf, save, "lora") == (train, "lora") and _source(wf, preview, "images") == (train, "loss_curve")
+    values = dict(zip((w.name for w in spec.TRAIN_LORA.widgets), train["widgets_values"]))
+    assert (values["rank"], values["alpha"], values["learning_rate"]) == (8, 8.0, 0.0001)  # the official recipe
+    assert all(values[n] for n in ("train_high_noise", "train_low_noise", "train_audio", "train_bridge", "resume"))
+    assert dict(zip((w.name for w in spec.SAVE_LORA.widgets), save["widgets_values"]))["overwrite"] is False
+    width, height, length, fps, _ = dataset["widgets_values"][1:]
+    assert (width, height, length, fps) == (640, 352, 193, 24)
+    notes = " ".join(n["widgets_values"][0] for n in _by_type(wf, "Note"))
+    assert "ComfyUI/input/mova_clips/" in notes and ".txt" in notes and "output/mova_training" in notes

@@ -1,0 +1,57 @@
+"""Real training clips for the tests: H.264 video with an AAC sound track, written with PyAV."""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+
+def write_clip(path: Path, frames: int, fps: float, width: int, height: int, sample_rate: int = 16000,
+               tone: float = 440.0, sound: str = "tone", caption: str | None = "a test clip", seed: int = 0,
+               audio_seconds: float | None = None) -> Path:
+    """A clip of moving colour bars and a sine tone. ``sound``: "tone", "silent" (zeros) or "none" (no track).
+    ``caption`` None writes no .txt; ``audio_seconds`` shortens the sound track."""
+    import av
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, size=(3,), dtype=np.int64)
+    rate = Fraction(fps).limit_denominator(1001)
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=rate)
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        video.options = {"crf": "18", "preset": "ultrafast"}
+        audio = None
+        if sound != "none":
+            audio = container.add_stream("aac", rate=sample_rate)
+            audio.layout = "stereo"
+        for i in range(frames):
+            x = np.arange(width)[None, :, None]
+            y = np.arange(height)[:, None, None]
+            image = (base[None, None, :] + 7 * i + 3 * x + 2 * y) % 256
+            frame = av.VideoFrame.from_ndarray(image.astype(np.uint8), format="rgb24")
+            for packet in video.encode(frame):
+                container.mux(packet)
+        for packet in video.encode():
+            container.mux(packet)
+        if audio is not None:
+            seconds = frames / fps if audio_seconds is None else audio_seconds
+            total = int(round(seconds * sample_rate))
+            t = np.arange(total) / sample_rate
+            wave = 0.5 * np.sin(2 * math.pi * tone * t) if sound == "tone" else np.zeros(total)
+            stereo = np.stack([wave, wave]).astype(np.float32)
+            chunk = 1024
+            for start in range(0, total, chunk):
+                piece = np.ascontiguousarray(stereo[:, start:start + chunk])
+                frame = av.AudioFrame.from_ndarray(piece, format="fltp", layout="stereo")
+                frame.sample_rate = sample_rate
+                frame.pts = start
+                for packet in audio.encode(frame):
+                    container.mux(packet)
+            for packet in audio.encode():
+                container.mux(packet)
+    if caption is not None:
+        path.with_suffix(".txt").write_text(caption, encoding="utf-8")
+    return path
