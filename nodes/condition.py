@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from ..mova_model.configs import DACConfig
 from ..mova_model.latents import normalise_video_latents
@@ -33,9 +32,22 @@ def text_states(conditioning, name: str) -> torch.Tensor:
     return states.float().cpu()
 
 
+def official_crop(src_w: int, src_h: int, width: int, height: int) -> tuple[int, int, int, int]:
+    """(left, top, crop width, crop height) of the official first-frame crop: the target aspect ratio,
+    centred, the crop size truncated to an integer (the same float expressions as the official code)."""
+    if src_h / src_w < height / width:      # wider than the target: crop the sides
+        crop_w = int(src_h / height * width)
+        return (src_w - crop_w) // 2, 0, crop_w, src_h
+    crop_h = int(src_w / width * height)    # taller (or the same ratio): crop top and bottom
+    return 0, (src_h - crop_h) // 2, src_w, crop_h
+
+
 def fit_frame(image: torch.Tensor, width: int, height: int) -> torch.Tensor:
-    """IMAGE [B,H0,W0,C] or [H0,W0,C] in 0..1 -> its first image [height,width,3]: centre crop to the
-    target aspect ratio, then bilinear resize."""
+    """IMAGE [B,H0,W0,C] or [H0,W0,C] in 0..1 -> its first image [height,width,3], fitted as the official
+    pipeline does: 8-bit pixels, centre crop to the target aspect ratio (integer crop size), then PIL's
+    bicubic resize. A picture that is already width x height (after the crop) is used as is."""
+    from PIL import Image
+
     if image.dim() == 4:
         image = image[0]
     if image.dim() != 3 or image.shape[-1] < 3 or image.shape[0] < 1 or image.shape[1] < 1:
@@ -44,17 +56,16 @@ def fit_frame(image: torch.Tensor, width: int, height: int) -> torch.Tensor:
             "connect Load Image (or leave start_image empty for a white first frame)"
         )
     src_h, src_w = image.shape[0], image.shape[1]
-    if src_w * height > width * src_h:      # too wide: crop the sides
-        crop_w = round(src_h * width / height)
-        left = (src_w - crop_w) // 2
-        image = image[:, left:left + crop_w]
-    elif src_w * height < width * src_h:    # too tall: crop top and bottom
-        crop_h = round(src_w * height / width)
-        top = (src_h - crop_h) // 2
-        image = image[top:top + crop_h]
-    chw = image[..., :3].permute(2, 0, 1)[None].float()
-    resized = F.interpolate(chw, size=(height, width), mode="bilinear", align_corners=False)
-    return resized[0].permute(1, 2, 0).clamp(0, 1)
+    left, top, crop_w, crop_h = official_crop(src_w, src_h, width, height)
+    if crop_w < 1 or crop_h < 1:
+        raise ValueError(
+            f"start_image is {src_w}x{src_h}: too small to crop to the {width}x{height} aspect ratio; "
+            "use a larger picture"
+        )
+    rgb = image[top:top + crop_h, left:left + crop_w, :3].float().nan_to_num(0.0)
+    pixels = (rgb.clamp(0, 1) * 255).round().to(torch.uint8).contiguous().numpy()
+    fitted = Image.fromarray(pixels).resize((width, height), resample=Image.Resampling.BICUBIC)
+    return torch.frombuffer(bytearray(fitted.tobytes()), dtype=torch.uint8).view(height, width, 3).float() / 255
 
 
 def condition_frames(image: torch.Tensor | None, width: int, height: int, frames: int) -> torch.Tensor:
