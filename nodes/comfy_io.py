@@ -18,7 +18,7 @@ CUSTOM_TYPES = {
 }
 STOCK_TYPES = {
     "CONDITIONING": io.Conditioning, "VAE": io.Vae, "IMAGE": io.Image, "LATENT": io.Latent,
-    "AUDIO": io.Audio, "FLOAT": io.Float,
+    "AUDIO": io.Audio, "FLOAT": io.Float, "CLIP": io.Clip,
 }
 
 
@@ -43,7 +43,7 @@ def _widget(w: spec.Widget):
     if w.kind == "COMBO":
         options = list(w.options) if w.options is not None else model_choices(w.model_folder)
         return io.Combo.Input(w.name, options=options, default=w.default, tooltip=w.tooltip)
-    return io.String.Input(w.name, default=w.default, tooltip=w.tooltip)
+    return io.String.Input(w.name, default=w.default, multiline=w.multiline, tooltip=w.tooltip)
 
 
 def _input(item):

@@ -10,25 +10,37 @@ from ..mova_model.configs import DACConfig
 from ..mova_model.latents import normalise_video_latents
 from ..mova_model.sizes import VAE_SPACE, VAE_TIME, VIDEO_LATENT_CHANNELS, check_video_size, latent_shapes
 from .handles import LATENT_AUDIO_KEY, AudioLatent, MovaConditioning
+from .text import MAX_TOKENS
 
 MASK_CHANNELS = 4
 GREY = 0.5   # the frames after the first, in ComfyUI's 0..1 image range
 WHITE = 1.0  # the first frame when no image is given (the official text-only recipe)
 
 
-def text_states(conditioning, name: str) -> torch.Tensor:
-    """The text-encoder states [B,L,D] of a CONDITIONING from CLIP Text Encode."""
+def text_states(conditioning, name: str, warnings: list[str] | None = None) -> torch.Tensor:
+    """The text-encoder states [B,L,D] of a CONDITIONING from MOVA Text Encode (or CLIP Text Encode), at most
+    512 rows: longer states are cut, with a warning appended to ``warnings``."""
     if not isinstance(conditioning, (list, tuple)) or not conditioning:
-        raise ValueError(f"{name}: expected a CONDITIONING from CLIP Text Encode, got {type(conditioning).__name__}")
+        raise ValueError(f"{name}: expected a CONDITIONING from MOVA Text Encode, got {type(conditioning).__name__}")
     if len(conditioning) != 1:
         raise ValueError(
             f"{name} holds {len(conditioning)} conditionings (from Conditioning Combine or Concat): MOVA takes "
-            "one prompt; write it in one CLIP Text Encode."
+            "one prompt; write it in one MOVA Text Encode."
         )
     entry = conditioning[0]
     states = entry[0] if isinstance(entry, (list, tuple)) and entry else None
     if not isinstance(states, torch.Tensor) or states.dim() != 3:
-        raise ValueError(f"{name}: expected text states [B,L,D] from CLIP Text Encode, got {type(states).__name__}")
+        raise ValueError(f"{name}: expected text states [B,L,D] from MOVA Text Encode, got {type(states).__name__}")
+    if not bool(torch.isfinite(states).all()):
+        raise ValueError(f"{name}: the text states hold NaN or infinite values (the text encoder overflowed, e.g. "
+                         "in fp16): encode the prompt again with umt5_xxl_fp16 or the fp8_e4m3fn_scaled file.")
+    if states.shape[1] > MAX_TOKENS:
+        message = (f"{name}: {states.shape[1]} text states, MOVA reads at most {MAX_TOKENS} (as the official "
+                   f"pipeline): cut to the first {MAX_TOKENS}. MOVA Text Encode cuts the prompt before encoding, "
+                   "exactly as the official pipeline does: use it, or shorten the prompt.")
+        if warnings is not None:
+            warnings.append(message)
+        states = states[:, :MAX_TOKENS]
     return states.float().cpu()
 
 
@@ -103,12 +115,13 @@ def empty_joint_latent(width: int, height: int, frames: int, fps: float, dac: DA
 
 def make_conditioning(positive, negative, encode: Callable[[torch.Tensor], torch.Tensor],
                       image: torch.Tensor | None, width: int, height: int, frames: int, fps: float,
-                      dac: DACConfig) -> tuple[MovaConditioning, dict]:
-    """Everything MOVA Conditioning outputs. ``encode`` is the Wan VAE: frames [F,H,W,3] -> raw latents."""
+                      dac: DACConfig, warnings: list[str] | None = None) -> tuple[MovaConditioning, dict]:
+    """Everything MOVA Conditioning outputs. ``encode`` is the Wan VAE: frames [F,H,W,3] -> raw latents.
+    ``warnings`` receives what the node shows (text states cut to 512)."""
     check_video_size(height, width, frames)
     if fps <= 0:
         raise ValueError(f"fps must be positive, got {fps}")
-    pos, neg = text_states(positive, "positive"), text_states(negative, "negative")
+    pos, neg = text_states(positive, "positive", warnings), text_states(negative, "negative", warnings)
     if pos.shape[-1] != neg.shape[-1]:
         raise ValueError(
             f"positive and negative come from different text encoders ({pos.shape[-1]} vs {neg.shape[-1]} "

@@ -10,10 +10,11 @@ from .conditioning_node import MovaConditioning
 from .loader_nodes import MovaAudioTowerLoader, MovaAudioVAELoader, MovaVideoExpertLoader
 from .lora_node import MovaLoraLoader
 from .sampler_node import MovaSampler, MovaSamplerOptions
+from .text_node import MovaTextEncode
 
 NODE_CLASSES = [
     MovaVideoExpertLoader, MovaAudioTowerLoader, MovaAudioVAELoader, MovaConditioning, MovaSampler, MovaAudioDecode,
-    MovaLoraLoader, MovaSamplerOptions,
+    MovaLoraLoader, MovaSamplerOptions, MovaTextEncode,
 ]
 
 
