@@ -8,8 +8,9 @@ from typing import Callable
 import torch
 
 from ..mova_model.attention import resolve_attention_backend
-from ..mova_model.configs import DiTConfig
+from ..mova_model.configs import DiTConfig, SchedulerConfig
 from ..mova_model.latents import denormalise_video_latents
+from ..mova_model.release import ReleaseSettings, read_release_settings, release_root
 from ..mova_model.sampler import MovaTowers, SamplingOptions, make_noise, sample
 from ..mova_model.speed import check_speed_options
 from .handles import (HIGH_NOISE, LATENT_AUDIO_KEY, LOW_NOISE, AudioLatent, LoadedPart, MovaConditioning,
@@ -100,7 +101,8 @@ def make_settings(bridge_cfg: float, audio_cfg: float, audio_shift: float, cfg_c
 
 
 def sampling_options(steps: int, cfg: float, shift: float, boundary_ratio: float, fps: float,
-                     settings: SamplerSettings | None = None) -> SamplingOptions:
+                     settings: SamplerSettings | None = None, scheduler: SchedulerConfig | None = None
+                     ) -> SamplingOptions:
     """The core sampler's options from the MOVA Sampler's widgets and MOVA Sampler Options (None: official)."""
     if settings is not None and not isinstance(settings, SamplerSettings):
         raise ValueError("options: expected the output of MOVA Sampler Options")
@@ -115,7 +117,46 @@ def sampling_options(steps: int, cfg: float, shift: float, boundary_ratio: float
     return SamplingOptions(steps=steps, cfg_scale=cfg, shift=shift, boundary_ratio=boundary_ratio, fps=fps,
                            audio_cfg_scale=s.audio_cfg, audio_shift=s.audio_shift, bridge_cfg_scale=s.bridge_cfg,
                            cfg_cutoff=s.cfg_cutoff, cache_threshold=s.cache_threshold, attention=s.attention,
-                           compile=s.compile, fp8_compute=s.fp8_compute)
+                           compile=s.compile, fp8_compute=s.fp8_compute, scheduler=scheduler or SchedulerConfig())
+
+
+def release_settings(high: LoadedPart, low: LoadedPart) -> tuple[ReleaseSettings, list[str]]:
+    """The settings of the release folder the experts were loaded from (MOVA's defaults for single files),
+    and warnings when the two experts come from releases whose settings differ."""
+    roots = [release_root(part.source) for part in (high, low)]
+    found = [read_release_settings(root) for root in roots if root is not None]
+    if not found:
+        return ReleaseSettings(), []
+    warnings = []
+    if len(found) == 2 and (found[0].scheduler, found[0].boundary_ratio) != (found[1].scheduler, found[1].boundary_ratio):
+        warnings.append(f"the experts come from two releases with other settings ({found[0].root}, {found[1].root}): "
+                        f"using those of {found[0].root}")
+    return found[0], warnings
+
+
+def settings_report(release: ReleaseSettings, shift: float, boundary_ratio: float) -> tuple[str, list[str]]:
+    """(what the sampler uses, one line; warnings where the widgets differ from the release's values)."""
+    s = release.scheduler
+    where = f"release {release.root}" if release.found else "MOVA's defaults (no release folder)"
+    line = (f"shift {shift:g}, boundary_ratio {boundary_ratio:g} (widgets); sigma_min {s.sigma_min:g}, "
+            f"extra_one_step {str(s.extra_one_step).lower()} ({where})")
+    if not release.found:
+        return line, []
+    warnings = []
+    for name, used, theirs, source in (("shift", shift, s.shift, "scheduler/scheduler_config.json"),
+                                       ("boundary_ratio", boundary_ratio, release.boundary_ratio, "model_index.json")):
+        if not math.isclose(used, theirs, rel_tol=1e-9, abs_tol=1e-12):
+            warnings.append(f"{name} {used:g} differs from the release's {theirs:g} ({source}): using {used:g}, "
+                            "the widget's value")
+    return line, warnings
+
+
+def used_settings(high: LoadedPart, low: LoadedPart, shift: float, boundary_ratio: float
+                  ) -> tuple[ReleaseSettings, str, list[str]]:
+    """(the release's settings, the line saying what the sampler uses, warnings) for the experts and widgets."""
+    release, warnings = release_settings(high, low)
+    report, differ = settings_report(release, shift, boundary_ratio)
+    return release, report, warnings + differ
 
 
 def needs_negative(options: SamplingOptions) -> bool:
@@ -138,15 +179,20 @@ def sample_joint(high: LoadedPart, low: LoadedPart, tower: LoadedPart, cond: Mov
                  before_expert: Callable[[int], None] | None = None,
                  on_step: Callable[[int, int, torch.Tensor, torch.Tensor], None] | None = None,
                  settings: SamplerSettings | None = None, stats: dict | None = None,
-                 ) -> tuple[dict, AudioLatent]:
+                 release: ReleaseSettings | None = None) -> tuple[dict, AudioLatent]:
     """Denoise MOVA's joint latent from seeded noise. Returns the video as a ComfyUI LATENT (raw Wan 2.1
     latents, float32, CPU) and the audio latents. ``before_expert(i)`` runs before expert i (0 high,
     1 low) is first used; ``on_step(step, total, video, audio)`` after every step (raise to cancel).
-    ``settings`` come from MOVA Sampler Options; ``stats`` receives computed_steps / skipped_steps."""
+    ``settings`` come from MOVA Sampler Options; ``release``: the experts' release settings (read from their
+    folder when None); ``stats`` receives computed_steps / skipped_steps and ``scheduler`` (the one used)."""
     video, audio = split_joint_latent(latent)
     towers = check_setup(high, low, tower, cond, video, audio)
+    if release is None:
+        release, _ = release_settings(high, low)
+    options = sampling_options(steps, cfg, shift, boundary_ratio, cond.fps, settings, scheduler=release.scheduler)
+    if stats is not None:
+        stats.update(scheduler=options.scheduler)
     video_noise, audio_noise = make_noise(video.shape, audio.samples.shape, seed)
-    options = sampling_options(steps, cfg, shift, boundary_ratio, cond.fps, settings)
     negative = cond.context_neg if needs_negative(options) else None
     out_video, out_audio = sample(
         towers, cond.condition, cond.context_pos, negative, video_noise, audio_noise, options,

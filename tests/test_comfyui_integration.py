@@ -218,7 +218,13 @@ def _check_mp4(path: Path):
 
 def test_i2va_workflow_end_to_end(client, base, tmp_path):
     name = client.upload_image(base / "input" / "start.png")
-    videos, progress = _run(client, _prompt(client, "mova_i2va.json", seed=3, image_name=name))
+    prompt, outputs = _prompt(client, "mova_i2va.json", seed=3, image_name=name), {}
+    videos, progress = _run(client, prompt, outputs)
+    sampler = next(k for k, n in prompt.items() if n["class_type"] == "MovaSampler")
+    release = base / "models" / "diffusion_models" / "MOVA-360p"
+    assert outputs[sampler]["text"][0] == ("shift 5, boundary_ratio 0.9 (widgets); sigma_min 0, extra_one_step true "
+                                           f"(release {release})")
+    assert "MOVA Sampler: shift 5, boundary_ratio 0.9 (widgets)" in (base / "server.log").read_text()
     assert len(videos) == 1
     sampler_steps = [value for kind, value in progress if kind == "MovaSampler"]
     assert sampler_steps[-1] == STEPS and sampler_steps == sorted(sampler_steps)
@@ -404,11 +410,11 @@ def test_dual_cfg_workflow_with_step_caching(client, base, tmp_path):
     videos, _ = _run(client, prompt, outputs)
     _check_mp4(client.download(videos[0], tmp_path / "dual.mp4"))
     sampler = next(k for k, n in prompt.items() if n["class_type"] == "MovaSampler")
-    assert sampler not in outputs  # no caching, nothing to report
+    assert "step caching" not in outputs[sampler]["text"][0]  # no caching, nothing to report on it
     next(n for n in prompt.values() if n["class_type"] == "MovaSamplerOptions")["inputs"]["cache_threshold"] = 0.5
     prompt[sampler]["inputs"]["steps"] = 10
     _run(client, prompt, outputs)
-    assert re.fullmatch(r"step caching skipped [1-9] of 10 steps \(\d+%\)", outputs[sampler]["text"][0])
+    assert re.fullmatch(r"step caching skipped [1-9] of 10 steps \(\d+%\)", outputs[sampler]["text"][0].split("\n")[-1])
     assert "MOVA Sampler: step caching skipped" in (base / "server.log").read_text()
 
 
