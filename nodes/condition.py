@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
 
 from ..mova_model.configs import DACConfig
 from ..mova_model.latents import normalise_video_latents
+from ..mova_model.memory import check_fits, condition_bytes
 from ..mova_model.sizes import VAE_SPACE, VAE_TIME, VIDEO_LATENT_CHANNELS, check_video_size, latent_shapes
 from .handles import LATENT_AUDIO_KEY, AudioLatent, MovaConditioning
 from .text import MAX_TOKENS
@@ -115,12 +117,17 @@ def empty_joint_latent(width: int, height: int, frames: int, fps: float, dac: DA
 
 def make_conditioning(positive, negative, encode: Callable[[torch.Tensor], torch.Tensor],
                       image: torch.Tensor | None, width: int, height: int, frames: int, fps: float,
-                      dac: DACConfig, warnings: list[str] | None = None) -> tuple[MovaConditioning, dict]:
+                      dac: DACConfig, warnings: list[str] | None = None,
+                      available_bytes: int | None = None) -> tuple[MovaConditioning, dict]:
     """Everything MOVA Conditioning outputs. ``encode`` is the Wan VAE: frames [F,H,W,3] -> raw latents.
-    ``warnings`` receives what the node shows (text states cut to 512)."""
+    ``warnings`` receives what the node shows (text states cut to 512); ``available_bytes``: free host memory,
+    checked against what the condition frames need before they are built."""
     check_video_size(height, width, frames)
-    if fps <= 0:
-        raise ValueError(f"fps must be positive, got {fps}")
+    if not math.isfinite(fps) or fps <= 0:
+        raise ValueError(f"fps must be a positive number, got {fps}")
+    if available_bytes is not None:
+        check_fits(condition_bytes, width, height, frames, available_bytes, "host memory (RAM) for the condition "
+                   "frames", "Lower width, height or length on MOVA Conditioning, or free memory.")
     pos, neg = text_states(positive, "positive", warnings), text_states(negative, "negative", warnings)
     if pos.shape[-1] != neg.shape[-1]:
         raise ValueError(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+import comfy.model_management as mm
+import torch
 from comfy_api.latest import io, ui
 
 from . import spec
@@ -32,6 +34,7 @@ class MovaConditioning(io.ComfyNode):
         cond, latent = make_conditioning(
             positive, negative, lambda frames: vae.encode(frames[:, :, :, :3]), start_image,
             width, height, length, fps, audio_vae.model.config, warnings=warnings,
+            available_bytes=mm.get_free_memory(torch.device("cpu")),
         )
         if not warnings:
             return io.NodeOutput(cond, latent, fps)

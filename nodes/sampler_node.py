@@ -73,7 +73,7 @@ class MovaSampler(io.ComfyNode):
         video_latent, audio_latent = sample_joint(
             high_noise_expert, low_noise_expert, audio_tower, conditioning, latent, seed, steps, cfg, shift,
             boundary_ratio, device=device, before_expert=before_expert, on_step=on_step, settings=options,
-            stats=stats, release=release,
+            stats=stats, release=release, device_memory=mm.get_total_memory(device),
         )
         log.info("MOVA Sampler: attention %s; %s", stats.get("attention"), "; ".join(stats.get("speed") or ["eager"]))
         if options is not None and options.cache_threshold > 0:

@@ -10,6 +10,7 @@ import torch
 from ..mova_model.attention import resolve_attention_backend
 from ..mova_model.configs import DiTConfig, SchedulerConfig
 from ..mova_model.latents import denormalise_video_latents
+from ..mova_model.memory import check_fits, forward_bytes, sampling_bytes
 from ..mova_model.release import ReleaseSettings, read_release_settings, release_root
 from ..mova_model.sampler import MovaTowers, SamplingOptions, make_noise, sample
 from ..mova_model.speed import check_speed_options
@@ -79,12 +80,24 @@ def check_setup(high: LoadedPart, low: LoadedPart, tower: LoadedPart, cond: Mova
 
 def activation_bytes(video_shape, audio_shape, video: DiTConfig, audio: DiTConfig, dtype: torch.dtype) -> int:
     """Rough peak activation memory of one joint forward: the FFN hidden and a few copies of the tokens."""
-    b, _, t, h, w = video_shape
-    video_tokens = (t // video.patch_size[0]) * (h // video.patch_size[1]) * (w // video.patch_size[2])
-    audio_tokens = audio_shape[-1] // audio.patch_size[0]
-    size = torch.empty((), dtype=dtype).element_size()
-    per_sample = video_tokens * (video.ffn_dim + 6 * video.dim) + audio_tokens * (audio.ffn_dim + 6 * audio.dim)
-    return int(b * per_sample * size)
+    return forward_bytes(video_shape, audio_shape, video, audio, torch.empty((), dtype=dtype).element_size())
+
+
+def check_sampling_memory(high: LoadedPart, tower: LoadedPart, cond: MovaConditioning, video: torch.Tensor,
+                          audio: AudioLatent, device_memory: int) -> None:
+    """Refuse, before any noise or weight is touched, a size whose activations and latents cannot fit the
+    device's ``device_memory`` bytes (the weights can be offloaded, these cannot), naming the largest that fits."""
+    size = torch.empty((), dtype=high.compute_dtype).element_size()
+    configs = high.model.config, tower.model.audio_dit.config
+    batch = video.shape[0]
+
+    def need(width: int, height: int, frames: int) -> int:
+        return batch * sampling_bytes(width, height, frames, cond.fps, audio.sample_rate, audio.hop_length,
+                                      audio.samples.shape[1], *configs, size)
+
+    check_fits(need, cond.width, cond.height, cond.frames, device_memory, "device memory for the sampler's "
+               "activations and latents", "Lower width, height or length on MOVA Conditioning (the model weights "
+               "are offloaded as needed, the activations are not).")
 
 
 def make_settings(bridge_cfg: float, audio_cfg: float, audio_shift: float, cfg_cutoff: float,
@@ -107,12 +120,6 @@ def sampling_options(steps: int, cfg: float, shift: float, boundary_ratio: float
     if settings is not None and not isinstance(settings, SamplerSettings):
         raise ValueError("options: expected the output of MOVA Sampler Options")
     s = settings or SamplerSettings()
-    if not 0.0 <= s.cfg_cutoff <= 1.0:
-        raise ValueError(f"cfg_cutoff {s.cfg_cutoff} must lie in 0..1 (the share of steps that use CFG)")
-    if s.cache_threshold < 0:
-        raise ValueError(f"cache_threshold {s.cache_threshold} must be 0 (off) or positive")
-    if s.audio_shift is not None and s.audio_shift <= 0:
-        raise ValueError(f"audio_shift {s.audio_shift} must be positive (or unset: the sampler's shift)")
     check_speed_options(s.compile, s.fp8_compute)
     return SamplingOptions(steps=steps, cfg_scale=cfg, shift=shift, boundary_ratio=boundary_ratio, fps=fps,
                            audio_cfg_scale=s.audio_cfg, audio_shift=s.audio_shift, bridge_cfg_scale=s.bridge_cfg,
@@ -179,14 +186,18 @@ def sample_joint(high: LoadedPart, low: LoadedPart, tower: LoadedPart, cond: Mov
                  before_expert: Callable[[int], None] | None = None,
                  on_step: Callable[[int, int, torch.Tensor, torch.Tensor], None] | None = None,
                  settings: SamplerSettings | None = None, stats: dict | None = None,
-                 release: ReleaseSettings | None = None) -> tuple[dict, AudioLatent]:
+                 release: ReleaseSettings | None = None, device_memory: int | None = None
+                 ) -> tuple[dict, AudioLatent]:
     """Denoise MOVA's joint latent from seeded noise. Returns the video as a ComfyUI LATENT (raw Wan 2.1
     latents, float32, CPU) and the audio latents. ``before_expert(i)`` runs before expert i (0 high,
     1 low) is first used; ``on_step(step, total, video, audio)`` after every step (raise to cancel).
     ``settings`` come from MOVA Sampler Options; ``release``: the experts' release settings (read from their
-    folder when None); ``stats`` receives computed_steps / skipped_steps and ``scheduler`` (the one used)."""
+    folder when None); ``device_memory``: bytes of the sampling device, checked against what the run needs;
+    ``stats`` receives computed_steps / skipped_steps and ``scheduler`` (the one used)."""
     video, audio = split_joint_latent(latent)
     towers = check_setup(high, low, tower, cond, video, audio)
+    if device_memory is not None:
+        check_sampling_memory(high, tower, cond, video, audio, device_memory)
     if release is None:
         release, _ = release_settings(high, low)
     options = sampling_options(steps, cfg, shift, boundary_ratio, cond.fps, settings, scheduler=release.scheduler)
