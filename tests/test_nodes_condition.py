@@ -142,7 +142,7 @@ def test_make_conditioning(golden_dac):
     (dict(frames=10), "frames 10 is not 4k\\+1: use 9"),
     (dict(width=44), "width 44 is not a multiple of 16: use 48"),
     (dict(height=8), "height 8 is not a multiple of 16: use 16"),
-    (dict(fps=0.0), "fps must be positive"),
+    (dict(fps=0.0), "fps must be a positive number"),
 ])
 def test_make_conditioning_bad_values(golden_dac, kwargs, message):
     args = dict(width=32, height=32, frames=9, fps=24.0) | kwargs
