@@ -93,7 +93,7 @@ def test_experts_from_two_releases(golden_dir, release):
     one = load_video_expert(golden_dir / "checkpoint" / "video_dit")
     two = load_video_expert(release / "video_dit_2")
     settings, _, warnings = used_settings(one, two, 5.0, 0.9)
-    assert settings.scheduler == SchedulerConfig()
+    assert settings == read_release_settings(golden_dir / "checkpoint")
     assert warnings[0].startswith("the experts come from two releases with other settings")
 
 

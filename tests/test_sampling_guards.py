@@ -16,7 +16,7 @@ from comfyui_mova.nodes.handles import MovaConditioning
 from comfyui_mova.nodes.model_files import load_audio_tower, load_video_expert
 from comfyui_mova.nodes.condition import empty_joint_latent
 from comfyui_mova.nodes.sampling import sample_joint
-from mova_testing import load_golden_towers
+from mova_testing import golden_scheduler, load_golden_towers
 
 NAN, INF = float("nan"), float("inf")
 
@@ -150,8 +150,9 @@ def test_nan_step_names_the_step_and_the_expert(golden_dir, golden_tensors, gold
     used = golden_cases["experts_used_per_step"]["cfg5"]
     step = used.index(expert) + 1
     names = ["the high-noise expert (video_dit)", "the low-noise expert (video_dit_2)"]
-    options = SamplingOptions(steps=len(used), cfg_scale=5.0, fps=golden_cases["fps"],
-                              boundary_ratio=golden_cases["boundary_ratio"])
+    scheduler = golden_scheduler(golden_cases)
+    options = SamplingOptions(steps=len(used), cfg_scale=5.0, fps=golden_cases["fps"], shift=scheduler.shift,
+                              boundary_ratio=golden_cases["boundary_ratio"], scheduler=scheduler)
     seen = []
     with pytest.raises(NonFiniteError, match=re.escape(f"step {step} of {len(used)} ({names[expert]}) produced NaN or "
                                                        "infinite values in the video and audio prediction") +
