@@ -104,7 +104,10 @@ def _read_raw(path: Path) -> tuple[dict, dict]:
 def _alpha(value, where: str) -> float:
     """A LoRA alpha as a finite float; a CheckpointError naming ``where`` otherwise."""
     if isinstance(value, torch.Tensor):
-        value = value.item() if value.numel() == 1 else None
+        if value.numel() != 1:
+            raise CheckpointError(f"{where}: alpha is a tensor of {value.numel()} values, not one number: the LoRA "
+                                  "file is damaged.")
+        value = value.item()
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise CheckpointError(f"{where}: alpha is {value!r}, not a finite number: the LoRA file is damaged.")
     return float(value)
