@@ -13,7 +13,7 @@ import comfyui_mova
 from comfyui_mova.nodes import spec
 
 PACK = Path(comfyui_mova.__file__).parent
-PLAIN_MODULES = ("spec", "handles", "model_files", "condition", "sampling", "audio_decode", "lora_patches")
+PLAIN_MODULES = ("spec", "handles", "model_files", "condition", "sampling", "audio_decode", "lora_patches", "text")
 
 
 def _comfy_available() -> bool:
