@@ -7,6 +7,8 @@ in the Hugging Face release, so a config can be built straight from that file.
 from __future__ import annotations
 
 import dataclasses
+import math
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -142,10 +144,42 @@ class MovaConfig:
     boundary_ratio: float = 0.9
 
 
+def _field_problem(name: str, hint, value) -> str | None:
+    """Why ``value`` does not fit a config field annotated ``hint`` (None when it fits)."""
+    def count(v):
+        return isinstance(v, int) and not isinstance(v, bool) and v > 0
+    if hint is int:
+        return None if count(value) else f"{name} is {value!r}, expected a positive whole number"
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            return f"{name} is {value!r}, expected a finite number, 0 or more"
+        return None
+    if hint is bool:
+        return None if isinstance(value, bool) else f"{name} is {value!r}, expected true or false"
+    if hint is str:
+        return None if isinstance(value, str) else f"{name} is {value!r}, expected a text"
+    if isinstance(value, (list, tuple)) and value and all(count(v) for v in value):
+        return None
+    return f"{name} is {value!r}, expected a list of positive whole numbers"
+
+
 def config_from_dict(cls, values: Mapping[str, Any]):
-    """Build ``cls`` from a config.json-like mapping, ignoring keys the class does not have."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items() if k in names}
+    """Build ``cls`` from a config.json-like mapping, ignoring keys the class does not have. A ValueError says
+    which field is missing or of the wrong type."""
+    if not isinstance(values, Mapping):
+        raise ValueError(f"expected a mapping of settings, got {type(values).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = dataclasses.fields(cls)
+    missing = [f.name for f in fields if f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING and f.name not in values]
+    if missing:
+        raise ValueError(f"it lacks {', '.join(missing)}")
+    problems = [p for f in fields if f.name in values
+                if (p := _field_problem(f.name, hints[f.name], values[f.name])) is not None]
+    if problems:
+        raise ValueError("; ".join(problems))
+    kwargs = {f.name: (tuple(values[f.name]) if isinstance(values[f.name], list) else values[f.name])
+              for f in fields if f.name in values}
     return cls(**kwargs)
 
 

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -249,6 +251,37 @@ def _check_release(source: Path, parts) -> None:
             f"components with --components (e.g. --components {others}).")
 
 
+def _prepare_output(output: Path) -> list[Path]:
+    """Check that ``output`` is (or can become) a folder we can write into, before anything is read or written;
+    returns the folders created for it (removed again when the conversion fails)."""
+    if output.exists() and not output.is_dir():
+        raise CheckpointError(f"the output {output} is a file, not a folder: pass a folder for the converted files "
+                              "(it is created when missing).")
+    created = [p for p in (output, *output.parents) if not p.exists()]
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CheckpointError(f"cannot create the output folder {output} ({exc.strerror}): pass a folder you can "
+                              "write to.") from exc
+    try:
+        fd, probe = tempfile.mkstemp(dir=output, prefix=".mova_convert_", suffix=".probe")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        _remove_empty(created)
+        raise CheckpointError(f"cannot write into the output folder {output} ({exc.strerror}): pass a folder you "
+                              "can write to.") from exc
+    return created
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for folder in folders:  # innermost first
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m mova_model.convert", description=__doc__.split("\n\n")[0])
     parser.add_argument("source", type=Path, help="the Hugging Face MOVA release folder (with model_index.json)")
@@ -268,18 +301,27 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     parts = [p for p in PARTS if p.name in args.components]
     prefix = args.prefix or default_prefix(args.source)
+    created: list[Path] = []
     try:
+        created = _prepare_output(args.output)  # before anything is read: a wrong output fails at once
         _check_release(args.source, parts)
         outputs = [args.output / output_name(prefix, p, args.dtype) for p in parts]
         existing = [str(o) for o in outputs if o.exists()]
         if existing and not args.overwrite:
             raise CheckpointError(f"{len(existing)} output file(s) already exist (first: {existing[0]}): pass "
                                   "--overwrite to replace them, or choose another output folder or --prefix.")
-        args.output.mkdir(parents=True, exist_ok=True)
         for i, (part, out) in enumerate(zip(parts, outputs), 1):
             print(f"[{i}/{len(parts)}] {part.label}: {args.source / part.folder} -> {out}", file=sys.stderr)
-            convert_part(args.source, part, out, args.dtype, verify=not args.no_verify, layout=args.fp8_layout)
+            try:
+                convert_part(args.source, part, out, args.dtype, verify=not args.no_verify,
+                             layout=args.fp8_layout)
+            except OSError as exc:
+                raise CheckpointError(
+                    f"converting {args.source / part.folder} into {out} failed at {exc.filename or out}: "
+                    f"{exc.strerror or exc}. Check the free space and the permissions; no partial file was kept."
+                ) from exc
     except CheckpointError as exc:
+        _remove_empty(created)  # folders made for this run, when nothing was written into them
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"done ({peak_ram_text()}). Put the video_dit/audio_dit/bridge files in ComfyUI/models/diffusion_models "

@@ -114,13 +114,40 @@ _CONFIG_CLASSES = {"video_dit": DiTConfig, "audio_dit": DiTConfig,
                    "dual_tower_bridge": BridgeConfig, "audio_vae": DACConfig}
 
 
+# The official classes each component's config.json names (``_class_name``), when it names one.
+CONFIG_CLASS_NAMES = {"video_dit": ("WanModel",), "audio_dit": ("WanAudioModel",),
+                      "dual_tower_bridge": ("DualTowerConditionalBridge",), "audio_vae": ("DAC",)}
+
+
+def _config(cls, values, where: str, kind: str):
+    """``cls`` from a config mapping read at ``where``; a CheckpointError when it belongs to another model."""
+    named = values.get("_class_name") if isinstance(values, dict) else None
+    if named is not None and named not in CONFIG_CLASS_NAMES[kind]:
+        raise CheckpointError(
+            f"{where} describes a {named}, not {KIND_NAMES[kind]} ({' or '.join(CONFIG_CLASS_NAMES[kind])}): "
+            "the folder holds another model's config.json; download this component's config.json again."
+        )
+    try:
+        return config_from_dict(cls, values)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(
+            f"{where} does not describe {KIND_NAMES[kind]}: {exc}. It belongs to another model or is damaged: "
+            "download this component's config.json again."
+        ) from exc
+
+
 def detect_config(ckpt: Checkpoint, kind: str, head_dim: int | None = None):
     """The component's config: config.json beside the weights, else the file's metadata, else shapes."""
     cls = _CONFIG_CLASSES[kind]
     if ckpt.config is not None:
-        return config_from_dict(cls, ckpt.config)
+        return _config(cls, ckpt.config, ckpt.config_path or f"the config.json of {ckpt.name}", kind)
     if METADATA_CONFIG in ckpt.metadata:
-        return config_from_dict(cls, json.loads(ckpt.metadata[METADATA_CONFIG]))
+        where = f"{ckpt.name} (its {METADATA_CONFIG} metadata)"
+        try:
+            values = json.loads(ckpt.metadata[METADATA_CONFIG])
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{where} is not JSON ({exc}): convert the release again.") from exc
+        return _config(cls, values, where, kind)
     shapes = ckpt.shapes()
     if kind in ("video_dit", "audio_dit"):
         return dit_config_from_shapes(shapes, head_dim or DEFAULT_HEAD_DIM)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
@@ -16,8 +17,28 @@ from .attention import attention
 from .configs import DiTConfig
 from .layers import RMSNorm, layer_norm, modulate, param_like, timestep_sinusoid
 from .offload import iter_blocks
-from .ops import torch_ops
+from .ops import Fp8Linear, torch_ops
 from .rope import apply_interleaved_rope, tower_rope_audio, tower_rope_video
+
+
+def _casts_weights(layer: nn.Module) -> bool:
+    """Whether a Linear casts its stored weight to the input's dtype itself: our Fp8Linear, and comfy.ops
+    layers while ``comfy_cast_weights`` is on (manual_cast, low-VRAM loading; they also apply ComfyUI's
+    weight patches on the way). comfy.ops layers with it off (disable_weight_init, the unquantised layers of
+    mixed_precision_ops) compute with the weight as stored, like a plain nn.Linear."""
+    return isinstance(layer, Fp8Linear) or bool(getattr(layer, "comfy_cast_weights", False))
+
+
+def run_float32(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """Linear layers and activations in float32: x [B,in] float32 -> [B,out] float32. Weights of Linears
+    that do not cast them themselves are upcast here."""
+    for layer in layers:
+        if isinstance(layer, nn.Linear) and not _casts_weights(layer) and layer.weight.dtype != torch.float32:
+            bias = None if layer.bias is None else layer.bias.float()
+            x = F.linear(x, layer.weight.float(), bias)
+        else:
+            x = layer(x)
+    return x
 
 
 class Attention(nn.Module):
@@ -119,11 +140,15 @@ class WanDiT(nn.Module):
         self.head = Head(config, operations=operations, device=device, dtype=dtype)
 
     def embed_time(self, timestep: torch.Tensor, dtype: torch.dtype):
-        """Timesteps [B] -> (t_emb [B,C], t_mod [B,6,C]) in ``dtype``."""
-        sinusoid = timestep_sinusoid(timestep.float(), self.config.freq_dim).to(dtype)
-        t_emb = self.time_embedding(sinusoid)
-        t_mod = self.time_projection(t_emb).unflatten(1, (6, self.config.dim))
-        return t_emb, t_mod
+        """Timesteps [B] -> (t_emb [B,C], t_mod [B,6,C]) in ``dtype``.
+
+        As the official forward (float32 autocast around the time layers): the sinusoid,
+        ``time_embedding`` and ``time_projection`` compute in float32 whatever the weights' dtype (bf16,
+        fp16, fp8 layers), and only the results are cast to ``dtype``."""
+        sinusoid = timestep_sinusoid(timestep.float(), self.config.freq_dim)
+        t_emb = run_float32(self.time_embedding, sinusoid)
+        t_mod = run_float32(self.time_projection, t_emb).unflatten(1, (6, self.config.dim))
+        return t_emb.to(dtype), t_mod.to(dtype)
 
     def embed_text(self, context: torch.Tensor) -> torch.Tensor:
         """Text states [B,Lt,text_dim] -> [B,Lt,C]."""

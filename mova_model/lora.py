@@ -14,6 +14,7 @@ The update of a weight W is W + strength · (alpha / rank) · B · A.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, read_header
 from .quantize import dequantize, quantize_fp8
 
 LORA_COMPONENTS = ("video_dit_2", "video_dit", "audio_dit", "dual_tower_bridge")  # longest prefix first
@@ -54,31 +55,73 @@ class LoraFile:
         return f"{Path(self.path).name}: {counts or 'no patches'}"
 
 
+def _load_plain(path: Path, what: str):
+    """torch.load(weights_only=True) of ``path``; a CheckpointError for pickles that carry code or damaged files."""
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickles with code, or not a torch file at all
+        raise CheckpointError(
+            f"{path} could not be read as plain {what} ({type(exc).__name__}): only weights-only .pt files "
+            "(tensors, numbers, texts) and .safetensors are loaded; convert it to .safetensors."
+        ) from exc
+
+
+def _metadata_value(value: str):
+    """A metadata text as a number when it is one (JSON), else the text."""
+    try:
+        return json.loads(value)
+    except (json.JSONDecodeError, TypeError):
+        return value
+
+
 def _read_raw(path: Path) -> tuple[dict, dict]:
     """(tensors by key, settings) from a .pt or .safetensors LoRA file."""
     if path.suffix == ".safetensors":
         from safetensors import safe_open
+        read_header(path)  # a damaged header stops here, named
         with safe_open(str(path), framework="pt", device="cpu") as f:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
             meta = f.metadata() or {}
-        settings = {k: json.loads(v) if v.replace(".", "", 1).isdigit() else v for k, v in meta.items()}
-        return tensors, settings
-    try:
-        data = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickles with code, or not a torch file at all
-        raise CheckpointError(
-            f"{path} could not be read as plain tensors ({type(exc).__name__}): only weights-only .pt files "
-            "and .safetensors are loaded; convert it to .safetensors."
-        ) from exc
+        return tensors, {k: _metadata_value(v) for k, v in meta.items()}
+    data = _load_plain(path, "tensors")
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} holds a {type(data).__name__}, not a LoRA state dict.")
     if "lora_state_dict" in data:
-        return dict(data["lora_state_dict"]), {k: v for k, v in data.items() if k != "lora_state_dict"}
+        tensors = data["lora_state_dict"]
+        if not isinstance(tensors, dict):
+            raise CheckpointError(f"{path}: its lora_state_dict is a {type(tensors).__name__}, not a dict of tensors.")
+        return dict(tensors), {k: v for k, v in data.items() if k != "lora_state_dict"}
     settings = {}
     config = path.with_name("lora_config.pt")
     if config.exists():
-        settings = dict(torch.load(str(config), map_location="cpu", weights_only=True))
-    return data, settings
+        settings = _load_plain(config, "settings")
+        if not isinstance(settings, dict):
+            raise CheckpointError(f"{config} holds a {type(settings).__name__}, not the LoRA settings (rank, alpha): "
+                                  "use the lora_config.pt the trainer wrote beside lora_weights.pt.")
+    return data, dict(settings)
+
+
+def _alpha(value, where: str) -> float:
+    """A LoRA alpha as a finite float; a CheckpointError naming ``where`` otherwise."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise CheckpointError(f"{where}: alpha is a tensor of {value.numel()} values, not one number: the LoRA "
+                                  "file is damaged.")
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise CheckpointError(f"{where}: alpha is {value!r}, not a finite number: the LoRA file is damaged.")
+    return float(value)
+
+
+def _factor(path: Path, key: str, tensor: torch.Tensor) -> torch.Tensor:
+    """A LoRA factor checked: a matrix (or a 1x1 conv kernel) of finite float values."""
+    if not tensor.is_floating_point() or tensor.dim() < 2:
+        raise CheckpointError(f"{path}: {key} is a {tensor.dtype} tensor of shape {tuple(tensor.shape)}, not a LoRA "
+                              "matrix: the file is damaged or not a MOVA LoRA.")
+    if not bool(torch.isfinite(tensor).all()):
+        raise CheckpointError(f"{path}: {key} holds NaN or infinite values: the LoRA is broken (a diverged "
+                              "training run); use an earlier checkpoint of it.")
+    return tensor
 
 
 def _split_component(key: str) -> tuple[str | None, str]:
@@ -89,7 +132,8 @@ def _split_component(key: str) -> tuple[str | None, str]:
 
 
 def read_lora(path: str | os.PathLike) -> LoraFile:
-    """Parse a LoRA file into per-component patches; keys it cannot place are kept in ``unknown_keys``."""
+    """Parse a LoRA file into per-component patches; keys it cannot place are kept in ``unknown_keys``.
+    Damaged values (rank 0, scalars, NaN, a non-numeric alpha) raise a CheckpointError naming the key."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"LoRA file {path} does not exist: put it in the loras folder.")
@@ -101,29 +145,34 @@ def lora_from_tensors(tensors: dict, settings: dict, path: str) -> LoraFile:
     """Parse LoRA tensors in either official key layout (``settings``: alpha / lora_alpha, optional);
     ``path`` names the LoRA in messages."""
     default_alpha = settings.get("alpha", settings.get("lora_alpha"))
+    if default_alpha is not None:
+        default_alpha = _alpha(default_alpha, f"{path} (its settings)")
     parts: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
     alphas: dict[str, float] = {}
     unknown = []
     for key, tensor in tensors.items():
-        if not isinstance(tensor, torch.Tensor):
-            unknown.append(key)
+        if not isinstance(key, str) or not isinstance(tensor, torch.Tensor):
+            unknown.append(str(key))
             continue
         if key.endswith(".alpha"):
-            alphas[key[: -len(".alpha")]] = float(tensor)
+            alphas[key[: -len(".alpha")]] = _alpha(tensor, f"{path}: {key}")
             continue
         match = _KEY.match(key)
         component, module = _split_component(match.group("module")) if match else (None, key)
         if component is None:
             unknown.append(key)
             continue
-        parts.setdefault((component, module), {})[match.group("part")] = tensor
+        parts.setdefault((component, module), {})[match.group("part")] = _factor(path, key, tensor)
     patches: dict[str, dict[str, LoraPatch]] = {c: {} for c in LORA_COMPONENTS}
     for (component, module), ab in parts.items():
         if set(ab) != {"A", "B"}:
             unknown.append(f"{component}.{module}.lora_{'A' if 'A' in ab else 'B'} (its partner is missing)")
             continue
         rank = ab["A"].shape[0]
-        if ab["B"].shape[-1] != rank:
+        if rank == 0:
+            raise CheckpointError(f"{path}: {component}.{module} has rank 0 (lora_A {tuple(ab['A'].shape)}): the file "
+                                  "is damaged.")
+        if ab["B"].shape[1] != rank:
             raise CheckpointError(
                 f"{path}: {component}.{module} has lora_A rank {rank} but lora_B {tuple(ab['B'].shape)}: the file is damaged."
             )
@@ -147,15 +196,33 @@ def match_patches(patches: dict[str, LoraPatch], shapes: dict[str, tuple[int, ..
     return fits, misses
 
 
+def _merged(weight: torch.Tensor, scale, patch: LoraPatch, strength: float) -> torch.Tensor:
+    """W + strength * scale * B.A in float32 [out, in]."""
+    return dequantize(weight, scale, torch.float32) + strength * patch.delta().to(weight.device)
+
+
 @torch.no_grad()
 def merge_lora_(model: torch.nn.Module, patches: dict[str, LoraPatch], strength: float) -> list[str]:
-    """Add strength · scale · B·A to the model's weights in place (plain torch use); returns misses."""
+    """Add strength · scale · B·A to the model's weights in place (plain torch use); returns misses.
+    Every merged weight is checked first: when one would hold NaN or infinite values (an update too large for
+    the weights' dtype) nothing is changed and a ValueError names it."""
     params = dict(model.named_parameters())
     fits, misses = match_patches(patches, {k: tuple(p.shape) for k, p in params.items()})
+    targets = {key: (params[key], getattr(model.get_submodule(key[: -len(".weight")]), "scale_weight", None))
+               for key in fits}
     for key, patch in fits.items():
-        module = model.get_submodule(key[: -len(".weight")])
-        weight, scale = params[key], getattr(module, "scale_weight", None)
-        merged = dequantize(weight, scale, torch.float32) + strength * patch.delta().to(weight.device)
+        weight, scale = targets[key]
+        merged = _merged(weight, scale, patch, strength)
+        if scale is None:
+            merged = merged.to(weight.dtype)
+        if not bool(torch.isfinite(merged).all()):
+            raise ValueError(
+                f"merging the LoRA into {key} at strength {strength:g} gives NaN or infinite weights (the update "
+                f"does not fit {weight.dtype}): lower the strength, or load the model in bf16 or fp32."
+            )
+    for key, patch in fits.items():
+        weight, scale = targets[key]
+        merged = _merged(weight, scale, patch, strength)
         if scale is None:
             weight.copy_(merged.to(weight.dtype))
         else:  # fp8 weight: requantise with a fresh per-tensor scale

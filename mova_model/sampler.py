@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -17,6 +18,8 @@ from .joint import check_towers, joint_forward
 from .scheduler import make_schedule
 from .speed import apply_speed_options, check_speed_options
 from .step_cache import StepCache
+
+EXPERT_NAMES = ("the high-noise expert (video_dit)", "the low-noise expert (video_dit_2)")
 
 # callback(step, total, video_latents, audio_latents) after each step; raise inside it to cancel.
 StepCallback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
@@ -66,6 +69,36 @@ class SamplingOptions:
     compile: str = "off"                  # "off", "blocks", "blocks-max-autotune" (see speed.py)
     fp8_compute: str = "auto"             # fp8 weights: "auto", "dequant", "fp8_matmul" (see speed.py)
 
+    def __post_init__(self):
+        self.check()
+
+    def check(self) -> None:
+        """Raise a ValueError naming the first option that is not a usable number (NaN, inf, out of range)."""
+        def number(value) -> bool:
+            return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"steps {self.steps!r} must be a whole number of at least 1")
+        rules = [
+            ("cfg", self.cfg_scale, number(self.cfg_scale), "must be a finite number"),
+            ("shift", self.shift, number(self.shift) and self.shift > 0, "must be a positive number"),
+            ("boundary_ratio", self.boundary_ratio, number(self.boundary_ratio) and 0 <= self.boundary_ratio <= 1,
+             "must lie in 0..1"),
+            ("fps", self.fps, number(self.fps) and self.fps > 0, "must be a positive number"),
+            ("audio_cfg", self.audio_cfg_scale, self.audio_cfg_scale is None or number(self.audio_cfg_scale),
+             "must be a finite number (or unset: the sampler's cfg)"),
+            ("audio_shift", self.audio_shift, self.audio_shift is None or number(self.audio_shift)
+             and self.audio_shift > 0, "must be positive (or unset: the sampler's shift)"),
+            ("bridge_cfg", self.bridge_cfg_scale, number(self.bridge_cfg_scale), "must be a finite number"),
+            ("cfg_cutoff", self.cfg_cutoff, number(self.cfg_cutoff) and 0 <= self.cfg_cutoff <= 1,
+             "must lie in 0..1 (the share of steps that use CFG)"),
+            ("cache_threshold", self.cache_threshold, number(self.cache_threshold) and self.cache_threshold >= 0,
+             "must be 0 (off) or positive"),
+        ]
+        for name, value, ok, rule in rules:
+            if not ok:
+                raise ValueError(f"{name} {value!r} {rule}")
+
     def guidance(self, step: int) -> Guidance:
         """The guidance scales for ``step`` (0-based): none after the CFG cut-off."""
         if step >= self.cfg_cutoff * self.steps:
@@ -73,6 +106,24 @@ class SamplingOptions:
         audio = self.cfg_scale if self.audio_cfg_scale is None else self.audio_cfg_scale
         return Guidance(video_text=self.cfg_scale, audio_text=audio, bridge=self.bridge_cfg_scale)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+
+
+class NonFiniteError(ValueError):
+    """A sampling step produced NaN or infinite values; the message names the step, the expert and the likely cause."""
+
+
+def check_finite_step(out, step: int, total: int, expert: int, dtype: torch.dtype) -> None:
+    """Raise NonFiniteError when a step's guided velocity holds NaN or inf."""
+    bad = [name for name, x in (("video", out.video), ("audio", out.audio)) if not bool(torch.isfinite(x).all())]
+    if not bad:
+        return
+    cause = ("an fp16 overflow (load the experts and the audio tower with weight_dtype bf16)"
+             if dtype == torch.float16 else "numbers too large for the compute dtype")
+    raise NonFiniteError(
+        f"step {step} of {total} ({EXPERT_NAMES[expert]}) produced NaN or infinite values in the "
+        f"{' and '.join(bad)} prediction ({dtype}). Likely causes: {cause}, or a broken LoRA (unplug it or lower its "
+        "strength), or damaged weights (download them again)."
+    )
 
 
 def make_noise(video_shape, audio_shape, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,6 +140,7 @@ def expert_index(timestep: float, boundary_ratio: float, num_train_timesteps: in
 
 
 def _check_inputs(condition, context_pos, context_neg, video_noise, audio_noise, opts):
+    opts.check()  # the options may have been changed since they were built
     b = video_noise.shape[0]
     if condition.shape[0] != b or condition.shape[2:] != video_noise.shape[2:]:
         raise ValueError(
@@ -100,6 +152,12 @@ def _check_inputs(condition, context_pos, context_neg, video_noise, audio_noise,
             raise ValueError(f"{name} prompt batch is {ctx.shape[0]} but the latent batch is {b}: give 1 or {b} prompts")
     if audio_noise.shape[0] != b:
         raise ValueError(f"audio latent batch {audio_noise.shape[0]} != video latent batch {b}")
+    for name, x in (("the image condition", condition), ("the prompt's text states", context_pos),
+                    ("the negative prompt's text states", context_neg), ("the video noise", video_noise),
+                    ("the audio noise", audio_noise)):
+        if x is not None and not bool(torch.isfinite(x).all()):
+            raise NonFiniteError(f"{name} hold NaN or infinite values: build them again (a VAE or text encoder "
+                                 "in fp16 can overflow; load it in bf16 or fp32).")
     if context_neg is None and (opts.cfg_scale != 1.0 or opts.audio_cfg_scale not in (None, 1.0)):
         raise ValueError(f"CFG {opts.cfg_scale} needs a negative prompt: connect one, or set CFG to 1.0")
     if not 0.0 <= opts.cfg_cutoff <= 1.0:
@@ -178,6 +236,7 @@ def _denoise(towers, condition, pos, neg, video, audio, opts, callback, before_e
                 expert, towers.audio_dit, towers.bridge, x_v, x_a, ctx, t_video, t_audio, opts.fps,
                 bridge_scale=bridge_scale, dtype=dtype)
             out = guided_velocity(run, video_in, audio, pos, neg, opts.guidance(i), batch=opts.batch_cfg)
+            check_finite_step(out, i + 1, opts.steps, index, dtype)
             cache.store(out)
         video = schedule.euler_step(video, out.video, i)
         audio = audio_schedule.euler_step(audio, out.audio, i)

@@ -45,9 +45,7 @@ def _widget(w: spec.Widget):
     if w.kind == "COMBO":
         options = list(w.options) if w.options is not None else model_choices(w.model_folder)
         return io.Combo.Input(w.name, options=options, default=w.default, tooltip=w.tooltip)
-    if w.multiline:
-        return io.String.Input(w.name, default=w.default, multiline=True, tooltip=w.tooltip)
-    return io.String.Input(w.name, default=w.default, tooltip=w.tooltip)
+    return io.String.Input(w.name, default=w.default, multiline=w.multiline, tooltip=w.tooltip)
 
 
 def _input(item):

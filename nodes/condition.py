@@ -2,40 +2,66 @@
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from ..mova_model.configs import DACConfig
 from ..mova_model.latents import normalise_video_latents
+from ..mova_model.memory import check_fits, condition_bytes
 from ..mova_model.sizes import VAE_SPACE, VAE_TIME, VIDEO_LATENT_CHANNELS, check_video_size, latent_shapes
 from .handles import LATENT_AUDIO_KEY, AudioLatent, MovaConditioning
+from .text import MAX_TOKENS
 
 MASK_CHANNELS = 4
 GREY = 0.5   # the frames after the first, in ComfyUI's 0..1 image range
 WHITE = 1.0  # the first frame when no image is given (the official text-only recipe)
 
 
-def text_states(conditioning, name: str) -> torch.Tensor:
-    """The text-encoder states [B,L,D] of a CONDITIONING from CLIP Text Encode."""
+def text_states(conditioning, name: str, warnings: list[str] | None = None) -> torch.Tensor:
+    """The text-encoder states [B,L,D] of a CONDITIONING from MOVA Text Encode (or CLIP Text Encode), at most
+    512 rows: longer states are cut, with a warning appended to ``warnings``."""
     if not isinstance(conditioning, (list, tuple)) or not conditioning:
-        raise ValueError(f"{name}: expected a CONDITIONING from CLIP Text Encode, got {type(conditioning).__name__}")
+        raise ValueError(f"{name}: expected a CONDITIONING from MOVA Text Encode, got {type(conditioning).__name__}")
     if len(conditioning) != 1:
         raise ValueError(
             f"{name} holds {len(conditioning)} conditionings (from Conditioning Combine or Concat): MOVA takes "
-            "one prompt; write it in one CLIP Text Encode."
+            "one prompt; write it in one MOVA Text Encode."
         )
     entry = conditioning[0]
     states = entry[0] if isinstance(entry, (list, tuple)) and entry else None
     if not isinstance(states, torch.Tensor) or states.dim() != 3:
-        raise ValueError(f"{name}: expected text states [B,L,D] from CLIP Text Encode, got {type(states).__name__}")
+        raise ValueError(f"{name}: expected text states [B,L,D] from MOVA Text Encode, got {type(states).__name__}")
+    if not bool(torch.isfinite(states).all()):
+        raise ValueError(f"{name}: the text states hold NaN or infinite values (the text encoder overflowed, e.g. "
+                         "in fp16): encode the prompt again with umt5_xxl_fp16 or the fp8_e4m3fn_scaled file.")
+    if states.shape[1] > MAX_TOKENS:
+        message = (f"{name}: {states.shape[1]} text states, MOVA reads at most {MAX_TOKENS} (as the official "
+                   f"pipeline): cut to the first {MAX_TOKENS}. MOVA Text Encode cuts the prompt before encoding, "
+                   "exactly as the official pipeline does: use it, or shorten the prompt.")
+        if warnings is not None:
+            warnings.append(message)
+        states = states[:, :MAX_TOKENS]
     return states.float().cpu()
 
 
+def official_crop(src_w: int, src_h: int, width: int, height: int) -> tuple[int, int, int, int]:
+    """(left, top, crop width, crop height) of the official first-frame crop: the target aspect ratio,
+    centred, the crop size truncated to an integer (the same float expressions as the official code)."""
+    if src_h / src_w < height / width:      # wider than the target: crop the sides
+        crop_w = int(src_h / height * width)
+        return (src_w - crop_w) // 2, 0, crop_w, src_h
+    crop_h = int(src_w / width * height)    # taller (or the same ratio): crop top and bottom
+    return 0, (src_h - crop_h) // 2, src_w, crop_h
+
+
 def fit_frame(image: torch.Tensor, width: int, height: int) -> torch.Tensor:
-    """IMAGE [B,H0,W0,C] or [H0,W0,C] in 0..1 -> its first image [height,width,3]: centre crop to the
-    target aspect ratio, then bilinear resize."""
+    """IMAGE [B,H0,W0,C] or [H0,W0,C] in 0..1 -> its first image [height,width,3], fitted as the official
+    pipeline does: 8-bit pixels, centre crop to the target aspect ratio (integer crop size), then PIL's
+    bicubic resize. A picture that is already width x height (after the crop) is used as is."""
+    from PIL import Image
+
     if image.dim() == 4:
         image = image[0]
     if image.dim() != 3 or image.shape[-1] < 3 or image.shape[0] < 1 or image.shape[1] < 1:
@@ -44,17 +70,16 @@ def fit_frame(image: torch.Tensor, width: int, height: int) -> torch.Tensor:
             "connect Load Image (or leave start_image empty for a white first frame)"
         )
     src_h, src_w = image.shape[0], image.shape[1]
-    if src_w * height > width * src_h:      # too wide: crop the sides
-        crop_w = round(src_h * width / height)
-        left = (src_w - crop_w) // 2
-        image = image[:, left:left + crop_w]
-    elif src_w * height < width * src_h:    # too tall: crop top and bottom
-        crop_h = round(src_w * height / width)
-        top = (src_h - crop_h) // 2
-        image = image[top:top + crop_h]
-    chw = image[..., :3].permute(2, 0, 1)[None].float()
-    resized = F.interpolate(chw, size=(height, width), mode="bilinear", align_corners=False)
-    return resized[0].permute(1, 2, 0).clamp(0, 1)
+    left, top, crop_w, crop_h = official_crop(src_w, src_h, width, height)
+    if crop_w < 1 or crop_h < 1:
+        raise ValueError(
+            f"start_image is {src_w}x{src_h}: too small to crop to the {width}x{height} aspect ratio; "
+            "use a larger picture"
+        )
+    rgb = image[top:top + crop_h, left:left + crop_w, :3].float().nan_to_num(0.0)
+    pixels = (rgb.clamp(0, 1) * 255).round().to(torch.uint8).contiguous().numpy()
+    fitted = Image.fromarray(pixels).resize((width, height), resample=Image.Resampling.BICUBIC)
+    return torch.frombuffer(bytearray(fitted.tobytes()), dtype=torch.uint8).view(height, width, 3).float() / 255
 
 
 def condition_frames(image: torch.Tensor | None, width: int, height: int, frames: int) -> torch.Tensor:
@@ -92,12 +117,18 @@ def empty_joint_latent(width: int, height: int, frames: int, fps: float, dac: DA
 
 def make_conditioning(positive, negative, encode: Callable[[torch.Tensor], torch.Tensor],
                       image: torch.Tensor | None, width: int, height: int, frames: int, fps: float,
-                      dac: DACConfig) -> tuple[MovaConditioning, dict]:
-    """Everything MOVA Conditioning outputs. ``encode`` is the Wan VAE: frames [F,H,W,3] -> raw latents."""
+                      dac: DACConfig, warnings: list[str] | None = None,
+                      available_bytes: int | None = None) -> tuple[MovaConditioning, dict]:
+    """Everything MOVA Conditioning outputs. ``encode`` is the Wan VAE: frames [F,H,W,3] -> raw latents.
+    ``warnings`` receives what the node shows (text states cut to 512); ``available_bytes``: free host memory,
+    checked against what the condition frames need before they are built."""
     check_video_size(height, width, frames)
-    if fps <= 0:
-        raise ValueError(f"fps must be positive, got {fps}")
-    pos, neg = text_states(positive, "positive"), text_states(negative, "negative")
+    if not math.isfinite(fps) or fps <= 0:
+        raise ValueError(f"fps must be a positive number, got {fps}")
+    if available_bytes is not None:
+        check_fits(condition_bytes, width, height, frames, available_bytes, "host memory (RAM) for the condition "
+                   "frames", "Lower width, height or length on MOVA Conditioning, or free memory.")
+    pos, neg = text_states(positive, "positive", warnings), text_states(negative, "negative", warnings)
     if pos.shape[-1] != neg.shape[-1]:
         raise ValueError(
             f"positive and negative come from different text encoders ({pos.shape[-1]} vs {neg.shape[-1]} "

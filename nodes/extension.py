@@ -13,12 +13,13 @@ from .lora_node import MovaLoraLoader
 from .prompt_nodes import MovaPromptBuilder, MovaPromptEnhance
 from .sampler_node import MovaSampler, MovaSamplerOptions
 from .save_lora_node import MovaSaveLora
+from .text_node import MovaTextEncode
 from .train_node import MovaTrainLora
 
 NODE_CLASSES = [
     MovaVideoExpertLoader, MovaAudioTowerLoader, MovaAudioVAELoader, MovaConditioning, MovaSampler, MovaAudioDecode,
     MovaLoraLoader, MovaSamplerOptions, MovaPromptEnhance, MovaPromptBuilder, MovaDataset, MovaTrainLora,
-    MovaSaveLora,
+    MovaSaveLora, MovaTextEncode,
 ]
 
 

@@ -15,7 +15,7 @@ from . import spec
 from .comfy_io import schema, show_text
 from .handles import LoadedPart, MovaConditioning, SamplerSettings
 from .sampling import (activation_bytes, cache_report, experts_fit_together, make_settings, sample_joint,
-                       split_joint_latent)
+                       split_joint_latent, used_settings)
 
 log = logging.getLogger(__name__)
 
@@ -84,19 +84,26 @@ class MovaSampler(io.ComfyNode):
             progress.update_absolute(step, total, preview)
             mm.throw_exception_if_processing_interrupted()
 
+        release, report, warnings = used_settings(high_noise_expert, low_noise_expert, shift, boundary_ratio)
+        log.info("MOVA Sampler: %s", report)
+        for warning in warnings:
+            log.warning("MOVA Sampler: %s", warning)
+        lines = [report] + [f"warning: {w}" for w in warnings]
+        show_text(cls.hidden.unique_id, "\n".join(lines))
         stats = {}
         video_latent, audio_latent = sample_joint(
             high_noise_expert, low_noise_expert, audio_tower, conditioning, latent, seed, steps, cfg, shift,
             boundary_ratio, device=device, before_expert=before_expert, on_step=on_step, settings=options,
-            stats=stats,
+            stats=stats, release=release, device_memory=mm.get_total_memory(device),
         )
         log.info("MOVA Sampler: attention %s; %s", stats.get("attention"), "; ".join(stats.get("speed") or ["eager"]))
-        if options is None or options.cache_threshold <= 0:
-            return io.NodeOutput(video_latent, audio_latent)
-        report = cache_report(stats)
-        log.info("MOVA Sampler: %s (threshold %g)", report, options.cache_threshold)
-        show_text(cls.hidden.unique_id, report)
-        return io.NodeOutput(video_latent, audio_latent, ui=ui.PreviewText(report))
+        if options is not None and options.cache_threshold > 0:
+            report = cache_report(stats)
+            log.info("MOVA Sampler: %s (threshold %g)", report, options.cache_threshold)
+            lines.append(report)
+        text = "\n".join(lines)
+        show_text(cls.hidden.unique_id, text)
+        return io.NodeOutput(video_latent, audio_latent, ui=ui.PreviewText(text))
 
 
 class MovaSamplerOptions(io.ComfyNode):

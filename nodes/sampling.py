@@ -8,8 +8,10 @@ from typing import Callable
 import torch
 
 from ..mova_model.attention import resolve_attention_backend
-from ..mova_model.configs import DiTConfig
+from ..mova_model.configs import DiTConfig, SchedulerConfig
 from ..mova_model.latents import denormalise_video_latents
+from ..mova_model.memory import check_fits, forward_bytes, sampling_bytes
+from ..mova_model.release import ReleaseSettings, read_release_settings, release_root
 from ..mova_model.sampler import MovaTowers, SamplingOptions, make_noise, sample
 from ..mova_model.speed import check_speed_options
 from .handles import (HIGH_NOISE, LATENT_AUDIO_KEY, LOW_NOISE, AudioLatent, LoadedPart, MovaConditioning,
@@ -78,12 +80,24 @@ def check_setup(high: LoadedPart, low: LoadedPart, tower: LoadedPart, cond: Mova
 
 def activation_bytes(video_shape, audio_shape, video: DiTConfig, audio: DiTConfig, dtype: torch.dtype) -> int:
     """Rough peak activation memory of one joint forward: the FFN hidden and a few copies of the tokens."""
-    b, _, t, h, w = video_shape
-    video_tokens = (t // video.patch_size[0]) * (h // video.patch_size[1]) * (w // video.patch_size[2])
-    audio_tokens = audio_shape[-1] // audio.patch_size[0]
-    size = torch.empty((), dtype=dtype).element_size()
-    per_sample = video_tokens * (video.ffn_dim + 6 * video.dim) + audio_tokens * (audio.ffn_dim + 6 * audio.dim)
-    return int(b * per_sample * size)
+    return forward_bytes(video_shape, audio_shape, video, audio, torch.empty((), dtype=dtype).element_size())
+
+
+def check_sampling_memory(high: LoadedPart, tower: LoadedPart, cond: MovaConditioning, video: torch.Tensor,
+                          audio: AudioLatent, device_memory: int) -> None:
+    """Refuse, before any noise or weight is touched, a size whose activations and latents cannot fit the
+    device's ``device_memory`` bytes (the weights can be offloaded, these cannot), naming the largest that fits."""
+    size = torch.empty((), dtype=high.compute_dtype).element_size()
+    configs = high.model.config, tower.model.audio_dit.config
+    batch = video.shape[0]
+
+    def need(width: int, height: int, frames: int) -> int:
+        return batch * sampling_bytes(width, height, frames, cond.fps, audio.sample_rate, audio.hop_length,
+                                      audio.samples.shape[1], *configs, size)
+
+    check_fits(need, cond.width, cond.height, cond.frames, device_memory, "device memory for the sampler's "
+               "activations and latents", "Lower width, height or length on MOVA Conditioning (the model weights "
+               "are offloaded as needed, the activations are not).")
 
 
 def experts_fit_together(expert_bytes: tuple[int, int], tower_bytes: int, activations: int, budget: float) -> bool:
@@ -107,22 +121,56 @@ def make_settings(bridge_cfg: float, audio_cfg: float, audio_shift: float, cfg_c
 
 
 def sampling_options(steps: int, cfg: float, shift: float, boundary_ratio: float, fps: float,
-                     settings: SamplerSettings | None = None) -> SamplingOptions:
+                     settings: SamplerSettings | None = None, scheduler: SchedulerConfig | None = None
+                     ) -> SamplingOptions:
     """The core sampler's options from the MOVA Sampler's widgets and MOVA Sampler Options (None: official)."""
     if settings is not None and not isinstance(settings, SamplerSettings):
         raise ValueError("options: expected the output of MOVA Sampler Options")
     s = settings or SamplerSettings()
-    if not 0.0 <= s.cfg_cutoff <= 1.0:
-        raise ValueError(f"cfg_cutoff {s.cfg_cutoff} must lie in 0..1 (the share of steps that use CFG)")
-    if s.cache_threshold < 0:
-        raise ValueError(f"cache_threshold {s.cache_threshold} must be 0 (off) or positive")
-    if s.audio_shift is not None and s.audio_shift <= 0:
-        raise ValueError(f"audio_shift {s.audio_shift} must be positive (or unset: the sampler's shift)")
     check_speed_options(s.compile, s.fp8_compute)
     return SamplingOptions(steps=steps, cfg_scale=cfg, shift=shift, boundary_ratio=boundary_ratio, fps=fps,
                            audio_cfg_scale=s.audio_cfg, audio_shift=s.audio_shift, bridge_cfg_scale=s.bridge_cfg,
                            cfg_cutoff=s.cfg_cutoff, cache_threshold=s.cache_threshold, attention=s.attention,
-                           compile=s.compile, fp8_compute=s.fp8_compute)
+                           compile=s.compile, fp8_compute=s.fp8_compute, scheduler=scheduler or SchedulerConfig())
+
+
+def release_settings(high: LoadedPart, low: LoadedPart) -> tuple[ReleaseSettings, list[str]]:
+    """The settings of the release folder the experts were loaded from (MOVA's defaults for single files),
+    and warnings when the two experts come from releases whose settings differ."""
+    roots = [release_root(part.source) for part in (high, low)]
+    found = [read_release_settings(root) for root in roots if root is not None]
+    if not found:
+        return ReleaseSettings(), []
+    warnings = []
+    if len(found) == 2 and (found[0].scheduler, found[0].boundary_ratio) != (found[1].scheduler, found[1].boundary_ratio):
+        warnings.append(f"the experts come from two releases with other settings ({found[0].root}, {found[1].root}): "
+                        f"using those of {found[0].root}")
+    return found[0], warnings
+
+
+def settings_report(release: ReleaseSettings, shift: float, boundary_ratio: float) -> tuple[str, list[str]]:
+    """(what the sampler uses, one line; warnings where the widgets differ from the release's values)."""
+    s = release.scheduler
+    where = f"release {release.root}" if release.found else "MOVA's defaults (no release folder)"
+    line = (f"shift {shift:g}, boundary_ratio {boundary_ratio:g} (widgets); sigma_min {s.sigma_min:g}, "
+            f"extra_one_step {str(s.extra_one_step).lower()} ({where})")
+    if not release.found:
+        return line, []
+    warnings = []
+    for name, used, theirs, source in (("shift", shift, s.shift, "scheduler/scheduler_config.json"),
+                                       ("boundary_ratio", boundary_ratio, release.boundary_ratio, "model_index.json")):
+        if not math.isclose(used, theirs, rel_tol=1e-9, abs_tol=1e-12):
+            warnings.append(f"{name} {used:g} differs from the release's {theirs:g} ({source}): using {used:g}, "
+                            "the widget's value")
+    return line, warnings
+
+
+def used_settings(high: LoadedPart, low: LoadedPart, shift: float, boundary_ratio: float
+                  ) -> tuple[ReleaseSettings, str, list[str]]:
+    """(the release's settings, the line saying what the sampler uses, warnings) for the experts and widgets."""
+    release, warnings = release_settings(high, low)
+    report, differ = settings_report(release, shift, boundary_ratio)
+    return release, report, warnings + differ
 
 
 def needs_negative(options: SamplingOptions) -> bool:
@@ -145,15 +193,24 @@ def sample_joint(high: LoadedPart, low: LoadedPart, tower: LoadedPart, cond: Mov
                  before_expert: Callable[[int], None] | None = None,
                  on_step: Callable[[int, int, torch.Tensor, torch.Tensor], None] | None = None,
                  settings: SamplerSettings | None = None, stats: dict | None = None,
+                 release: ReleaseSettings | None = None, device_memory: int | None = None
                  ) -> tuple[dict, AudioLatent]:
     """Denoise MOVA's joint latent from seeded noise. Returns the video as a ComfyUI LATENT (raw Wan 2.1
     latents, float32, CPU) and the audio latents. ``before_expert(i)`` runs before expert i (0 high,
     1 low) is first used; ``on_step(step, total, video, audio)`` after every step (raise to cancel).
-    ``settings`` come from MOVA Sampler Options; ``stats`` receives computed_steps / skipped_steps."""
+    ``settings`` come from MOVA Sampler Options; ``release``: the experts' release settings (read from their
+    folder when None); ``device_memory``: bytes of the sampling device, checked against what the run needs;
+    ``stats`` receives computed_steps / skipped_steps and ``scheduler`` (the one used)."""
     video, audio = split_joint_latent(latent)
     towers = check_setup(high, low, tower, cond, video, audio)
+    if device_memory is not None:
+        check_sampling_memory(high, tower, cond, video, audio, device_memory)
+    if release is None:
+        release, _ = release_settings(high, low)
+    options = sampling_options(steps, cfg, shift, boundary_ratio, cond.fps, settings, scheduler=release.scheduler)
+    if stats is not None:
+        stats.update(scheduler=options.scheduler)
     video_noise, audio_noise = make_noise(video.shape, audio.samples.shape, seed)
-    options = sampling_options(steps, cfg, shift, boundary_ratio, cond.fps, settings)
     negative = cond.context_neg if needs_negative(options) else None
     out_video, out_audio = sample(
         towers, cond.condition, cond.context_pos, negative, video_noise, audio_noise, options,

@@ -154,14 +154,31 @@ AUDIO_VAE_LOADER = NodeSpec(
     outputs=(Socket("audio_vae", AUDIO_VAE, "The audio codec: sets the audio length and decodes the sound."),),
 )
 
+TEXT_ENCODE = NodeSpec(
+    node_id="MovaTextEncode",
+    display_name="MOVA Text Encode",
+    description="Encodes a prompt with UMT5-XXL the way the official MOVA pipeline does: the text is cleaned "
+    "(Unicode fixes, HTML entities, runs of whitespace), brackets are plain text (no (emphasis:1.2) weights) and "
+    "the prompt is cut at 512 tokens, with a warning on the node when it is longer.",
+    inputs=(
+        Widget("text", "STRING", default="", multiline=True,
+               tooltip="The prompt: prose paragraphs, speech in double quotes as spoken, a last paragraph "
+               "\"The audio shows ...\". Brackets are kept as written. At most 512 tokens are read."),
+        Socket("clip", "CLIP", "The UMT5-XXL text encoder: Load CLIP with umt5_xxl_fp8_e4m3fn_scaled.safetensors "
+               "(or umt5_xxl_fp16), type wan."),
+    ),
+    outputs=(Socket("conditioning", "CONDITIONING", "The prompt's text states, for MOVA Conditioning."),),
+)
+
 CONDITIONING = NodeSpec(
     node_id="MovaConditioning",
     display_name="MOVA Conditioning",
     description="Builds MOVA's image-to-video condition (first frame through the Wan 2.1 VAE) and an "
     "empty joint video+audio latent. Without a start image the first frame is white (text-only recipe).",
     inputs=(
-        Socket("positive", "CONDITIONING", "The prompt, from CLIP Text Encode with a umt5_xxl CLIP loaded as type wan."),
-        Socket("negative", "CONDITIONING", "The negative prompt, from CLIP Text Encode (same CLIP)."),
+        Socket("positive", "CONDITIONING", "The prompt, from MOVA Text Encode (or CLIP Text Encode) with a umt5_xxl "
+               "CLIP loaded as type wan."),
+        Socket("negative", "CONDITIONING", "The negative prompt, from MOVA Text Encode (same CLIP)."),
         Socket("vae", "VAE", "The Wan 2.1 VAE (wan_2.1_vae.safetensors) that encodes the first frame."),
         Socket("audio_vae", AUDIO_VAE, "MOVA's audio codec: its sample rate sets the audio latent length."),
         Widget("width", "INT", default=640, min=16, max=4096, step=16,
@@ -511,5 +528,6 @@ SAVE_LORA = NodeSpec(
 )
 
 ALL_NODES = (VIDEO_EXPERT_LOADER, AUDIO_TOWER_LOADER, AUDIO_VAE_LOADER, CONDITIONING, SAMPLER, AUDIO_DECODE,
-             LORA_LOADER, SAMPLER_OPTIONS_NODE, PROMPT_ENHANCE, PROMPT_BUILDER, DATASET_NODE, TRAIN_LORA, SAVE_LORA)
+             LORA_LOADER, SAMPLER_OPTIONS_NODE, PROMPT_ENHANCE, PROMPT_BUILDER, DATASET_NODE, TRAIN_LORA, SAVE_LORA,
+             TEXT_ENCODE)
 NODES_BY_ID = {spec.node_id: spec for spec in ALL_NODES}

@@ -12,6 +12,7 @@ from pathlib import Path
 
 SKIPPED_TYPES = {"Note", "MarkdownNote"}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+TEXT_NODES = ("MovaTextEncode", "CLIPTextEncode")  # nodes whose "text" holds a prompt
 MUTED, BYPASSED = 2, 4
 # Stock loader inputs and the model folder they list.
 STOCK_MODEL_INPUTS = {
@@ -135,8 +136,9 @@ def set_parameters(prompt: dict, *, prompt_text: str | None = None, negative: st
         if text is None:
             continue
         source = _source(prompt, cond, name)
-        if source is None or source[1]["class_type"] != "CLIPTextEncode":
-            raise WorkflowError(f"MOVA Conditioning's {name} input is not fed by a CLIP Text Encode node")
+        if source is None or source[1]["class_type"] not in TEXT_NODES:
+            raise WorkflowError(f"MOVA Conditioning's {name} input is not fed by a MOVA Text Encode (or CLIP Text "
+                                "Encode) node")
         writer = _source(prompt, source[1], "text")
         if writer is not None and writer[1]["class_type"] == "MovaPromptEnhance":
             writer[1]["inputs"]["idea"] = text  # the language model writes the caption from it

@@ -1,5 +1,6 @@
 """Test-only pieces of the ComfyUI integration test: custom nodes written into the test server's
-custom_nodes (a text encoder stand-in, a weight probe), the tiny Wan VAE writer, and tiny MOVA LoRA files."""
+custom_nodes (a weight probe; the text nodes are in comfy_text_nodes.py), the tiny Wan VAE writer, and tiny MOVA
+LoRA files."""
 
 from __future__ import annotations
 
@@ -7,59 +8,6 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-
-TEXT_NODE = '''
-import hashlib
-import torch
-
-class TestRandomTextStates:
-    """Test only: deterministic random [1,16,4096] text states in place of UMT5-XXL."""
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"text": ("STRING", {"multiline": True})}}
-    RETURN_TYPES = ("CONDITIONING",)
-    FUNCTION = "encode"
-    CATEGORY = "testing"
-
-    def encode(self, text):
-        seed = int(hashlib.sha256(text.encode()).hexdigest()[:8], 16)
-        states = torch.randn(1, 16, 4096, generator=torch.Generator().manual_seed(seed))
-        return ([[states, {"pooled_output": None}]],)
-
-NODE_CLASS_MAPPINGS = {"TestRandomTextStates": TestRandomTextStates}
-'''
-
-CLIP_NODE = """
-import hashlib
-import torch
-
-
-class _RandomTextEncoder:
-    \"\"\"Test only: what MOVA Dataset calls on a CLIP (tokenize, encode_from_tokens_scheduled), returning
-    deterministic random [1,16,4096] states per caption, like TestRandomTextStates.\"\"\"
-    def tokenize(self, text):
-        return {"text": text}
-
-    def encode_from_tokens_scheduled(self, tokens):
-        seed = int(hashlib.sha256(tokens["text"].encode()).hexdigest()[:8], 16)
-        states = torch.randn(1, 16, 4096, generator=torch.Generator().manual_seed(seed))
-        return [[states, {"pooled_output": None}]]
-
-
-class TestRandomClip:
-    \"\"\"Test only: a CLIP stand-in for UMT5-XXL (which has no tiny form ComfyUI can load).\"\"\"
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {}}
-    RETURN_TYPES = ("CLIP",)
-    FUNCTION = "load"
-    CATEGORY = "testing"
-
-    def load(self):
-        return (_RandomTextEncoder(),)
-
-NODE_CLASS_MAPPINGS = {"TestRandomClip": TestRandomClip}
-"""
 
 WAN_VAE = '''
 import math, sys

@@ -13,6 +13,12 @@ def rel_l2(out: torch.Tensor, ref: torch.Tensor) -> float:
 GOLDEN_TOL = 1e-4
 
 
+def golden_scheduler(golden_cases):
+    """The golden set's scheduler settings (those of its release's scheduler_config.json)."""
+    from comfyui_mova.mova_model.configs import SchedulerConfig, config_from_dict
+    return config_from_dict(SchedulerConfig, golden_cases["scheduler"])
+
+
 def load_golden_towers(golden_dir, dtype=torch.float32, device="cpu"):
     """The golden tiny release as MovaTowers (high and low expert, audio DiT, bridge), freshly loaded."""
     from comfyui_mova.mova_model import loading, sampler

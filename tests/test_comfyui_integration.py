@@ -1,8 +1,9 @@
 """End to end in a real ComfyUI (COMFYUI_PATH = a ComfyUI checkout; run pytest with ComfyUI's Python).
 
 Starts ``main.py --cpu`` on 127.0.0.1 with a temporary base directory holding this pack, tiny random models
-written here (a MOVA release, a random full-size Wan 2.1 VAE in ComfyUI's format, MOVA LoRAs), a test-only
-text node (UMT5-XXL has no tiny form ComfyUI can load) and a weight probe node (tests/comfy_fixtures.py),
+written here (a MOVA release, a random full-size Wan 2.1 VAE in ComfyUI's format, MOVA LoRAs), test-only nodes:
+a real ComfyUI CLIP at toy size with UMT5-XXL's tokenizer and model settings in place of Load CLIP (UMT5-XXL has
+no tiny form ComfyUI can load; tests/comfy_text_nodes.py) and probes (tests/comfy_fixtures.py),
 then runs the shipped workflows through the headless client and checks the MP4s, and checks ComfyUI's
 application of MOVA LoRA patches weight by weight.
 """
@@ -22,8 +23,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from comfy_fixtures import (CLIP_NODE, PROBE_NODE, PROBED, STRENGTHS, TEXT_NODE, WAN_VAE, lora_delta, lora_node,
-                            loaders, original, probe_node, probed, write_test_loras)
+from comfy_fixtures import (PROBE_NODE, PROBED, STRENGTHS, WAN_VAE, lora_delta, lora_node, loaders, original,
+                            probe_node, probed, write_test_loras)
 from comfyui_mova.nodes import spec
 from fake_llm_server import TEXT_MODEL, VISION_MODEL, FakeLLMServer, caption_for
 
@@ -60,9 +61,8 @@ def base(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("comfy_base")
     (root / "custom_nodes").mkdir()
     (root / "custom_nodes" / "comfyui-mova").symlink_to(PACK, target_is_directory=True)
-    (root / "custom_nodes" / "test_text_states.py").write_text(TEXT_NODE)
+    (root / "custom_nodes" / "test_text_nodes.py").write_text((Path(__file__).parent / "comfy_text_nodes.py").read_text())
     (root / "custom_nodes" / "test_weight_probe.py").write_text(PROBE_NODE)
-    (root / "custom_nodes" / "test_random_clip.py").write_text(CLIP_NODE)
     models = root / "models"
     write_release(models / "diffusion_models" / "MOVA-360p",
                   ("video_dit", "video_dit_2", "audio_dit", "dual_tower_bridge"))
@@ -174,17 +174,16 @@ def test_cli_server_down(tmp_path):
 
 
 def _prompt(client, workflow: str, **params):
-    """The shipped workflow as an API prompt, with the test text node in place of the UMT5 encoder."""
+    """The shipped workflow as an API prompt, with the tiny real CLIP in place of Load CLIP (UMT5-XXL): its
+    MOVA Text Encode nodes run as they are."""
     from workflow_api import missing_models, set_parameters, ui_to_api
     info = client.object_info()
     prompt = ui_to_api(json.loads((PACK / "workflows" / workflow).read_text()), info)
     set_parameters(prompt, width=WIDTH, height=HEIGHT, frames=FRAMES, steps=STEPS, **params)
-    for key in [k for k, n in prompt.items() if n["class_type"] == "CLIPLoader"]:
-        del prompt[key]
     for node in prompt.values():
-        if node["class_type"] == "CLIPTextEncode":
-            node["class_type"] = "TestRandomTextStates"
-            del node["inputs"]["clip"]
+        if node["class_type"] == "CLIPLoader":
+            node["class_type"], node["inputs"] = "TestTinyUMT5Loader", {"kind": "umt5xxl"}
+    assert sum(n["class_type"] == "MovaTextEncode" for n in prompt.values()) == 2
     assert missing_models(prompt, info) == []
     return prompt
 
@@ -236,7 +235,13 @@ def _check_mp4(path: Path):
 
 def test_i2va_workflow_end_to_end(client, base, tmp_path):
     name = client.upload_image(base / "input" / "start.png")
-    videos, progress = _run(client, _prompt(client, "mova_i2va.json", seed=3, image_name=name))
+    prompt, outputs = _prompt(client, "mova_i2va.json", seed=3, image_name=name), {}
+    videos, progress = _run(client, prompt, outputs)
+    sampler = next(k for k, n in prompt.items() if n["class_type"] == "MovaSampler")
+    release = base / "models" / "diffusion_models" / "MOVA-360p"
+    assert outputs[sampler]["text"][0] == ("shift 5, boundary_ratio 0.9 (widgets); sigma_min 0, extra_one_step true "
+                                           f"(release {release})")
+    assert "MOVA Sampler: shift 5, boundary_ratio 0.9 (widgets)" in (base / "server.log").read_text()
     assert len(videos) == 1
     sampler_steps = [value for kind, value in progress if kind == "MovaSampler"]
     assert sampler_steps[-1] == STEPS and sampler_steps == sorted(sampler_steps)
@@ -428,11 +433,11 @@ def test_dual_cfg_workflow_with_step_caching(client, base, tmp_path):
     videos, _ = _run(client, prompt, outputs)
     _check_mp4(client.download(videos[0], tmp_path / "dual.mp4"))
     sampler = next(k for k, n in prompt.items() if n["class_type"] == "MovaSampler")
-    assert sampler not in outputs  # no caching, nothing to report
+    assert "step caching" not in outputs[sampler]["text"][0]  # no caching, nothing to report on it
     next(n for n in prompt.values() if n["class_type"] == "MovaSamplerOptions")["inputs"]["cache_threshold"] = 0.5
     prompt[sampler]["inputs"]["steps"] = 10
     _run(client, prompt, outputs)
-    assert re.fullmatch(r"step caching skipped [1-9] of 10 steps \(\d+%\)", outputs[sampler]["text"][0])
+    assert re.fullmatch(r"step caching skipped [1-9] of 10 steps \(\d+%\)", outputs[sampler]["text"][0].split("\n")[-1])
     assert "MOVA Sampler: step caching skipped" in (base / "server.log").read_text()
 
 
@@ -495,7 +500,7 @@ def test_enhanced_workflow_end_to_end(client, base, llm, tmp_path):
     assert picture.format == "PNG" and picture.size == (48, 40)
     assert [c for _, c in picture.convert("RGB").getcolors()] == [(30, 160, 90)]  # the frame MOVA starts from
     assert outputs[key]["text"][0] == caption_for(enhancer["inputs"]["idea"])  # cleaned: no think block, no fence
-    positive = next(n for n in prompt.values() if n["class_type"] == "TestRandomTextStates"
+    positive = next(n for n in prompt.values() if n["class_type"] == "MovaTextEncode"
                     and isinstance(n["inputs"]["text"], list))
     assert positive["inputs"]["text"] == [key, 0]
 
@@ -627,14 +632,14 @@ def test_video_latent_through_stock_latent_nodes(client, base):
         assert torch.equal(replaced[:, :, 2], full[:, :, 0])
         assert torch.equal(replaced[:, :, :2], full[:, :, :2]) and torch.equal(replaced[:, :, 3:], full[:, :, 3:])
 def _train_prompt(client, run_name: str, steps: int, filename: str, checkpoint_every: int = 2) -> dict:
-    """The shipped training workflow as an API prompt at test size, with the test CLIP stand-in."""
+    """The shipped training workflow as an API prompt at test size, with the tiny real CLIP in place of UMT5-XXL."""
     from workflow_api import missing_models, ui_to_api
     info = client.object_info()
     prompt = ui_to_api(json.loads((PACK / "workflows" / "mova_train_lora.json").read_text()), info)
     for node in prompt.values():
         kind, inputs = node["class_type"], node["inputs"]
         if kind == "CLIPLoader":
-            node["class_type"], node["inputs"] = "TestRandomClip", {}
+            node["class_type"], node["inputs"] = "TestTinyUMT5Loader", {"kind": "umt5xxl"}
         elif kind == "MovaDataset":
             inputs.update(width=WIDTH, height=HEIGHT, length=TRAIN_FRAMES, fps=FPS)
         elif kind == "MovaTrainLora":
@@ -776,3 +781,79 @@ def test_training_on_fp8_weights(client, base):
     assert all(t.dtype == torch.float32 for t in saved.values())
     assert any(t.abs().max() > 0 for k, t in saved.items() if "lora_B" in k)
 
+
+
+def _text_graph(encoders: dict) -> dict:
+    """A tiny UMT5 CLIP (node 1) feeding text nodes {id: (class_type, text)}, each probed (node id + 100)."""
+    prompt = {"1": {"class_type": "TestTinyUMT5Loader", "inputs": {"kind": "umt5xxl"}}}
+    for key, (kind, text) in encoders.items():
+        prompt[key] = {"class_type": kind, "inputs": {"clip": ["1", 0], "text": text}}
+        prompt[str(int(key) + 100)] = {"class_type": "TestConditioningProbe", "inputs": {"conditioning": [key, 0]}}
+    return prompt
+
+
+def test_text_encode_is_literal_and_cleaned(client):
+    """MOVA Text Encode through a real ComfyUI CLIP: the official cleaning, brackets as plain text (what stock CLIP
+    Text Encode gives only with escaped brackets), padded to 512 states with the padding zeroed."""
+    spoken = 'He laughs (softly) and says, "Fish & chips?"'
+    prompt = _text_graph({
+        "10": ("MovaTextEncode", '  He laughs (softly)\n\n and says,  "Fish &amp;amp; chips?" '),
+        "11": ("CLIPTextEncode", spoken.replace("(", "\\(").replace(")", "\\)")),  # stock, escaped: literal
+        "12": ("CLIPTextEncode", spoken),  # stock: (softly) is emphasis, weighted 1.1
+        "13": ("MovaTextEncode", "a \\(b\\)"), "14": ("CLIPTextEncode", "a \\\\(b\\\\)"),
+    })
+    outputs = {}
+    _run(client, prompt, outputs)
+    found = {key: json.loads(outputs[str(int(key) + 100)]["states"][0]) for key in ("10", "11", "12", "13", "14")}
+    assert found["10"]["shape"] == [1, 512, 4096]
+    assert found["10"]["rows"] == len(spoken) + 1  # one token per byte, and the end token
+    assert found["10"]["sha256"] == found["11"]["sha256"]
+    assert found["12"]["sha256"] != found["10"]["sha256"]
+    assert found["13"]["sha256"] == found["14"]["sha256"] and found["13"]["rows"] == len("a \\(b\\)") + 1
+    assert "10" not in outputs  # nothing to warn about
+
+
+def test_long_prompt_is_cut_at_512_tokens_with_a_warning(client, base):
+    long_text = "The audio shows " + "rain on the roof, " * 40  # 736 bytes: a token each for the byte tokenizer
+    prompt = _text_graph({"10": ("MovaTextEncode", long_text), "11": ("MovaTextEncode", long_text[:511]),
+                          "12": ("CLIPTextEncode", long_text)})
+    outputs = {}
+    _run(client, prompt, outputs)
+    found = {key: json.loads(outputs[str(int(key) + 100)]["states"][0]) for key in ("10", "11", "12")}
+    assert found["10"]["shape"] == [1, 512, 4096] and found["10"]["rows"] == 512
+    assert found["10"]["sha256"] == found["11"]["sha256"]  # the first 511 tokens and the end token
+    assert found["12"]["shape"][1] == len(long_text) + 1  # stock: no cleaning (the last space stays), no cut
+    text = outputs["10"]["text"][0]
+    assert text.startswith(f"warning: the prompt is {len(long_text.rstrip()) + 1} tokens long; MOVA reads the "
+                           "first 512 as the official pipeline does")
+    assert f'it drops: "{long_text[511:511 + 20].strip()}' in text
+    assert "MOVA Text Encode: the prompt is" in (base / "server.log").read_text()
+
+
+def test_conditioning_cuts_long_stock_states_with_a_warning(client):
+    """Stock CLIP Text Encode does not cut: MOVA Conditioning cuts its states to 512 and says so on the node."""
+    long_text = "rain on the roof, " * 40
+    prompt = _text_graph({"10": ("CLIPTextEncode", long_text), "11": ("MovaTextEncode", "blurry")})
+    del prompt["110"], prompt["111"]
+    prompt |= {
+        "20": {"class_type": "VAELoader", "inputs": {"vae_name": "wan_2.1_vae.safetensors"}},
+        "21": {"class_type": "MovaAudioVAELoader", "inputs": {"vae_name": "MOVA-360p/audio_vae",
+                                                              "weight_dtype": "default"}},
+        "22": {"class_type": "MovaConditioning", "inputs": {
+            "positive": ["10", 0], "negative": ["11", 0], "vae": ["20", 0], "audio_vae": ["21", 0],
+            "width": WIDTH, "height": HEIGHT, "length": 5, "fps": FPS}},
+        "23": {"class_type": "PreviewAny", "inputs": {"source": ["22", 2]}},
+    }
+    outputs = {}
+    _run(client, prompt, outputs)
+    assert outputs["22"]["text"][0].startswith(
+        f"warning: positive: {len(long_text) + 1} text states, MOVA reads at most 512")
+
+
+def test_wrong_text_encoder_stops_before_any_vae_work(client):
+    from comfy_client import ServerError
+    prompt = _prompt(client, "mova_t2va.json", seed=12)
+    loader = next(n for n in prompt.values() if n["class_type"] == "TestTinyUMT5Loader")
+    loader["inputs"]["kind"] = "t5xxl"
+    with pytest.raises(ServerError, match=r"this CLIP is T5-XXL \(SD3 / Flux\), MOVA needs UMT5-XXL.*type wan"):
+        _run(client, prompt)

@@ -1,11 +1,14 @@
 """The release converter (python -m mova_model.convert) and the streaming safetensors writer."""
 
+import contextlib
 import json
 import os
 import shutil
 import struct
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -248,3 +251,50 @@ def test_peak_memory_is_a_fraction_of_the_component(tmp_path):
     print(f"converter peak RAM above the imports: {extra / 2**20:.0f} MiB for a {size / 2**20:.0f} MiB component")
     # Holding the source component (or most of it) would need >= size; measured 50-92 MiB of 338.
     assert extra < size / 2, (extra, size, largest)
+
+
+def test_output_that_is_a_file(golden_dir, tmp_path, capsys):
+    target = tmp_path / "out.safetensors"
+    target.write_bytes(b"keep me")
+    assert convert.main([str(golden_dir / "checkpoint"), str(target)]) == 2
+    assert f"the output {target} is a file, not a folder" in capsys.readouterr().err
+    assert target.read_bytes() == b"keep me" and sorted(p.name for p in tmp_path.iterdir()) == ["out.safetensors"]
+    assert convert.main([str(golden_dir / "checkpoint"), str(target / "sub")]) == 2
+    assert f"cannot create the output folder {target / 'sub'}" in capsys.readouterr().err
+
+
+@contextlib.contextmanager
+def _unprivileged():
+    """Act as an ordinary user (root ignores permissions): the effective uid 'nobody' for the duration."""
+    if os.geteuid() != 0:
+        yield
+        return
+    os.setegid(65534)
+    os.seteuid(65534)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+
+
+def test_read_only_output_folder(golden_dir, capsys):
+    folder = Path(tempfile.mkdtemp(prefix="mova_ro_"))
+    try:
+        folder.chmod(0o555)
+        with _unprivileged():
+            code = convert.main([str(golden_dir / "checkpoint"), str(folder), "--components", "audio_dit"])
+        assert code == 2
+        err = capsys.readouterr().err
+        assert f"cannot write into the output folder {folder} (Permission denied): pass a folder you can write" in err
+        assert list(folder.iterdir()) == []
+    finally:
+        folder.chmod(0o755)
+        shutil.rmtree(folder)
+
+
+def test_folders_made_for_a_failed_run_are_removed(golden_dir, tmp_path, capsys):
+    out = tmp_path / "new" / "deeper"
+    assert convert.main([str(golden_dir / "checkpoint" / "audio_dit"), str(out)]) == 2  # not a release
+    assert "not a MOVA release folder" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()

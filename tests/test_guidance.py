@@ -6,7 +6,7 @@ import torch
 
 from comfyui_mova.mova_model import joint, sampler, scheduler
 from comfyui_mova.mova_model.guidance import Guidance
-from mova_testing import GOLDEN_TOL, load_golden_towers, rel_l2
+from mova_testing import GOLDEN_TOL, golden_scheduler, load_golden_towers, rel_l2
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +42,10 @@ def test_dual_cfg_combines_three_passes_as_specified(towers, golden_tensors, gol
 
 def test_bridge_scale_one_reproduces_the_golden_sample(towers, golden_tensors, golden_cases):
     g = golden_tensors
+    sched = golden_scheduler(golden_cases)
     opts = sampler.SamplingOptions(steps=golden_cases["sample_steps"], cfg_scale=5.0, bridge_cfg_scale=1.0,
-                                   fps=golden_cases["fps"], boundary_ratio=golden_cases["boundary_ratio"])
+                                   fps=golden_cases["fps"], boundary_ratio=golden_cases["boundary_ratio"],
+                                   shift=sched.shift, scheduler=sched)
     video, audio = sampler.sample(towers, g["condition"], g["context_pos"], g["context_neg"], g["noise_video"],
                                   g["noise_audio"], opts)
     assert rel_l2(video, g["sample_cfg5_video"]) < GOLDEN_TOL

@@ -35,8 +35,11 @@ def test_golden_decode_trimmed(vae, golden_tensors, golden_cases):
     assert rel_l2(wave, ref) < GOLDEN_TOL
 
 
-@pytest.mark.parametrize("frames, fps", [(1, 24.0), (5, 24.0), (9, 25.0), (9, 30.0)])
-def test_length_follows_frames_and_fps(vae, golden_tensors, frames, fps):
+@pytest.mark.parametrize("frames_share, fps_factor", [(0.0, 1.0), (0.5, 1.0), (1.0, 25 / 24), (1.0, 1.25)])
+def test_length_follows_frames_and_fps(vae, golden_tensors, golden_cases, frames_share, fps_factor):
+    """Any video the golden latent covers (fewer frames, or the same frames at a higher fps)."""
+    frames = 1 + 4 * round(frames_share * (golden_cases["num_frames"] - 1) / 4)
+    fps = golden_cases["fps"] * fps_factor
     sr = vae.model.config.sample_rate
     audio = decode_to_audio(vae, _latent(vae, golden_tensors["dac_latent"], frames, fps))
     assert audio["waveform"].shape[-1] == int(sr * frames / fps)
@@ -49,19 +52,23 @@ def test_chunked_decode_is_identical(vae, golden_tensors, golden_cases):
     assert torch.allclose(whole, chunked, atol=1e-6)
 
 
-def test_latent_too_short_for_the_video(vae, golden_tensors):
-    latent = _latent(vae, golden_tensors["dac_latent"][..., :3], 9, 24.0)
+def test_latent_too_short_for_the_video(vae, golden_tensors, golden_cases):
+    short = golden_tensors["dac_latent"][..., : golden_cases["audio_latent_length"] - 1]
+    latent = _latent(vae, short, golden_cases["num_frames"], golden_cases["fps"])
     with pytest.raises(ValueError, match="made for a shorter video"):
         decode_to_audio(vae, latent)
 
 
-def test_other_codec_refused(vae, golden_tensors):
-    latent = dataclasses.replace(_latent(vae, golden_tensors["dac_latent"], 9, 24.0), sample_rate=48000)
-    with pytest.raises(ValueError, match="48000 Hz codec.*connect the audio VAE"):
+def test_other_codec_refused(vae, golden_tensors, golden_cases):
+    frames, fps = golden_cases["num_frames"], golden_cases["fps"]
+    other_rate = 2 * vae.model.config.sample_rate
+    latent = dataclasses.replace(_latent(vae, golden_tensors["dac_latent"], frames, fps), sample_rate=other_rate)
+    with pytest.raises(ValueError, match=f"{other_rate} Hz codec.*connect the audio VAE"):
         decode_to_audio(vae, latent)
-    narrow = _latent(vae, golden_tensors["dac_latent"][:, :8], 9, 24.0)
-    with pytest.raises(ValueError, match="8 channels but this audio VAE decodes 16"):
-        decode_to_audio(vae, narrow)
+    channels = golden_tensors["dac_latent"].shape[1]
+    wide = _latent(vae, torch.cat([golden_tensors["dac_latent"]] * 2, dim=1), frames, fps)
+    with pytest.raises(ValueError, match=f"{2 * channels} channels but this audio VAE decodes {channels}"):
+        decode_to_audio(vae, wide)
 
 
 def test_bad_inputs(vae, golden_tensors):

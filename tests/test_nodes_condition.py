@@ -53,14 +53,14 @@ def test_fit_frame_centre_crops_then_resizes():
     assert torch.allclose(out, torch.ones_like(out))
     # a tall image keeps its vertical centre
     tall = torch.zeros(80, 40, 3)
-    tall[20:60] = 0.25
-    assert torch.allclose(fit_frame(tall, 32, 32), torch.full((32, 32, 3), 0.25))
+    tall[20:60] = 64 / 255  # an 8-bit value, as Load Image gives
+    assert torch.allclose(fit_frame(tall, 32, 32), torch.full((32, 32, 3), 64 / 255))
 
 
 def test_fit_frame_uses_first_image_and_rgb():
-    batch = torch.stack([torch.full((16, 16, 4), 0.2), torch.full((16, 16, 4), 0.9)])
+    batch = torch.stack([torch.full((16, 16, 4), 51 / 255), torch.full((16, 16, 4), 0.9)])
     out = fit_frame(batch, 16, 16)
-    assert out.shape == (16, 16, 3) and torch.allclose(out, torch.full_like(out, 0.2))
+    assert out.shape == (16, 16, 3) and torch.allclose(out, torch.full_like(out, 51 / 255))
 
 
 def test_fit_frame_refuses_non_images():
@@ -75,8 +75,8 @@ def test_condition_frames_white_default_and_grey_rest():
     assert frames.shape == (9, 16, 32, 3)
     assert torch.all(frames[0] == 1.0)
     assert torch.all(frames[1:] == 0.5)
-    given = condition_frames(torch.full((1, 16, 32, 3), 0.3), 32, 16, 9)
-    assert torch.allclose(given[0], torch.full((16, 32, 3), 0.3)) and torch.all(given[1:] == 0.5)
+    given = condition_frames(torch.full((1, 16, 32, 3), 77 / 255), 32, 16, 9)
+    assert torch.allclose(given[0], torch.full((16, 32, 3), 77 / 255)) and torch.all(given[1:] == 0.5)
 
 
 def test_build_condition_layout():
@@ -142,7 +142,7 @@ def test_make_conditioning(golden_dac):
     (dict(frames=10), "frames 10 is not 4k\\+1: use 9"),
     (dict(width=44), "width 44 is not a multiple of 16: use 48"),
     (dict(height=8), "height 8 is not a multiple of 16: use 16"),
-    (dict(fps=0.0), "fps must be positive"),
+    (dict(fps=0.0), "fps must be a positive number"),
 ])
 def test_make_conditioning_bad_values(golden_dac, kwargs, message):
     args = dict(width=32, height=32, frames=9, fps=24.0) | kwargs

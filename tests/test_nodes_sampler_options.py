@@ -9,6 +9,7 @@ import torch
 
 from comfyui_mova.mova_model.configs import DACConfig, config_from_dict
 from comfyui_mova.mova_model.latents import denormalise_video_latents
+from comfyui_mova.mova_model.release import read_release_settings, release_root
 from comfyui_mova.mova_model.sampler import MovaTowers, SamplingOptions, make_noise, sample
 from comfyui_mova.nodes import spec
 from comfyui_mova.nodes.condition import empty_joint_latent
@@ -41,7 +42,8 @@ def _core(setup, negative=True, **options):
     (high, low, tower), cond, latent = setup
     towers = MovaTowers([high.model, low.model], tower.model.audio_dit, tower.model.bridge)
     noise = make_noise(latent["samples"].shape, latent[LATENT_AUDIO_KEY].samples.shape, 7)
-    opts = SamplingOptions(**({"steps": STEPS, "cfg_scale": 5.0, "shift": 5.0, "fps": cond.fps} | options))
+    opts = SamplingOptions(**({"steps": STEPS, "cfg_scale": 5.0, "shift": 5.0, "fps": cond.fps,
+                               "scheduler": read_release_settings(release_root(high.source)).scheduler} | options))
     return sample(towers, cond.condition, cond.context_pos, cond.context_neg if negative else None, *noise, opts)
 
 

@@ -13,6 +13,7 @@ from comfyui_mova.nodes.condition import empty_joint_latent
 from comfyui_mova.nodes.handles import LATENT_AUDIO_KEY, MovaConditioning
 from comfyui_mova.nodes.model_files import load_audio_tower, load_video_expert
 from comfyui_mova.nodes.sampling import activation_bytes, sample_joint
+from mova_testing import golden_scheduler
 
 STEPS = 6
 
@@ -50,7 +51,8 @@ def test_matches_core_sampler(parts, inputs, golden_cases):
     noise = make_noise(latent["samples"].shape, latent[LATENT_AUDIO_KEY].samples.shape, 7)
     towers = MovaTowers([high.model, low.model], tower.model.audio_dit, tower.model.bridge)
     ref_v, ref_a = sample(towers, cond.condition, cond.context_pos, cond.context_neg, *noise,
-                          SamplingOptions(steps=STEPS, cfg_scale=5.0, shift=5.0, boundary_ratio=0.9, fps=cond.fps))
+                          SamplingOptions(steps=STEPS, cfg_scale=5.0, shift=5.0, boundary_ratio=0.9, fps=cond.fps,
+                                          scheduler=golden_scheduler(golden_cases)))
     assert set(video_latent) == {"samples"}
     assert video_latent["samples"].dtype == torch.float32 and video_latent["samples"].device.type == "cpu"
     assert torch.allclose(video_latent["samples"], denormalise_video_latents(ref_v))
@@ -135,7 +137,9 @@ def test_audio_vae_with_other_channels(parts, inputs, golden_cases):
     wide = dataclasses.replace(dac, latent_dim=dac.latent_dim * 2)
     latent = empty_joint_latent(golden_cases["width"], golden_cases["height"], golden_cases["num_frames"],
                                 golden_cases["fps"], wide)
-    with pytest.raises(ValueError, match="audio VAE makes 32-channel latents but the audio DiT takes 16"):
+    channels = tower.model.audio_dit.config.in_dim
+    with pytest.raises(ValueError, match=f"audio VAE makes {2 * dac.latent_dim}-channel latents but the audio DiT "
+                       f"takes {channels}"):
         sample_joint(high, low, tower, cond, latent, 0, 2, 5.0, 5.0, 0.9)
 
 
@@ -145,7 +149,8 @@ def test_audio_vae_with_other_rate(parts, inputs, golden_cases):
     faster = dataclasses.replace(dac, sample_rate=dac.sample_rate * 2)
     latent = empty_joint_latent(golden_cases["width"], golden_cases["height"], golden_cases["num_frames"],
                                 golden_cases["fps"], faster)
-    with pytest.raises(ValueError, match="audio VAE runs at 100 latents/s.*trained at 50"):
+    rate, trained = 2 * dac.sample_rate / dac.hop_length, tower.model.bridge.config.audio_fps
+    with pytest.raises(ValueError, match=f"audio VAE runs at {rate:g} latents/s.*trained at {trained:g}"):
         sample_joint(high, low, tower, cond, latent, 0, 2, 5.0, 5.0, 0.9)
 
 

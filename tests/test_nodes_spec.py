@@ -15,7 +15,7 @@ from comfyui_mova.nodes import spec
 PACK = Path(comfyui_mova.__file__).parent
 PLAIN_MODULES = ("spec", "handles", "model_files", "condition", "sampling", "audio_decode", "lora_patches",
                  "llm_client", "prompt_reply", "prompt_image", "prompt_instructions", "prompt_enhance",
-                 "prompt_builder", "clips", "dataset", "training_run", "loss_plot")
+                 "prompt_builder", "clips", "dataset", "training_run", "loss_plot", "text")
 
 
 def _comfy_available() -> bool:

@@ -203,3 +203,16 @@ def test_cli_server_down(tmp_path, capsys):
     assert code == 1
     assert "cannot reach ComfyUI" in capsys.readouterr().err
     assert not (tmp_path / "out.mp4").exists()
+
+
+def test_set_parameters_with_stock_text_encode(object_info):
+    """A graph with stock CLIP Text Encode nodes (a user's own) still takes the prompt."""
+    workflow = _workflow("mova_t2va.json")
+    for node in workflow["nodes"]:
+        if node["type"] == "MovaTextEncode":
+            node["type"] = "CLIPTextEncode"
+    prompt = ui_to_api(workflow, object_info)
+    set_parameters(prompt, prompt_text="hello (softly)", negative="blurry")
+    cond = _node(prompt, "MovaConditioning")["inputs"]
+    assert prompt[cond["positive"][0]]["class_type"] == "CLIPTextEncode"
+    assert prompt[cond["positive"][0]]["inputs"]["text"] == "hello (softly)"

@@ -167,12 +167,16 @@ def test_mova_graph_wired_end_to_end(path):
     assert decoded["type"] == "VAEDecode" and _source(wf, decoded, "samples") == (sampler, "video_latent")
     assert any(_source(wf, n, "audio") == (audio, "audio") for n in _by_type(wf, "PreviewAudio"))
     pos, _ = _source(wf, cond, "positive")
-    assert pos["type"] == "CLIPTextEncode"
+    assert pos["type"] == "MovaTextEncode"
     enhancer = _source(wf, pos, "text")
     if enhancer is None:
         assert "The audio shows" in pos["widgets_values"][0]
     else:  # the caption comes from the language model
         assert enhancer[0]["type"] == "MovaPromptEnhance" and enhancer[1] == "caption"
+    neg, _ = _source(wf, cond, "negative")
+    assert neg["type"] == "MovaTextEncode"
+    for encoder in (pos, neg):
+        assert _source(wf, encoder, "clip")[0]["type"] == "CLIPLoader"
     width, height, length, fps = cond["widgets_values"]
     assert (width, height, length, fps) == (640, 352, 193, 24)
     seed, _, steps, cfg, shift, boundary = sampler["widgets_values"]

@@ -45,9 +45,13 @@ def write_component(folder: Path, name: str, seed: int) -> None:
 
 
 def write_release(root: Path, components=tuple(FOLDERS)) -> Path:
-    """``root`` as a MOVA release: model_index.json and the component folders."""
+    """``root`` as a MOVA release: model_index.json, the scheduler config and the component folders."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "model_index.json").write_text(json.dumps({"_class_name": "MOVA", "boundary_ratio": 0.9}))
+    (root / "scheduler").mkdir(exist_ok=True)
+    (root / "scheduler" / "scheduler_config.json").write_text(json.dumps(
+        {"_class_name": "FlowMatchPairScheduler", "num_train_timesteps": 1000, "shift": 5.0, "sigma_max": 1.0,
+         "sigma_min": 0.0, "extra_one_step": True}))
     for seed, name in enumerate(components):
         write_component(root / name, name, seed)
     return root
