@@ -17,7 +17,7 @@ from .attention import attention
 from .configs import DiTConfig
 from .layers import RMSNorm, layer_norm, modulate, param_like, timestep_sinusoid
 from .offload import iter_blocks
-from .ops import Fp8Linear, torch_ops
+from .ops import Fp8Linear, is_linear, torch_ops
 from .rope import apply_interleaved_rope, tower_rope_audio, tower_rope_video
 
 
@@ -33,7 +33,7 @@ def run_float32(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     """Linear layers and activations in float32: x [B,in] float32 -> [B,out] float32. Weights of Linears
     that do not cast them themselves are upcast here."""
     for layer in layers:
-        if isinstance(layer, nn.Linear) and not _casts_weights(layer) and layer.weight.dtype != torch.float32:
+        if is_linear(layer) and not _casts_weights(layer) and layer.weight.dtype != torch.float32:
             bias = None if layer.bias is None else layer.bias.float()
             x = F.linear(x, layer.weight.float(), bias)
         else:

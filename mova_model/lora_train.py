@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .ops import is_linear
+
 # LoRA components (the official key prefixes) in the order their parts are listed to users.
 COMPONENTS = ("video_dit", "video_dit_2", "audio_dit", "dual_tower_bridge")
 TARGET_LAYERS = ("q", "k", "v", "o")
@@ -28,7 +30,7 @@ TARGET_LAYERS = ("q", "k", "v", "o")
 def lora_targets(model: nn.Module) -> list[str]:
     """Names of the Linear modules of ``model`` that get an adapter: q/k/v/o projections, in module order."""
     return [name for name, module in model.named_modules()
-            if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in TARGET_LAYERS]
+            if is_linear(module) and name.rsplit(".", 1)[-1] in TARGET_LAYERS]
 
 
 class LoraAdapter(nn.Module):

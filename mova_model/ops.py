@@ -53,6 +53,13 @@ class Fp8Linear(nn.Linear):
         return F.linear(x, weight, bias)
 
 
+def is_linear(module: nn.Module) -> bool:
+    """A Linear layer of any operations family: torch's nn.Linear and its subclasses, and hosts' layers that
+    are not (ComfyUI's mixed_precision_ops Linear is a plain Module with in/out_features and a weight)."""
+    return isinstance(module, nn.Linear) or (
+        hasattr(module, "in_features") and hasattr(module, "out_features") and hasattr(module, "weight"))
+
+
 FP8_MAX = 448.0  # largest float8_e4m3fn value
 
 
