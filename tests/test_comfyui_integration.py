@@ -150,7 +150,7 @@ def test_workflows_served_as_templates(client):
     assert sorted(client.get_json("/workflow_templates")["comfyui-mova"]) == \
         ["mova_i2va", "mova_i2va_dual_cfg", "mova_i2va_enhanced", "mova_i2va_lora", "mova_t2va", "mova_train_lora"]
     served = client.get_json("/api/workflow_templates/comfyui-mova/mova_i2va.json")
-    assert served == json.loads((PACK / "workflows" / "mova_i2va.json").read_text())
+    assert served == json.loads((PACK / "example_workflows" / "mova_i2va.json").read_text())
 
 
 def test_cli_refuses_missing_text_encoder(server, base, tmp_path):
@@ -178,7 +178,7 @@ def _prompt(client, workflow: str, **params):
     MOVA Text Encode nodes run as they are."""
     from workflow_api import missing_models, set_parameters, ui_to_api
     info = client.object_info()
-    prompt = ui_to_api(json.loads((PACK / "workflows" / workflow).read_text()), info)
+    prompt = ui_to_api(json.loads((PACK / "example_workflows" / workflow).read_text()), info)
     set_parameters(prompt, width=WIDTH, height=HEIGHT, frames=FRAMES, steps=STEPS, **params)
     for node in prompt.values():
         if node["class_type"] == "CLIPLoader":
@@ -514,7 +514,7 @@ def test_enhanced_workflow_end_to_end(client, base, llm, tmp_path):
     history = json.dumps(client.get_json("/history"))
     assert LLM_KEY_ENV in history and LLM_KEY not in history
     assert LLM_KEY not in (base / "server.log").read_text()
-    assert LLM_KEY not in (PACK / "workflows" / "mova_i2va_enhanced.json").read_text()
+    assert LLM_KEY not in (PACK / "example_workflows" / "mova_i2va_enhanced.json").read_text()
     assert LLM_KEY not in json.dumps(client.object_info()["MovaPromptEnhance"])
 
 
@@ -635,7 +635,7 @@ def _train_prompt(client, run_name: str, steps: int, filename: str, checkpoint_e
     """The shipped training workflow as an API prompt at test size, with the tiny real CLIP in place of UMT5-XXL."""
     from workflow_api import missing_models, ui_to_api
     info = client.object_info()
-    prompt = ui_to_api(json.loads((PACK / "workflows" / "mova_train_lora.json").read_text()), info)
+    prompt = ui_to_api(json.loads((PACK / "example_workflows" / "mova_train_lora.json").read_text()), info)
     for node in prompt.values():
         kind, inputs = node["class_type"], node["inputs"]
         if kind == "CLIPLoader":

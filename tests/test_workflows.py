@@ -8,7 +8,7 @@ import pytest
 
 from comfyui_mova.nodes import spec
 
-WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
+WORKFLOWS = Path(__file__).resolve().parents[1] / "example_workflows"
 FILES = sorted(WORKFLOWS.glob("*.json"))
 SAMPLING = [p for p in FILES if '"MovaSampler"' in p.read_text(encoding="utf-8")]
 
