@@ -11,9 +11,7 @@ application of MOVA LoRA patches weight by weight.
 from __future__ import annotations
 
 import json
-import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -23,20 +21,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from comfy_fixtures import (PROBE_NODE, PROBED, STRENGTHS, WAN_VAE, lora_delta, lora_node, loaders, original,
-                            probe_node, probed, write_test_loras)
+from comfy_fixtures import (PROBE_NODE, PROBED, STRENGTHS, lora_delta, lora_node, loaders, original, probe_node,
+                            probed, write_test_loras)
+from comfy_server import COMFYUI, PACK, SCRIPTS, comfy_server, free_port, new_base, write_wan_vae
 from comfyui_mova.nodes import spec
 from fake_llm_server import TEXT_MODEL, VISION_MODEL, FakeLLMServer, caption_for
 
-COMFYUI = os.environ.get("COMFYUI_PATH")
 pytestmark = [
     pytest.mark.comfyui,
     pytest.mark.skipif(not COMFYUI, reason="COMFYUI_PATH is not set (point it at a ComfyUI checkout to run "
                        "the integration tests, with ComfyUI's Python)"),
 ]
 
-PACK = Path(__file__).resolve().parents[1]
-SCRIPTS = PACK / "scripts"
 WIDTH, HEIGHT, FRAMES, FPS, STEPS = 32, 32, 25, 24.0, 4
 # The ComfyUI server gets this key in its environment, for MOVA Prompt Enhance's api_key_env.
 LLM_KEY_ENV, LLM_KEY = "MOVA_TEST_LLM_KEY", "sk-test-Zq8Xw2Lm4Np6Rt0Vb1Yc3Hd5"
@@ -46,36 +42,26 @@ CONVERTED = {"MOVA-360p/video_dit": "video_dit_high", "MOVA-360p/video_dit_2": "
 TRAIN_FRAMES = 9
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> Path:
     """ComfyUI base directory: the pack, the test text node, tiny models, a start image."""
     from PIL import Image
     from tiny_release import write_release
 
-    root = tmp_path_factory.mktemp("comfy_base")
-    (root / "custom_nodes").mkdir()
-    (root / "custom_nodes" / "comfyui-mova").symlink_to(PACK, target_is_directory=True)
+    root = new_base(tmp_path_factory.mktemp("comfy_base"))
     (root / "custom_nodes" / "test_text_nodes.py").write_text((Path(__file__).parent / "comfy_text_nodes.py").read_text())
     (root / "custom_nodes" / "test_weight_probe.py").write_text(PROBE_NODE)
     models = root / "models"
     write_release(models / "diffusion_models" / "MOVA-360p",
                   ("video_dit", "video_dit_2", "audio_dit", "dual_tower_bridge"))
     write_release(models / "vae" / "MOVA-360p", ("audio_vae",))
-    vae_file = models / "vae" / "wan_2.1_vae.safetensors"
-    subprocess.run([sys.executable, "-c", WAN_VAE, str(vae_file)], cwd=COMFYUI, check=True, capture_output=True)
+    write_wan_vae(models / "vae" / "wan_2.1_vae.safetensors")
     write_test_loras(models / "loras")
     release = models / "diffusion_models" / "MOVA-360p"
     for layout in FP8_LAYOUTS:  # the converter's fp8 files in both key layouts
         subprocess.run([sys.executable, "-m", "mova_model.convert", str(release), str(models / "diffusion_models" /
                         f"converted_{layout}"), "--prefix", "mova_tiny", "--components", "high", "low", "audio_dit",
                         "bridge", "--fp8-layout", layout], cwd=PACK, check=True, capture_output=True)
-    (root / "input").mkdir()
     Image.new("RGB", (48, 40), (200, 120, 40)).save(root / "input" / "start.png")
     from clip_files import write_clip
     for i in range(2):  # training clips: real H.264 + AAC files, a little larger and longer than needed
@@ -87,37 +73,8 @@ def base(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def server(base):
     """A ComfyUI server on a free port (stopped after the module); yields its URL."""
-    import importlib.util
-    if importlib.util.find_spec("aiohttp") is None:
-        pytest.fail("COMFYUI_PATH is set but this Python lacks ComfyUI's requirements (aiohttp): "
-                    "run pytest with the Python of ComfyUI's environment")
-    port = _free_port()
-    log = open(base / "server.log", "w")
-    process = subprocess.Popen(
-        [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--base-directory",
-         str(base), "--disable-auto-launch", "--preview-method", "auto", "--database-url", "sqlite:///:memory:"],
-        cwd=COMFYUI, stdout=log, stderr=subprocess.STDOUT, env=os.environ | {LLM_KEY_ENV: LLM_KEY})
-    url = f"http://127.0.0.1:{port}"
-    sys.path.insert(0, str(SCRIPTS))
-    from comfy_client import ComfyClient, ServerError
-    client = ComfyClient(url)
-    deadline = time.monotonic() + 300
-    while True:
-        try:
-            client.object_info()
-            break
-        except ServerError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                pytest.fail("ComfyUI did not start:\n" + (base / "server.log").read_text()[-4000:])
-            time.sleep(1)
-    yield url
-    process.terminate()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-    log.close()
+    with comfy_server(base, env={LLM_KEY_ENV: LLM_KEY}) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +125,7 @@ def test_cli_refuses_missing_text_encoder(server, base, tmp_path):
 
 def test_cli_server_down(tmp_path):
     run = subprocess.run([sys.executable, str(SCRIPTS / "run_workflow.py"), "--server",
-                          f"http://127.0.0.1:{_free_port()}", "--prompt", "x", "--output", str(tmp_path / "x.mp4")],
+                          f"http://127.0.0.1:{free_port()}", "--prompt", "x", "--output", str(tmp_path / "x.mp4")],
                          capture_output=True, text=True)
     assert run.returncode == 1 and "cannot reach ComfyUI" in run.stderr and "start it first" in run.stderr
 
@@ -542,7 +499,7 @@ def test_prompt_tools_errors_reach_the_user(client, base, llm):
     prompt["2"]["inputs"] |= {"model": TEXT_MODEL, "image": ["4", 0]}
     with pytest.raises(ServerError, match=f"'{TEXT_MODEL}' cannot read images.*retry_without_image"):
         _run(client, prompt)
-    prompt["2"]["inputs"]["base_url"] = f"http://127.0.0.1:{_free_port()}/v1"
+    prompt["2"]["inputs"]["base_url"] = f"http://127.0.0.1:{free_port()}/v1"
     with pytest.raises(ServerError, match="cannot reach the language model server at http://127.0.0.1:.*ollama serve"):
         _run(client, prompt)
 

@@ -1,0 +1,79 @@
+"""A real ComfyUI server for the tests that need one (the integration and browser tests): the base folder
+with this pack linked in, and ``main.py --cpu`` started on a free port of 127.0.0.1 (COMFYUI_PATH, run with
+ComfyUI's Python)."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+COMFYUI = os.environ.get("COMFYUI_PATH")
+PACK = Path(__file__).resolve().parents[1]
+SCRIPTS = PACK / "scripts"
+PACK_FOLDER = "comfyui-mova"  # the folder name users clone into (the template browser lists it under this name)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def new_base(root: Path) -> Path:
+    """A ComfyUI base directory holding this pack (linked) in custom_nodes; returns ``root``."""
+    (root / "custom_nodes").mkdir(parents=True, exist_ok=True)
+    (root / "custom_nodes" / PACK_FOLDER).symlink_to(PACK, target_is_directory=True)
+    (root / "input").mkdir(exist_ok=True)
+    return root
+
+
+def write_wan_vae(path: Path) -> None:
+    """A random Wan 2.1 VAE in ComfyUI's format (written by ComfyUI's own class, in COMFYUI_PATH)."""
+    from comfy_fixtures import WAN_VAE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-c", WAN_VAE, str(path)], cwd=COMFYUI, check=True, capture_output=True)
+
+
+@contextlib.contextmanager
+def comfy_server(base: Path, env: dict | None = None, timeout: float = 300):
+    """ComfyUI serving ``base`` on a free port until the block ends; yields its URL. The log is base/server.log."""
+    if importlib.util.find_spec("aiohttp") is None:
+        pytest.fail("COMFYUI_PATH is set but this Python lacks ComfyUI's requirements (aiohttp): "
+                    "run pytest with the Python of ComfyUI's environment")
+    port = free_port()
+    log = open(base / "server.log", "w")
+    process = subprocess.Popen(
+        [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--base-directory",
+         str(base), "--disable-auto-launch", "--preview-method", "auto", "--database-url", "sqlite:///:memory:"],
+        cwd=COMFYUI, stdout=log, stderr=subprocess.STDOUT, env=os.environ | (env or {}))
+    url = f"http://127.0.0.1:{port}"
+    if str(SCRIPTS) not in sys.path:
+        sys.path.insert(0, str(SCRIPTS))
+    from comfy_client import ComfyClient, ServerError
+    client = ComfyClient(url)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                client.object_info()
+                break
+            except ServerError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail("ComfyUI did not start:\n" + (base / "server.log").read_text()[-4000:])
+                time.sleep(1)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
