@@ -96,10 +96,63 @@ def test_all_nodes_register(client, base):
             assert entry["input"][section][item.name][1]["tooltip"] == item.tooltip
         assert entry["output"] == [o.type for o in node.outputs]
     from workflow_api import combo_options
-    loader = combo_options(*info["MovaVideoExpertLoader"]["input"]["required"]["model_name"])
-    assert {"MOVA-360p/video_dit", "MOVA-360p/video_dit_2", "MOVA-360p/audio_dit"} <= set(loader)
-    assert combo_options(*info["MovaAudioVAELoader"]["input"]["required"]["vae_name"]) == \
-        ["MOVA-360p/audio_vae", "wan_2.1_vae.safetensors"]
+    lists = {(node, name): combo_options(*info[node]["input"]["required"][name]) for node, name in (
+        ("MovaVideoExpertLoader", "model_name"), ("MovaAudioTowerLoader", "audio_dit_name"),
+        ("MovaAudioTowerLoader", "bridge_name"), ("MovaAudioVAELoader", "vae_name"))}
+    # each loader lists only what it loads: the release folders and the converter's files of its kind
+    converted = {layout: f"converted_{layout}/mova_tiny" for layout in FP8_LAYOUTS}
+    assert lists["MovaVideoExpertLoader", "model_name"] == sorted(
+        ["MOVA-360p/video_dit", "MOVA-360p/video_dit_2"]
+        + [f"{c}_video_dit_{e}_fp8_e4m3fn_scaled.safetensors" for c in converted.values() for e in ("high", "low")])
+    assert lists["MovaAudioTowerLoader", "audio_dit_name"] == sorted(
+        ["MOVA-360p/audio_dit"] + [f"{c}_audio_dit_fp8_e4m3fn_scaled.safetensors" for c in converted.values()])
+    assert lists["MovaAudioTowerLoader", "bridge_name"] == sorted(
+        ["MOVA-360p/dual_tower_bridge"]
+        + [f"{c}_dual_tower_bridge_fp8_e4m3fn_scaled.safetensors" for c in converted.values()])
+    assert lists["MovaAudioVAELoader", "vae_name"] == ["MOVA-360p/audio_vae"]  # not the Wan VAE beside it
+
+
+def _refusal(client, prompt) -> dict:
+    """POST /prompt expecting a refusal: {node id: [error details]}."""
+    import urllib.error
+    import urllib.request
+    request = urllib.request.Request(client.base + "/prompt", data=json.dumps({"prompt": prompt}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=60)
+    answer = json.loads(refused.value.read())
+    return {key: [e["details"] for e in entry["errors"]] for key, entry in answer["node_errors"].items()}
+
+
+def test_missing_and_wrong_files_are_named_at_queue_time(client, base):
+    """Every missing or wrong MOVA file at once, each on its loader, with the folder and the fix; nothing runs."""
+    name = client.upload_image(base / "input" / "start.png")
+    prompt = _prompt(client, "mova_i2va_lora.json", seed=13, image_name=name)
+    keys = {}
+    for key, node in prompt.items():
+        kind, inputs = node["class_type"], node["inputs"]
+        if kind == "MovaVideoExpertLoader":
+            high = inputs["model_name"] == "MOVA-360p/video_dit"
+            inputs["model_name"] = "MOVA-720p/video_dit" if high else "MOVA-360p/audio_dit"
+            keys["high" if high else "low"] = key
+        elif kind == "MovaAudioTowerLoader":
+            inputs["bridge_name"], keys["tower"] = "MOVA-360p/video_dit", key
+        elif kind == "MovaAudioVAELoader":
+            inputs["vae_name"], keys["vae"] = "wan_2.1_vae.safetensors", key
+        elif kind == "MovaLoraLoader":
+            inputs["lora_name"], keys["lora"] = "gone.safetensors", key
+    log_before = (base / "server.log").read_text()
+    errors = _refusal(client, prompt)
+    assert set(keys.values()) <= set(errors), errors
+    assert any("model_name: 'MOVA-720p/video_dit' is not in models/diffusion_models" in e and
+               'hf download OpenMOSS-Team/MOVA-720p --include "video_dit/*"' in e for e in errors[keys["high"]])
+    assert any("'MOVA-360p/audio_dit' in models/diffusion_models holds the MOVA audio DiT" in e
+               for e in errors[keys["low"]])
+    assert any("bridge_name: 'MOVA-360p/video_dit' in models/diffusion_models holds a MOVA video expert" in e
+               for e in errors[keys["tower"]])
+    assert any("'wan_2.1_vae.safetensors' in models/vae holds a Wan video VAE" in e for e in errors[keys["vae"]])
+    assert any("'gone.safetensors' is not in models/loras" in e for e in errors[keys["lora"]])
+    assert "loaded with" not in (base / "server.log").read_text()[len(log_before):]  # nothing was loaded
 
 
 def test_workflows_served_as_templates(client):
@@ -660,7 +713,7 @@ def test_training_workflow_clips_to_a_lora_the_loader_applies(client, base):
     experts = sorted((k for k, n in prompt.items() if n["class_type"] == "MovaVideoExpertLoader"),
                      key=lambda k: prompt[k]["inputs"]["model_name"])
     parts = [[experts[0], 0], [experts[1], 0], [_key(prompt, "MovaAudioTowerLoader"), 0]]
-    direct = lora_node(None, "mova/itest_lora.safetensors", strengths)
+    direct = lora_node(None, "not_saved.safetensors", strengths)  # a lora_name that is not there: not needed
     direct["inputs"].update(zip(("high_noise_expert", "low_noise_expert", "audio_tower"), parts),
                             lora=[_key(prompt, "MovaTrainLora"), 0])
     prompt |= {"30": direct, "31": probe_node(["30", 0], ["30", 2])}
