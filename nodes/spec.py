@@ -354,7 +354,9 @@ PROMPT_ENHANCE = NodeSpec(
         Widget("temperature", "FLOAT", default=0.7, min=0.0, max=2.0, step=0.05,
                tooltip="Sampling temperature of the language model: lower keeps closer to the idea, higher "
                "varies more."),
-        Widget("seed", "INT", default=0, min=0, max=LLM_SEED_MAX,
+        # control_after_generate: ComfyUI's frontend gives every input named seed this control (and saves its value
+        # after the seed's) whether the node asks for it or not.
+        Widget("seed", "INT", default=0, min=0, max=LLM_SEED_MAX, control_after_generate=True,
                tooltip="Seed sent to the server (most local servers honour it). Change it for another version of "
                "the caption; the same seed and inputs reuse the last caption without a new request."),
         Widget("max_tokens", "INT", default=2048, min=64, max=65536,
@@ -483,7 +485,7 @@ TRAIN_LORA = NodeSpec(
         Widget("batch_size", "INT", default=1, min=1, max=64, tooltip="Clips per micro-batch (1 official)."),
         Widget("grad_accumulation", "INT", default=1, min=1, max=1024,
                tooltip="Micro-batches whose gradients add up before each optimizer step (the official configs use 4)."),
-        Widget("seed", "INT", default=0, min=0, max=SEED_MAX,
+        Widget("seed", "INT", default=0, min=0, max=SEED_MAX, control_after_generate=True,
                tooltip="Seed of the LoRA's initial weights and of every clip order, timestep and noise draw."),
         _switch("train_high_noise", "the high-noise expert"),
         _switch("train_low_noise", "the low-noise expert"),

@@ -7,13 +7,12 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
-
-import pytest
 
 COMFYUI = os.environ.get("COMFYUI_PATH")
 PACK = Path(__file__).resolve().parents[1]
@@ -43,17 +42,20 @@ def write_wan_vae(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def comfy_server(base: Path, env: dict | None = None, timeout: float = 300):
-    """ComfyUI serving ``base`` on a free port until the block ends; yields its URL. The log is base/server.log."""
-    if importlib.util.find_spec("aiohttp") is None:
-        pytest.fail("COMFYUI_PATH is set but this Python lacks ComfyUI's requirements (aiohttp): "
-                    "run pytest with the Python of ComfyUI's environment")
+def comfy_server(base: Path, env: dict | None = None, timeout: float = 300, comfyui: str | None = None,
+                 python: str | None = None):
+    """ComfyUI (``comfyui``, default COMFYUI_PATH, run by ``python``, default this one) serving ``base`` on a free
+    port until the block ends; yields its URL. The log is base/server.log."""
+    comfyui = comfyui or COMFYUI
+    if python is None and importlib.util.find_spec("aiohttp") is None:
+        raise RuntimeError("COMFYUI_PATH is set but this Python lacks ComfyUI's requirements (aiohttp): "
+                           "run pytest with the Python of ComfyUI's environment")
     port = free_port()
     log = open(base / "server.log", "w")
     process = subprocess.Popen(
-        [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--base-directory",
+        [python or sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--base-directory",
          str(base), "--disable-auto-launch", "--preview-method", "auto", "--database-url", "sqlite:///:memory:"],
-        cwd=COMFYUI, stdout=log, stderr=subprocess.STDOUT, env=os.environ | (env or {}))
+        cwd=comfyui, stdout=log, stderr=subprocess.STDOUT, env=os.environ | (env or {}))
     url = f"http://127.0.0.1:{port}"
     if str(SCRIPTS) not in sys.path:
         sys.path.insert(0, str(SCRIPTS))
@@ -67,7 +69,7 @@ def comfy_server(base: Path, env: dict | None = None, timeout: float = 300):
                 break
             except ServerError:
                 if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail("ComfyUI did not start:\n" + (base / "server.log").read_text()[-4000:])
+                    raise RuntimeError("ComfyUI did not start:\n" + (base / "server.log").read_text()[-4000:])
                 time.sleep(1)
         yield url
     finally:
@@ -77,3 +79,10 @@ def comfy_server(base: Path, env: dict | None = None, timeout: float = 300):
         except subprocess.TimeoutExpired:
             process.kill()
         log.close()
+
+
+def copy_example_image(base: Path, comfyui: str | None = None) -> None:
+    """ComfyUI's own input/example.png (the example workflows' first frame) into the base's input folder."""
+    source = Path(comfyui or COMFYUI) / "input" / "example.png"
+    if source.is_file():
+        shutil.copyfile(source, base / "input" / "example.png")
