@@ -29,11 +29,14 @@ def _path(folder: str, name: str):
 
 def _check(folder: str, kind: str | dict[str, str], **named) -> bool | str:
     """validate_inputs' answer for widget values naming model files: True, or every problem in one message
-    (ComfyUI shows it on the node at queue time, before anything runs)."""
+    (ComfyUI shows it on the node at queue time, before anything runs, after each input's name; with several
+    inputs each problem names its input)."""
     roots = folder_paths.get_folder_paths(folder)
-    problems = [f"{name}: {problem}" for name, value in named.items()
+    problems = [(name, problem) for name, value in named.items()
                 if (problem := check_choice(value, roots, folder, kind if isinstance(kind, str) else kind[name]))]
-    return "\n".join(problems) or True
+    if len(named) == 1:
+        return problems[0][1] if problems else True
+    return "\n".join(f"{name}: {problem}" for name, problem in problems) or True
 
 
 def patcher_class():

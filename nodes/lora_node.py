@@ -52,8 +52,7 @@ class MovaLoraLoader(io.ComfyNode):
         """At queue time: the LoRA file is in models/loras, unless MOVA Train LoRA's lora output is connected."""
         if lora is not UNCONNECTED:
             return True
-        problem = check_lora(lora_name, folder_paths.get_folder_paths("loras"))
-        return f"lora_name: {problem}" if problem else True
+        return check_lora(lora_name, folder_paths.get_folder_paths("loras")) or True
 
     @classmethod
     def execute(cls, high_noise_expert: LoadedPart, low_noise_expert: LoadedPart, audio_tower: LoadedPart,

@@ -14,12 +14,24 @@ CHROMIUM = os.environ.get("MOVA_CHROMIUM") or shutil.which("chromium") or "/usr/
 WINDOW = {"width": 1920, "height": 1080}
 # Settings of a user who has seen the first-run template dialog; nothing else is changed.
 FIRST_RUN_DONE = {"Comfy.TutorialCompleted": True}
+# For pictures of the graph alone: no minimap, no canvas statistics.
+GRAPH_ONLY = {"Comfy.Minimap.Visible": False, "Comfy.Graph.CanvasInfo": False}
 
 
 def settle(page, seconds: float = 0.5) -> None:
     """Let the frontend draw (two animation frames) and its DOM widgets follow."""
     page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
     time.sleep(seconds)
+
+
+def close_dialogs(page) -> None:
+    """Close whatever dialogs are open (Escape, then their close buttons)."""
+    page.keyboard.press("Escape")
+    settle(page, 0.3)
+    for button in page.locator(".p-dialog button[aria-label='Close'], .p-dialog-close-button").all():
+        if button.is_visible():
+            button.click()
+    settle(page, 0.3)
 
 
 def store_settings(url: str, settings: dict) -> None:

@@ -32,7 +32,7 @@ import frontend  # noqa: E402
 import workflow_layout  # noqa: E402
 
 THUMB = 640         # thumbnails are square: the template browser shows them in square cards
-NOTE_SLACK = 40     # below a note's text: the editor's own padding
+NOTE_SLACK = 60     # below a note's text: the editor's padding (a little more in frontend 1.35 than in 1.27)
 
 
 def file_digest(path: Path) -> str:
@@ -63,15 +63,14 @@ def title_card(browser, shot: Path, title: str, target: Path, digest: str) -> No
     """NAME.jpg: the title above the canvas screenshot, the workflow's digest in the JPEG comment."""
     from PIL import Image
     picture = base64.b64encode(shot.read_bytes()).decode()
-    kicker, _, rest = title.partition(":")
-    heading = rest.strip() if rest else title
+    heading = title[len("MOVA"):].lstrip(" :") if title.startswith("MOVA") else title
     heading = heading[:1].upper() + heading[1:]
     page = browser.new_page(viewport={"width": THUMB, "height": THUMB})
     page.set_content(f"""<html><body style="margin:0;width:{THUMB}px;height:{THUMB}px;overflow:hidden;
         background:#1b1d22;color:#f2f2f2;font-family:'DejaVu Sans',sans-serif">
         <div style="padding:30px 34px 0 34px;height:170px;box-sizing:border-box">
           <div style="font-size:24px;letter-spacing:2px;color:#8fc3ff;font-weight:700">
-            {html.escape(kicker.strip() if rest else 'MOVA')} &#183; VIDEO + SOUND</div>
+            MOVA &#183; VIDEO + SOUND</div>
           <div style="font-size:44px;line-height:1.12;font-weight:700;margin-top:10px">{html.escape(heading)}</div>
         </div>
         <div style="height:{THUMB - 170}px;display:flex;align-items:center;justify-content:center;
@@ -111,7 +110,7 @@ def run(comfyui: str, python: str | None, names: list[str], layout: bool = True,
         base = new_base(Path(tmp))
         copy_example_image(base, comfyui)
         with comfy_server(base, comfyui=comfyui, python=python) as url, sync_playwright() as playwright:
-            frontend.store_settings(url, frontend.FIRST_RUN_DONE)
+            frontend.store_settings(url, frontend.FIRST_RUN_DONE | frontend.GRAPH_ONLY)
             browser = frontend.launch(playwright)
             page = frontend.open_frontend(browser, url)
             for path in paths:

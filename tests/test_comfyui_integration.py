@@ -144,7 +144,7 @@ def test_missing_and_wrong_files_are_named_at_queue_time(client, base):
     log_before = (base / "server.log").read_text()
     errors = _refusal(client, prompt)
     assert set(keys.values()) <= set(errors), errors
-    assert any("model_name: 'MOVA-720p/video_dit' is not in models/diffusion_models" in e and
+    assert any("'MOVA-720p/video_dit' is not in models/diffusion_models" in e and
                'hf download OpenMOSS-Team/MOVA-720p --include "video_dit/*"' in e for e in errors[keys["high"]])
     assert any("'MOVA-360p/audio_dit' in models/diffusion_models holds the MOVA audio DiT" in e
                for e in errors[keys["low"]])
