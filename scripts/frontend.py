@@ -57,11 +57,22 @@ def open_frontend(browser, url: str, messages: list | None = None):
         page.on("response", lambda r: messages.append(("http", f"{r.status} {r.url}", r.url))
                 if r.status >= 400 else None)
     page.goto(url)
+    wait_ready(page)
+    return page
+
+
+def wait_ready(page) -> None:
+    """Wait until the frontend's graph and node definitions are there."""
     page.wait_for_function("() => window.app && window.app.graph && window.app.canvas && "
                            "window.LiteGraph && Object.keys(LiteGraph.registered_node_types).length > 100",
                            timeout=180_000)
     settle(page, 2.0)
-    return page
+
+
+def reload(page) -> None:
+    """Reload the frontend (closes every dialog)."""
+    page.reload()
+    wait_ready(page)
 
 
 def load_workflow(page, workflow: dict, dialogs: bool = True) -> None:
