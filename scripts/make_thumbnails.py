@@ -101,14 +101,14 @@ def graph_box(workflow: dict, margin: float = 12) -> dict:
 
 
 def run(comfyui: str, python: str | None, names: list[str], layout: bool = True, shots: Path | None = None) -> list[Path]:
-    from comfy_server import comfy_server, copy_example_image, new_base
+    from comfy_server import comfy_server, new_base, provide_inputs
     from playwright.sync_api import sync_playwright
 
     paths = [EXAMPLES / f"{n}.json" for n in names] if names else sorted(EXAMPLES.glob("*.json"))
     made = []
     with tempfile.TemporaryDirectory(prefix="mova_thumbs_") as tmp:
         base = new_base(Path(tmp))
-        copy_example_image(base, comfyui)
+        provide_inputs(base, paths, comfyui)
         with comfy_server(base, comfyui=comfyui, python=python) as url, sync_playwright() as playwright:
             frontend.store_settings(url, frontend.FIRST_RUN_DONE | frontend.GRAPH_ONLY)
             browser = frontend.launch(playwright)

@@ -86,3 +86,57 @@ def copy_example_image(base: Path, comfyui: str | None = None) -> None:
     source = Path(comfyui or COMFYUI) / "input" / "example.png"
     if source.is_file():
         shutil.copyfile(source, base / "input" / "example.png")
+
+
+MEDIA_NODES = {"LoadImage": "image", "LoadAudio": "audio", "LoadVideo": "file"}
+
+
+def provide_inputs(base: Path, workflows, comfyui: str | None = None) -> list[str]:
+    """The input files the workflows' Load Image / Load Audio / Load Video nodes name, made in base/input when
+    they are not there: ComfyUI's example.png, else a small picture, a one-second tone or a short clip with sound.
+    Returns the names made."""
+    import json
+    made = []
+    for path in workflows:
+        workflow = json.loads(Path(path).read_text(encoding="utf-8"))
+        for node in workflow["nodes"]:
+            if node["type"] not in MEDIA_NODES or not node.get("widgets_values"):
+                continue
+            name = node["widgets_values"][0]
+            target = base / "input" / name
+            if not isinstance(name, str) or target.exists():
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if name == "example.png":
+                copy_example_image(base, comfyui)
+            elif node["type"] == "LoadImage":
+                from PIL import Image
+                Image.new("RGB", (64, 48), (90, 140, 200)).save(target)
+            elif node["type"] == "LoadAudio":
+                _write_tone(target)
+            else:
+                from clip_files import write_clip
+                write_clip(target, 9, 24.0, 64, 48, caption=None)
+            made.append(name)
+    return made
+
+
+AUDIO_CODECS = {".wav": "pcm_s16le", ".flac": "flac", ".mp3": "mp3", ".ogg": "libvorbis", ".opus": "libopus",
+                ".m4a": "aac", ".aac": "aac"}
+
+
+def _write_tone(path: Path, seconds: float = 1.0, rate: int = 16000) -> None:
+    """A one-second 440 Hz tone in the format the file name asks for (PyAV)."""
+    import av
+    import numpy as np
+    codec = AUDIO_CODECS.get(path.suffix.lower(), "aac")
+    with av.open(str(path), "w", format="mp4" if path.suffix.lower() in (".m4a", ".aac") else None) as container:
+        stream = container.add_stream(codec, rate=rate)
+        stream.layout = "mono"
+        samples = (0.3 * np.sin(2 * np.pi * 440 * np.arange(int(rate * seconds)) / rate)).astype(np.float32)
+        frame = av.AudioFrame.from_ndarray(samples[None, :], format="flt", layout="mono")
+        frame.sample_rate = rate
+        for packet in stream.encode(frame):
+            container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)

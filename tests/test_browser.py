@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from comfy_server import COMFYUI, PACK, PACK_FOLDER, comfy_server, copy_example_image, new_base, write_wan_vae
+from comfy_server import COMFYUI, PACK, PACK_FOLDER, comfy_server, new_base, provide_inputs, write_wan_vae
 
 pytestmark = [
     pytest.mark.comfyui,
@@ -42,7 +42,8 @@ ARTEFACTS = PACK / "out" / "browser" / f"comfyui-{_version()}"
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> Path:
     """The files the example workflows name, installed where the README says: the tiny MOVA release, a Wan 2.1 VAE,
-    a text encoder file (only its name matters here: nothing is run), a LoRA and ComfyUI's example.png."""
+    a text encoder file (only its name matters here: nothing is run), a LoRA and the media the Load nodes name
+    (ComfyUI's example.png; made for others)."""
     from comfy_fixtures import write_test_loras
     from tiny_release import write_release
     root = new_base(tmp_path_factory.mktemp("browser_base"))
@@ -57,7 +58,7 @@ def base(tmp_path_factory) -> Path:
     save_file({"shared.weight": torch.zeros(2, 2)}, str(models / "text_encoders" /
                                                          "umt5_xxl_fp8_e4m3fn_scaled.safetensors"))
     write_test_loras(models / "loras")
-    copy_example_image(root)
+    provide_inputs(root, EXAMPLES)
     return root
 
 
