@@ -32,14 +32,59 @@ def detect_kind(shapes: dict[str, tuple[int, ...]]) -> str | None:
     return None
 
 
-def describe(shapes: dict[str, tuple[int, ...]]) -> str:
+# Files that are certainly no MOVA component, told apart by their keys (prefixes as ComfyUI and diffusers store
+# them, after ``strip_prefix``): what the loaders' lists leave out and what their messages call them.
+OTHER_FAMILIES = (
+    ("a Wan video VAE (not a MOVA component)", ("encoder.downsamples.", "decoder.upsamples.")),
+    ("a diffusers VAE (not a MOVA component)", ("encoder.down_blocks.", "decoder.up_blocks.")),
+    ("an image VAE (not a MOVA component)", ("encoder.down.", "decoder.up.", "first_stage_model.")),
+    ("a text encoder (not a MOVA component)", ("encoder.block.0.layer.", "shared.weight", "text_model.",
+                                              "transformer.text_model.", "model.layers.", "embed_tokens.",
+                                              "encoder.embed_tokens.", "model.embed_tokens.")),
+    ("a diffusion model of another family (not a MOVA component)", (
+        "double_blocks.", "single_blocks.", "input_blocks.", "middle_block.", "joint_blocks.", "transformer_blocks.",
+        "single_transformer_blocks.", "noise_refiner.", "x_embedder.", "vace_blocks.")),
+)
+LORA_MARKERS = ("lora_A", "lora_B", "lora_up", "lora_down", "lora.up", "lora.down", "hada_w", "lokr_w")
+
+
+def _video_dit_kind(shapes) -> str | None:
+    """None for a MOVA video expert; what it is for a Wan video model MOVA cannot use (same block layout)."""
+    if any(k.startswith("img_emb.") for k in shapes):
+        return "a Wan image-to-video model with a CLIP image input (not a MOVA video expert)"
+    if any(k.startswith("vace_") for k in shapes):
+        return "a Wan VACE model (not a MOVA video expert)"
+    patch, head = shapes["patch_embedding.weight"], shapes["head.head.weight"]
+    out_dim = head[0] // max(1, math.prod(patch[2:]))
+    if patch[1] != 2 * out_dim + 4:  # MOVA: noisy latents + first-frame latents + 4 mask channels
+        return (f"a Wan video model with {patch[1]} input channels (not a MOVA video expert, which takes "
+                f"{2 * out_dim + 4})")
+    return None
+
+
+def identify(shapes: dict[str, tuple[int, ...]]) -> tuple[str | None, str | None]:
+    """(MOVA kind, None) for a MOVA component; (None, what it is) for a file that is certainly something else
+    (a VAE, a text encoder, a LoRA, another diffusion model); (None, None) when the keys say neither."""
     kind = detect_kind(shapes)
+    if kind == "video_dit":
+        other = _video_dit_kind(shapes)
+        return (None, other) if other else (kind, None)
+    if kind:
+        return kind, None
+    if shapes and sum(any(m in k for m in LORA_MARKERS) for k in shapes) * 2 >= len(shapes):
+        return None, "a LoRA (not a MOVA component)"
+    for what, prefixes in OTHER_FAMILIES:
+        if any(k.startswith(prefixes) for k in shapes):
+            return None, what
+    return None, None
+
+
+def describe(shapes: dict[str, tuple[int, ...]]) -> str:
+    kind, other = identify(shapes)
     if kind:
         return KIND_NAMES[kind]
-    if any(k.startswith("encoder.block.") for k in shapes) and "encoder.conv1.weight" in shapes:
-        return "a video VAE (not a MOVA DiT component)"
-    if any("shared.weight" in k or "encoder.block.0.layer" in k for k in shapes):
-        return "a text encoder (not a MOVA DiT component)"
+    if other:
+        return other
     return "no MOVA component (unknown keys, e.g. " + ", ".join(sorted(shapes)[:3]) + ")"
 
 

@@ -9,6 +9,7 @@ from comfy_api.latest import io
 
 from . import spec
 from .lora_patches import lora_choices
+from .model_checks import filter_choices
 from .model_files import list_choices
 
 CUSTOM_TYPES = {
@@ -26,14 +27,17 @@ def _type(name: str):
     return CUSTOM_TYPES.get(name) or STOCK_TYPES[name]
 
 
-def model_choices(folder: str) -> list[str]:
-    """Files and component folders of one of ComfyUI's model folders (any LoRA file for loras)."""
+def model_choices(folder: str, kinds: tuple[str, ...] | None = None, loader: str = "") -> list[str]:
+    """Files and component folders of one of ComfyUI's model folders (any LoRA file for loras); with ``kinds``
+    only those that hold one of these MOVA components (or whose contents cannot be told)."""
     if folder == "loras":
         return lora_choices(folder_paths.get_filename_list(folder))
-    return list_choices(folder_paths.get_filename_list(folder), folder_paths.get_folder_paths(folder))
+    roots = folder_paths.get_folder_paths(folder)
+    choices = list_choices(folder_paths.get_filename_list(folder), roots)
+    return filter_choices(choices, roots, kinds, loader) if kinds else choices
 
 
-def _widget(w: spec.Widget):
+def _widget(w: spec.Widget, node: str = ""):
     if w.kind == "INT":
         return io.Int.Input(w.name, default=w.default, min=w.min, max=w.max, step=w.step,
                             control_after_generate=w.control_after_generate or None, tooltip=w.tooltip)
@@ -43,14 +47,14 @@ def _widget(w: spec.Widget):
     if w.kind == "BOOLEAN":
         return io.Boolean.Input(w.name, default=w.default, tooltip=w.tooltip)
     if w.kind == "COMBO":
-        options = list(w.options) if w.options is not None else model_choices(w.model_folder)
+        options = list(w.options) if w.options is not None else model_choices(w.model_folder, w.model_kinds, node)
         return io.Combo.Input(w.name, options=options, default=w.default, tooltip=w.tooltip)
     return io.String.Input(w.name, default=w.default, multiline=w.multiline, tooltip=w.tooltip)
 
 
-def _input(item):
+def _input(item, node: str = ""):
     if isinstance(item, spec.Widget):
-        return _widget(item)
+        return _widget(item, node)
     return _type(item.type).Input(item.name, optional=item.optional, tooltip=item.tooltip)
 
 
@@ -61,7 +65,7 @@ def schema(node: spec.NodeSpec, hidden: list | None = None) -> io.Schema:
         display_name=node.display_name,
         category=spec.CATEGORY,
         description=node.description,
-        inputs=[_input(i) for i in node.inputs],
+        inputs=[_input(i, node.display_name) for i in node.inputs],
         # output ids must differ from input ids (MovaConditioning has an fps widget and an fps output)
         outputs=[_type(o.type).Output(f"out_{o.name}", display_name=o.name, tooltip=o.tooltip) for o in node.outputs],
         hidden=hidden,

@@ -15,6 +15,7 @@ from comfy_api.latest import io
 from . import spec
 from .comfy_io import schema
 from .handles import LoadedPart
+from .model_checks import check_choice, check_tower_fit
 from .model_files import (float_dtype, load_audio_tower, load_audio_vae, load_video_expert, needs_fp8_layers,
                           resolve_choice)
 from .model_files import weight_dtype as storage_dtype
@@ -24,6 +25,18 @@ log = logging.getLogger(__name__)
 
 def _path(folder: str, name: str):
     return resolve_choice(name, folder_paths.get_folder_paths(folder), folder)
+
+
+def _check(folder: str, kind: str | dict[str, str], **named) -> bool | str:
+    """validate_inputs' answer for widget values naming model files: True, or every problem in one message
+    (ComfyUI shows it on the node at queue time, before anything runs, after each input's name; with several
+    inputs each problem names its input)."""
+    roots = folder_paths.get_folder_paths(folder)
+    problems = [(name, problem) for name, value in named.items()
+                if (problem := check_choice(value, roots, folder, kind if isinstance(kind, str) else kind[name]))]
+    if len(named) == 1:
+        return problems[0][1] if problems else True
+    return "\n".join(f"{name}: {problem}" for name, problem in problems) or True
 
 
 def patcher_class():
@@ -72,6 +85,11 @@ class MovaVideoExpertLoader(io.ComfyNode):
         return schema(spec.VIDEO_EXPERT_LOADER)
 
     @classmethod
+    def validate_inputs(cls, model_name: str) -> bool | str:
+        """At queue time (headers only, cached): the file or folder is there and holds a MOVA video expert."""
+        return _check("diffusion_models", "video_dit", model_name=model_name)
+
+    @classmethod
     def execute(cls, model_name: str, weight_dtype: str) -> io.NodeOutput:
         path = _path("diffusion_models", model_name)
         return io.NodeOutput(_load("MOVA Video Expert Loader", load_video_expert, weight_dtype, path))
@@ -83,6 +101,15 @@ class MovaAudioTowerLoader(io.ComfyNode):
         return schema(spec.AUDIO_TOWER_LOADER)
 
     @classmethod
+    def validate_inputs(cls, audio_dit_name: str, bridge_name: str) -> bool | str:
+        """At queue time: both are there, hold the audio DiT and the bridge, and the bridge fits the audio DiT."""
+        kinds = {"audio_dit_name": "audio_dit", "bridge_name": "dual_tower_bridge"}
+        found = _check("diffusion_models", kinds, audio_dit_name=audio_dit_name, bridge_name=bridge_name)
+        if found is True:
+            found = check_tower_fit(audio_dit_name, bridge_name, folder_paths.get_folder_paths("diffusion_models"))
+        return found or True
+
+    @classmethod
     def execute(cls, audio_dit_name: str, bridge_name: str, weight_dtype: str) -> io.NodeOutput:
         paths = _path("diffusion_models", audio_dit_name), _path("diffusion_models", bridge_name)
         return io.NodeOutput(_load("MOVA Audio Tower Loader", load_audio_tower, weight_dtype, *paths))
@@ -92,6 +119,11 @@ class MovaAudioVAELoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return schema(spec.AUDIO_VAE_LOADER)
+
+    @classmethod
+    def validate_inputs(cls, vae_name: str) -> bool | str:
+        """At queue time: the file or folder is there and holds MOVA's audio VAE."""
+        return _check("vae", "audio_vae", vae_name=vae_name)
 
     @classmethod
     def execute(cls, vae_name: str, weight_dtype: str) -> io.NodeOutput:

@@ -19,9 +19,13 @@ from . import spec
 from .comfy_io import schema, show_text
 from .handles import LoadedPart
 from .lora_patches import SLOTS, comfy_lora_weights, plan_lora
+from .model_checks import check_lora
 from .sampling import check_roles
 
 log = logging.getLogger(__name__)
+# validate_inputs' default for the lora socket: ComfyUI passes None for a connected socket at queue time (its value
+# does not exist yet) and nothing for an unconnected one.
+UNCONNECTED = "unconnected"
 
 
 def patched(part: LoadedPart, entries) -> LoadedPart:
@@ -42,6 +46,13 @@ class MovaLoraLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return schema(spec.LORA_LOADER, hidden=[io.Hidden.unique_id])
+
+    @classmethod
+    def validate_inputs(cls, lora_name: str, lora=UNCONNECTED) -> bool | str:
+        """At queue time: the LoRA file is in models/loras, unless MOVA Train LoRA's lora output is connected."""
+        if lora is not UNCONNECTED:
+            return True
+        return check_lora(lora_name, folder_paths.get_folder_paths("loras")) or True
 
     @classmethod
     def execute(cls, high_noise_expert: LoadedPart, low_noise_expert: LoadedPart, audio_tower: LoadedPart,

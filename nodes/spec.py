@@ -45,7 +45,8 @@ class Socket:
 @dataclass(frozen=True)
 class Widget:
     """A widget input: ``kind`` is INT, FLOAT, STRING, BOOLEAN or COMBO. A COMBO lists ``options``, or the
-    model files of ComfyUI's ``model_folder`` (known only at run time); a STRING may be ``multiline``."""
+    model files of ComfyUI's ``model_folder`` (known only at run time) that hold one of ``model_kinds`` (MOVA
+    component kinds; files whose contents cannot be told are listed too); a STRING may be ``multiline``."""
 
     name: str
     kind: str
@@ -59,6 +60,7 @@ class Widget:
     model_folder: str | None = None
     control_after_generate: bool = False
     multiline: bool = False
+    model_kinds: tuple[str, ...] | None = None
 
     @property
     def stored_values(self) -> int:
@@ -119,7 +121,7 @@ VIDEO_EXPERT_LOADER = NodeSpec(
     description="Loads one MOVA video expert (high-noise video_dit or low-noise video_dit_2) "
     "from models/diffusion_models.",
     inputs=(
-        Widget("model_name", "COMBO", model_folder="diffusion_models",
+        Widget("model_name", "COMBO", model_folder="diffusion_models", model_kinds=("video_dit",),
                tooltip="A MOVA video expert in models/diffusion_models: the release's video_dit folder "
                "(high-noise expert) or video_dit_2 folder (low-noise expert), or a single .safetensors file."),
         _dtype_widget(WEIGHT_DTYPES, "the expert's"),
@@ -132,9 +134,9 @@ AUDIO_TOWER_LOADER = NodeSpec(
     display_name="MOVA Audio Tower Loader",
     description="Loads the MOVA audio DiT and the dual-tower bridge (shared by both video experts).",
     inputs=(
-        Widget("audio_dit_name", "COMBO", model_folder="diffusion_models",
+        Widget("audio_dit_name", "COMBO", model_folder="diffusion_models", model_kinds=("audio_dit",),
                tooltip="The release's audio_dit folder (or a single .safetensors file) in models/diffusion_models."),
-        Widget("bridge_name", "COMBO", model_folder="diffusion_models",
+        Widget("bridge_name", "COMBO", model_folder="diffusion_models", model_kinds=("dual_tower_bridge",),
                tooltip="The release's dual_tower_bridge folder (or a single .safetensors file) in "
                "models/diffusion_models."),
         _dtype_widget(WEIGHT_DTYPES, "the audio DiT's and the bridge's"),
@@ -147,7 +149,7 @@ AUDIO_VAE_LOADER = NodeSpec(
     display_name="MOVA Audio VAE Loader",
     description="Loads MOVA's audio codec (DAC, 48 kHz) from models/vae.",
     inputs=(
-        Widget("vae_name", "COMBO", model_folder="vae",
+        Widget("vae_name", "COMBO", model_folder="vae", model_kinds=("audio_vae",),
                tooltip="The release's audio_vae folder (or its single .safetensors file) in models/vae."),
         _dtype_widget(AUDIO_VAE_DTYPES, "the codec's"),
     ),
@@ -352,7 +354,9 @@ PROMPT_ENHANCE = NodeSpec(
         Widget("temperature", "FLOAT", default=0.7, min=0.0, max=2.0, step=0.05,
                tooltip="Sampling temperature of the language model: lower keeps closer to the idea, higher "
                "varies more."),
-        Widget("seed", "INT", default=0, min=0, max=LLM_SEED_MAX,
+        # control_after_generate: ComfyUI's frontend gives every input named seed this control (and saves its value
+        # after the seed's) whether the node asks for it or not.
+        Widget("seed", "INT", default=0, min=0, max=LLM_SEED_MAX, control_after_generate=True,
                tooltip="Seed sent to the server (most local servers honour it). Change it for another version of "
                "the caption; the same seed and inputs reuse the last caption without a new request."),
         Widget("max_tokens", "INT", default=2048, min=64, max=65536,
@@ -481,7 +485,7 @@ TRAIN_LORA = NodeSpec(
         Widget("batch_size", "INT", default=1, min=1, max=64, tooltip="Clips per micro-batch (1 official)."),
         Widget("grad_accumulation", "INT", default=1, min=1, max=1024,
                tooltip="Micro-batches whose gradients add up before each optimizer step (the official configs use 4)."),
-        Widget("seed", "INT", default=0, min=0, max=SEED_MAX,
+        Widget("seed", "INT", default=0, min=0, max=SEED_MAX, control_after_generate=True,
                tooltip="Seed of the LoRA's initial weights and of every clip order, timestep and noise draw."),
         _switch("train_high_noise", "the high-noise expert"),
         _switch("train_low_noise", "the low-noise expert"),

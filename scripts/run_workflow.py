@@ -3,7 +3,7 @@
     python scripts/run_workflow.py --image face.png --prompt "..." --output out.mp4
     python scripts/run_workflow.py --prompt "..." --output out.mp4          # text only (white first frame)
 
-Submits workflows/mova_i2va.json (with --image) or mova_t2va.json over ComfyUI's HTTP API, shows progress
+Submits example_workflows/mova_i2va.json (with --image) or mova_t2va.json over ComfyUI's HTTP API, shows progress
 from its websocket, and downloads the video. Refuses before queueing when the server is down or a
 model file is missing. Standard library only.
 """
@@ -22,7 +22,7 @@ sys.path.insert(0, str(HERE))
 from comfy_client import ComfyClient, ServerError  # noqa: E402
 from workflow_api import WorkflowError, missing_models, set_parameters, ui_to_api, video_outputs  # noqa: E402
 
-WORKFLOWS = HERE.parent / "workflows"
+WORKFLOWS = HERE.parent / "example_workflows"
 
 
 def parse_args(argv=None) -> argparse.Namespace:

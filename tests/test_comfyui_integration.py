@@ -11,9 +11,7 @@ application of MOVA LoRA patches weight by weight.
 from __future__ import annotations
 
 import json
-import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -23,20 +21,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from comfy_fixtures import (PROBE_NODE, PROBED, STRENGTHS, WAN_VAE, lora_delta, lora_node, loaders, original,
-                            probe_node, probed, write_test_loras)
+from comfy_fixtures import (PROBE_NODE, PROBED, STRENGTHS, lora_delta, lora_node, loaders, original, probe_node,
+                            probed, write_test_loras)
+from comfy_server import COMFYUI, PACK, SCRIPTS, comfy_server, free_port, new_base, write_wan_vae
 from comfyui_mova.nodes import spec
 from fake_llm_server import TEXT_MODEL, VISION_MODEL, FakeLLMServer, caption_for
 
-COMFYUI = os.environ.get("COMFYUI_PATH")
 pytestmark = [
     pytest.mark.comfyui,
     pytest.mark.skipif(not COMFYUI, reason="COMFYUI_PATH is not set (point it at a ComfyUI checkout to run "
                        "the integration tests, with ComfyUI's Python)"),
 ]
 
-PACK = Path(__file__).resolve().parents[1]
-SCRIPTS = PACK / "scripts"
 WIDTH, HEIGHT, FRAMES, FPS, STEPS = 32, 32, 25, 24.0, 4
 # The ComfyUI server gets this key in its environment, for MOVA Prompt Enhance's api_key_env.
 LLM_KEY_ENV, LLM_KEY = "MOVA_TEST_LLM_KEY", "sk-test-Zq8Xw2Lm4Np6Rt0Vb1Yc3Hd5"
@@ -46,36 +42,26 @@ CONVERTED = {"MOVA-360p/video_dit": "video_dit_high", "MOVA-360p/video_dit_2": "
 TRAIN_FRAMES = 9
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> Path:
     """ComfyUI base directory: the pack, the test text node, tiny models, a start image."""
     from PIL import Image
     from tiny_release import write_release
 
-    root = tmp_path_factory.mktemp("comfy_base")
-    (root / "custom_nodes").mkdir()
-    (root / "custom_nodes" / "comfyui-mova").symlink_to(PACK, target_is_directory=True)
+    root = new_base(tmp_path_factory.mktemp("comfy_base"))
     (root / "custom_nodes" / "test_text_nodes.py").write_text((Path(__file__).parent / "comfy_text_nodes.py").read_text())
     (root / "custom_nodes" / "test_weight_probe.py").write_text(PROBE_NODE)
     models = root / "models"
     write_release(models / "diffusion_models" / "MOVA-360p",
                   ("video_dit", "video_dit_2", "audio_dit", "dual_tower_bridge"))
     write_release(models / "vae" / "MOVA-360p", ("audio_vae",))
-    vae_file = models / "vae" / "wan_2.1_vae.safetensors"
-    subprocess.run([sys.executable, "-c", WAN_VAE, str(vae_file)], cwd=COMFYUI, check=True, capture_output=True)
+    write_wan_vae(models / "vae" / "wan_2.1_vae.safetensors")
     write_test_loras(models / "loras")
     release = models / "diffusion_models" / "MOVA-360p"
     for layout in FP8_LAYOUTS:  # the converter's fp8 files in both key layouts
         subprocess.run([sys.executable, "-m", "mova_model.convert", str(release), str(models / "diffusion_models" /
                         f"converted_{layout}"), "--prefix", "mova_tiny", "--components", "high", "low", "audio_dit",
                         "bridge", "--fp8-layout", layout], cwd=PACK, check=True, capture_output=True)
-    (root / "input").mkdir()
     Image.new("RGB", (48, 40), (200, 120, 40)).save(root / "input" / "start.png")
     from clip_files import write_clip
     for i in range(2):  # training clips: real H.264 + AAC files, a little larger and longer than needed
@@ -87,37 +73,8 @@ def base(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def server(base):
     """A ComfyUI server on a free port (stopped after the module); yields its URL."""
-    import importlib.util
-    if importlib.util.find_spec("aiohttp") is None:
-        pytest.fail("COMFYUI_PATH is set but this Python lacks ComfyUI's requirements (aiohttp): "
-                    "run pytest with the Python of ComfyUI's environment")
-    port = _free_port()
-    log = open(base / "server.log", "w")
-    process = subprocess.Popen(
-        [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--base-directory",
-         str(base), "--disable-auto-launch", "--preview-method", "auto", "--database-url", "sqlite:///:memory:"],
-        cwd=COMFYUI, stdout=log, stderr=subprocess.STDOUT, env=os.environ | {LLM_KEY_ENV: LLM_KEY})
-    url = f"http://127.0.0.1:{port}"
-    sys.path.insert(0, str(SCRIPTS))
-    from comfy_client import ComfyClient, ServerError
-    client = ComfyClient(url)
-    deadline = time.monotonic() + 300
-    while True:
-        try:
-            client.object_info()
-            break
-        except ServerError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                pytest.fail("ComfyUI did not start:\n" + (base / "server.log").read_text()[-4000:])
-            time.sleep(1)
-    yield url
-    process.terminate()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-    log.close()
+    with comfy_server(base, env={LLM_KEY_ENV: LLM_KEY}) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -139,10 +96,63 @@ def test_all_nodes_register(client, base):
             assert entry["input"][section][item.name][1]["tooltip"] == item.tooltip
         assert entry["output"] == [o.type for o in node.outputs]
     from workflow_api import combo_options
-    loader = combo_options(*info["MovaVideoExpertLoader"]["input"]["required"]["model_name"])
-    assert {"MOVA-360p/video_dit", "MOVA-360p/video_dit_2", "MOVA-360p/audio_dit"} <= set(loader)
-    assert combo_options(*info["MovaAudioVAELoader"]["input"]["required"]["vae_name"]) == \
-        ["MOVA-360p/audio_vae", "wan_2.1_vae.safetensors"]
+    lists = {(node, name): combo_options(*info[node]["input"]["required"][name]) for node, name in (
+        ("MovaVideoExpertLoader", "model_name"), ("MovaAudioTowerLoader", "audio_dit_name"),
+        ("MovaAudioTowerLoader", "bridge_name"), ("MovaAudioVAELoader", "vae_name"))}
+    # each loader lists only what it loads: the release folders and the converter's files of its kind
+    converted = {layout: f"converted_{layout}/mova_tiny" for layout in FP8_LAYOUTS}
+    assert lists["MovaVideoExpertLoader", "model_name"] == sorted(
+        ["MOVA-360p/video_dit", "MOVA-360p/video_dit_2"]
+        + [f"{c}_video_dit_{e}_fp8_e4m3fn_scaled.safetensors" for c in converted.values() for e in ("high", "low")])
+    assert lists["MovaAudioTowerLoader", "audio_dit_name"] == sorted(
+        ["MOVA-360p/audio_dit"] + [f"{c}_audio_dit_fp8_e4m3fn_scaled.safetensors" for c in converted.values()])
+    assert lists["MovaAudioTowerLoader", "bridge_name"] == sorted(
+        ["MOVA-360p/dual_tower_bridge"]
+        + [f"{c}_dual_tower_bridge_fp8_e4m3fn_scaled.safetensors" for c in converted.values()])
+    assert lists["MovaAudioVAELoader", "vae_name"] == ["MOVA-360p/audio_vae"]  # not the Wan VAE beside it
+
+
+def _refusal(client, prompt) -> dict:
+    """POST /prompt expecting a refusal: {node id: [error details]}."""
+    import urllib.error
+    import urllib.request
+    request = urllib.request.Request(client.base + "/prompt", data=json.dumps({"prompt": prompt}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=60)
+    answer = json.loads(refused.value.read())
+    return {key: [e["details"] for e in entry["errors"]] for key, entry in answer["node_errors"].items()}
+
+
+def test_missing_and_wrong_files_are_named_at_queue_time(client, base):
+    """Every missing or wrong MOVA file at once, each on its loader, with the folder and the fix; nothing runs."""
+    name = client.upload_image(base / "input" / "start.png")
+    prompt = _prompt(client, "mova_i2va_lora.json", seed=13, image_name=name)
+    keys = {}
+    for key, node in prompt.items():
+        kind, inputs = node["class_type"], node["inputs"]
+        if kind == "MovaVideoExpertLoader":
+            high = inputs["model_name"] == "MOVA-360p/video_dit"
+            inputs["model_name"] = "MOVA-720p/video_dit" if high else "MOVA-360p/audio_dit"
+            keys["high" if high else "low"] = key
+        elif kind == "MovaAudioTowerLoader":
+            inputs["bridge_name"], keys["tower"] = "MOVA-360p/video_dit", key
+        elif kind == "MovaAudioVAELoader":
+            inputs["vae_name"], keys["vae"] = "wan_2.1_vae.safetensors", key
+        elif kind == "MovaLoraLoader":
+            inputs["lora_name"], keys["lora"] = "gone.safetensors", key
+    log_before = (base / "server.log").read_text()
+    errors = _refusal(client, prompt)
+    assert set(keys.values()) <= set(errors), errors
+    assert any("'MOVA-720p/video_dit' is not in models/diffusion_models" in e and
+               'hf download OpenMOSS-Team/MOVA-720p --include "video_dit/*"' in e for e in errors[keys["high"]])
+    assert any("'MOVA-360p/audio_dit' in models/diffusion_models holds the MOVA audio DiT" in e
+               for e in errors[keys["low"]])
+    assert any("bridge_name: 'MOVA-360p/video_dit' in models/diffusion_models holds a MOVA video expert" in e
+               for e in errors[keys["tower"]])
+    assert any("'wan_2.1_vae.safetensors' in models/vae holds a Wan video VAE" in e for e in errors[keys["vae"]])
+    assert any("'gone.safetensors' is not in models/loras" in e for e in errors[keys["lora"]])
+    assert "loaded with" not in (base / "server.log").read_text()[len(log_before):]  # nothing was loaded
 
 
 def test_workflows_served_as_templates(client):
@@ -150,7 +160,7 @@ def test_workflows_served_as_templates(client):
     assert sorted(client.get_json("/workflow_templates")["comfyui-mova"]) == \
         ["mova_i2va", "mova_i2va_dual_cfg", "mova_i2va_enhanced", "mova_i2va_lora", "mova_t2va", "mova_train_lora"]
     served = client.get_json("/api/workflow_templates/comfyui-mova/mova_i2va.json")
-    assert served == json.loads((PACK / "workflows" / "mova_i2va.json").read_text())
+    assert served == json.loads((PACK / "example_workflows" / "mova_i2va.json").read_text())
 
 
 def test_cli_refuses_missing_text_encoder(server, base, tmp_path):
@@ -168,7 +178,7 @@ def test_cli_refuses_missing_text_encoder(server, base, tmp_path):
 
 def test_cli_server_down(tmp_path):
     run = subprocess.run([sys.executable, str(SCRIPTS / "run_workflow.py"), "--server",
-                          f"http://127.0.0.1:{_free_port()}", "--prompt", "x", "--output", str(tmp_path / "x.mp4")],
+                          f"http://127.0.0.1:{free_port()}", "--prompt", "x", "--output", str(tmp_path / "x.mp4")],
                          capture_output=True, text=True)
     assert run.returncode == 1 and "cannot reach ComfyUI" in run.stderr and "start it first" in run.stderr
 
@@ -178,7 +188,7 @@ def _prompt(client, workflow: str, **params):
     MOVA Text Encode nodes run as they are."""
     from workflow_api import missing_models, set_parameters, ui_to_api
     info = client.object_info()
-    prompt = ui_to_api(json.loads((PACK / "workflows" / workflow).read_text()), info)
+    prompt = ui_to_api(json.loads((PACK / "example_workflows" / workflow).read_text()), info)
     set_parameters(prompt, width=WIDTH, height=HEIGHT, frames=FRAMES, steps=STEPS, **params)
     for node in prompt.values():
         if node["class_type"] == "CLIPLoader":
@@ -514,7 +524,7 @@ def test_enhanced_workflow_end_to_end(client, base, llm, tmp_path):
     history = json.dumps(client.get_json("/history"))
     assert LLM_KEY_ENV in history and LLM_KEY not in history
     assert LLM_KEY not in (base / "server.log").read_text()
-    assert LLM_KEY not in (PACK / "workflows" / "mova_i2va_enhanced.json").read_text()
+    assert LLM_KEY not in (PACK / "example_workflows" / "mova_i2va_enhanced.json").read_text()
     assert LLM_KEY not in json.dumps(client.object_info()["MovaPromptEnhance"])
 
 
@@ -542,7 +552,7 @@ def test_prompt_tools_errors_reach_the_user(client, base, llm):
     prompt["2"]["inputs"] |= {"model": TEXT_MODEL, "image": ["4", 0]}
     with pytest.raises(ServerError, match=f"'{TEXT_MODEL}' cannot read images.*retry_without_image"):
         _run(client, prompt)
-    prompt["2"]["inputs"]["base_url"] = f"http://127.0.0.1:{_free_port()}/v1"
+    prompt["2"]["inputs"]["base_url"] = f"http://127.0.0.1:{free_port()}/v1"
     with pytest.raises(ServerError, match="cannot reach the language model server at http://127.0.0.1:.*ollama serve"):
         _run(client, prompt)
 
@@ -635,7 +645,7 @@ def _train_prompt(client, run_name: str, steps: int, filename: str, checkpoint_e
     """The shipped training workflow as an API prompt at test size, with the tiny real CLIP in place of UMT5-XXL."""
     from workflow_api import missing_models, ui_to_api
     info = client.object_info()
-    prompt = ui_to_api(json.loads((PACK / "workflows" / "mova_train_lora.json").read_text()), info)
+    prompt = ui_to_api(json.loads((PACK / "example_workflows" / "mova_train_lora.json").read_text()), info)
     for node in prompt.values():
         kind, inputs = node["class_type"], node["inputs"]
         if kind == "CLIPLoader":
@@ -703,7 +713,7 @@ def test_training_workflow_clips_to_a_lora_the_loader_applies(client, base):
     experts = sorted((k for k, n in prompt.items() if n["class_type"] == "MovaVideoExpertLoader"),
                      key=lambda k: prompt[k]["inputs"]["model_name"])
     parts = [[experts[0], 0], [experts[1], 0], [_key(prompt, "MovaAudioTowerLoader"), 0]]
-    direct = lora_node(None, "mova/itest_lora.safetensors", strengths)
+    direct = lora_node(None, "not_saved.safetensors", strengths)  # a lora_name that is not there: not needed
     direct["inputs"].update(zip(("high_noise_expert", "low_noise_expert", "audio_tower"), parts),
                             lora=[_key(prompt, "MovaTrainLora"), 0])
     prompt |= {"30": direct, "31": probe_node(["30", 0], ["30", 2])}

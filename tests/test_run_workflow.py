@@ -71,7 +71,7 @@ def object_info():
 
 
 def _workflow(name):
-    return json.loads((ROOT / "workflows" / name).read_text(encoding="utf-8"))
+    return json.loads((ROOT / "example_workflows" / name).read_text(encoding="utf-8"))
 
 
 def _node(prompt, class_type):

@@ -1,15 +1,22 @@
-"""The shipped UI-format workflows: they parse, links are consistent, every node is ours or stock ComfyUI,
-widget values fit the schemas, and the MOVA graph is wired end to end."""
+"""The example workflows: they parse, links are consistent, every node is ours or stock ComfyUI, widget values fit
+the schemas, the MOVA graph is wired end to end, the model files they name are declared truthfully, and every one
+is laid out tidily with an up-to-date thumbnail."""
 
+import hashlib
 import json
+import sys
 from pathlib import Path
 
 import pytest
 
 from comfyui_mova.nodes import spec
 
-WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
+ROOT = Path(__file__).resolve().parents[1]
+WORKFLOWS = ROOT / "example_workflows"
 FILES = sorted(WORKFLOWS.glob("*.json"))
+sys.path.insert(0, str(ROOT / "scripts"))
+import workflow_layout  # noqa: E402
+
 SAMPLING = [p for p in FILES if '"MovaSampler"' in p.read_text(encoding="utf-8")]
 
 # Stock ComfyUI nodes the workflows may use: widget names in order (ComfyUI v0.3.64; LoadImage stores its
@@ -44,6 +51,19 @@ def _load(path):
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def _values(node_spec, node) -> dict:
+    """A MOVA node's widget values by name (control_after_generate entries skipped)."""
+    values, position = {}, 0
+    for widget in node_spec.widgets:
+        values[widget.name] = node["widgets_values"][position]
+        position += widget.stored_values
+    return values
+
+
+def _notes(workflow) -> str:
+    return " ".join(n["widgets_values"][0] for n in workflow["nodes"] if n["type"] in ("Note", "MarkdownNote"))
+
+
 def _by_type(workflow, node_type):
     return [n for n in workflow["nodes"] if n["type"] == node_type]
 
@@ -64,6 +84,12 @@ def _loader(workflow, node, input_name):
     while src["type"] == "MovaLoraLoader":
         src, output = _source(workflow, src, output)
     return src
+
+
+def test_workflows_folder_is_example_workflows():
+    """ComfyUI's template browser reads example_workflows/; a second folder would list every workflow twice."""
+    assert not (ROOT / "workflows").exists()
+    assert FILES
 
 
 def test_all_workflows_shipped():
@@ -124,22 +150,20 @@ def test_nodes_are_ours_or_stock_with_valid_widgets(path):
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
-def test_loaders_declare_their_model_files(path):
+def test_model_downloads_are_single_files_with_direct_links(path):
+    """properties.models (the frontend's Missing Models dialog) names only files it can download: single
+    .safetensors with a direct link, on the node that loads them; the MOVA release folders are in the note."""
     wf = _load(path)
     for node in wf["nodes"]:
-        node_spec = spec.NODES_BY_ID.get(node["type"])
-        if node_spec is not None:
-            # the LoRA is the user's own file: no download link (the workflow's note says where it goes)
-            folders = [(w, v) for w, v in zip(node_spec.widgets, node["widgets_values"])
-                       if w.model_folder and w.model_folder != "loras"]
-            if folders:
-                models = node["properties"]["models"]
-                assert {(m["name"], m["directory"]) for m in models} == {(v, w.model_folder) for w, v in folders}
-                assert all(m["url"].startswith("https://huggingface.co/OpenMOSS-Team/") for m in models)
+        models = node.get("properties", {}).get("models")
+        if node["type"].startswith("Mova"):
+            assert models is None, f"{node['type']} declares {models}: the release folders cannot be downloaded"
         if node["type"] in ("CLIPLoader", "VAELoader"):
-            (entry,) = node["properties"]["models"]
-            assert entry["name"] == node["widgets_values"][0]
-            assert entry["url"].startswith("https://huggingface.co/") and entry["url"].endswith(entry["name"])
+            (entry,) = models
+            assert entry["name"] == node["widgets_values"][0] and entry["name"].endswith(".safetensors")
+            assert entry["url"].startswith("https://huggingface.co/") and "/resolve/" in entry["url"]
+            assert entry["url"].endswith("/" + entry["name"])
+            assert entry["directory"] == {"CLIPLoader": "text_encoders", "VAELoader": "vae"}[node["type"]]
     assert _by_type(wf, "CLIPLoader")[0]["widgets_values"][1] == "wan"
     assert _by_type(wf, "VAELoader")[0]["widgets_values"][0] == "wan_2.1_vae.safetensors"
 
@@ -194,7 +218,8 @@ def test_i2va_has_a_start_image_and_t2va_does_not():
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
 def test_note_lists_model_files_and_folders(path):
     wf = _load(path)
-    text = " ".join(n["widgets_values"][0] for n in _by_type(wf, "Note"))
+    assert _by_type(wf, "MarkdownNote") and not _by_type(wf, "Note")
+    text = _notes(wf)
     for needle in ("models/diffusion_models/MOVA-360p/", "video_dit/", "video_dit_2/", "audio_dit/",
                    "dual_tower_bridge/", "models/vae/MOVA-360p/audio_vae/", "wan_2.1_vae.safetensors",
                    "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "hf download OpenMOSS-Team/MOVA-360p"):
@@ -209,7 +234,7 @@ def test_lora_workflow_patches_all_three_parts():
         assert _source(wf, sampler, name) == (lora, name)  # each output to the same-named sampler input
     name, *strengths = lora["widgets_values"]
     assert name.endswith("lora_weights.pt") and strengths == [1.0, 1.0, 1.0, 1.0]
-    notes = " ".join(n["widgets_values"][0] for n in _by_type(wf, "Note"))
+    notes = _notes(wf)
     assert "models/loras/" in notes and "lora_config.pt" in notes
 
 
@@ -218,7 +243,7 @@ def test_dual_cfg_workflow_sets_only_the_bridge_scale():
     (sampler,) = _by_type(wf, "MovaSampler")
     (options,) = _by_type(wf, "MovaSamplerOptions")
     assert _source(wf, sampler, "options") == (options, "options")
-    values = dict(zip((w.name for w in spec.SAMPLER_OPTIONS_NODE.widgets), options["widgets_values"]))
+    values = _values(spec.SAMPLER_OPTIONS_NODE, options)
     defaults = {w.name: w.default for w in spec.SAMPLER_OPTIONS_NODE.widgets}
     assert values == defaults | {"bridge_cfg": 3.5}
     assert defaults["bridge_cfg"] == 1.0  # unplugged or default: the official sampler
@@ -239,13 +264,13 @@ def test_enhanced_workflow_feeds_idea_and_first_frame_to_the_enhancer():
     (cond,) = _by_type(wf, "MovaConditioning")
     image, _ = _source(wf, cond, "start_image")
     assert _source(wf, enhancer, "image") == (image, "IMAGE")  # the same picture MOVA starts from
-    values = dict(zip((w.name for w in spec.PROMPT_ENHANCE.widgets), enhancer["widgets_values"]))
+    values = _values(spec.PROMPT_ENHANCE, enhancer)
     defaults = {w.name: w.default for w in spec.PROMPT_ENHANCE.widgets}
     assert values == defaults | {"idea": values["idea"]} and '"' in values["idea"]  # speech quoted in the idea
     assert values["api_key_env"] == "" and values["base_url"].startswith("http://localhost:")  # local, no key
     plain = _load(WORKFLOWS / "mova_i2va.json")
     assert {n["type"] for n in wf["nodes"]} - {n["type"] for n in plain["nodes"]} == {"MovaPromptEnhance"}
-    notes = " ".join(n["widgets_values"][0] for n in _by_type(wf, "Note"))
+    notes = _notes(wf)
     assert "ollama pull" in notes and "api_key_env" in notes and "leave this machine" in notes
 
 
@@ -264,11 +289,57 @@ def test_training_workflow_goes_from_clips_to_a_saved_lora():
     assert _loader(wf, train, "low_noise_expert")["widgets_values"][0].endswith("video_dit_2")
     assert _loader(wf, train, "audio_tower")["type"] == "MovaAudioTowerLoader"
     assert _source(wf, save, "lora") == (train, "lora") and _source(wf, preview, "images") == (train, "loss_curve")
-    values = dict(zip((w.name for w in spec.TRAIN_LORA.widgets), train["widgets_values"]))
+    values = _values(spec.TRAIN_LORA, train)
     assert (values["rank"], values["alpha"], values["learning_rate"]) == (8, 8.0, 0.0001)  # the official recipe
     assert all(values[n] for n in ("train_high_noise", "train_low_noise", "train_audio", "train_bridge", "resume"))
-    assert dict(zip((w.name for w in spec.SAVE_LORA.widgets), save["widgets_values"]))["overwrite"] is False
+    assert _values(spec.SAVE_LORA, save)["overwrite"] is False
     width, height, length, fps, _ = dataset["widgets_values"][1:]
     assert (width, height, length, fps) == (640, 352, 193, 24)
-    notes = " ".join(n["widgets_values"][0] for n in _by_type(wf, "Note"))
+    notes = _notes(wf)
     assert "ComfyUI/input/mova_clips/" in notes and ".txt" in notes and "output/mova_training" in notes
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_layout_is_tidy(path):
+    """Stage groups, every node in its group, nothing overlapping, the note top-left and everything seen at a
+    readable saved zoom in a 1920x1080 window (scripts/workflow_layout.py says what each check means)."""
+    wf = _load(path)
+    assert workflow_layout.problems(wf) == []
+    titles = [g["title"] for g in wf["groups"]]
+    assert titles[0] == "Models" and titles[-1] == "Output"
+    if path in SAMPLING:
+        assert titles == ["Models", "Prompt", "Sampling", "Output"]
+    assert workflow_layout.note_title(wf)
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_layout_is_the_scripts(path):
+    """Laid out by scripts/make_thumbnails.py (run it after adding or editing a workflow)."""
+    wf = _load(path)
+    assert workflow_layout.tidy(wf) == wf, f"{path.name} is not laid out: run scripts/make_thumbnails.py"
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_every_workflow_has_its_current_thumbnail(path):
+    """NAME.jpg beside NAME.json (the template browser's card), made from the workflow as it is now."""
+    from PIL import Image
+    thumb = path.with_suffix(".jpg")
+    assert thumb.is_file(), f"{thumb.name} is missing: run scripts/make_thumbnails.py"
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    with Image.open(thumb) as image:
+        assert image.format == "JPEG" and image.size == (640, 640)
+        assert image.info.get("comment") == f"sha256:{digest}".encode(), \
+            f"{thumb.name} shows an older {path.name}: run scripts/make_thumbnails.py"
+
+
+def test_sizes_are_spelled_width_x_height_everywhere():
+    """One spelling: 640x352 and 1280x720 (width x height, as MOVA Conditioning's widgets), in the README and the
+    workflows alike."""
+    import re
+    texts = {"README.md": (ROOT / "README.md").read_text(encoding="utf-8")}
+    texts |= {p.name: _notes(_load(p)) for p in FILES}
+    for name, text in texts.items():
+        for width, spaces, height in re.findall(r"\b(\d{3,4})( ?)x\2(\d{3,4})\b", text):
+            assert not spaces, f"{name}: '{width} x {height}' (write {width}x{height})"
+            if {int(width), int(height)} in ({640, 352}, {1280, 720}):
+                assert int(width) > int(height), f"{name}: {width}x{height} is height first"

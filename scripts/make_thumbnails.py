@@ -1,0 +1,153 @@
+"""Tidy the example workflows and make their template-browser thumbnails in ComfyUI's real frontend.
+
+    /path/to/ComfyUI/venv/bin/python scripts/make_thumbnails.py --comfyui /path/to/ComfyUI [NAME ...]
+
+For every example_workflows/NAME.json (or the NAMEs given): starts ComfyUI with this pack (a temporary base
+folder, ``--cpu``), loads the workflow in headless Chromium (Debian's ``chromium`` through the ``playwright``
+package, which the Python running this script needs), measures every node as the frontend sizes it and every
+note's text, lays the graph out (scripts/workflow_layout.py: groups, the note top-left, a saved view that shows
+everything), saves the JSON, loads it again and screenshots the canvas. NAME.jpg is a title card: the main
+note's heading above that screenshot, with the workflow file's SHA-256 in the JPEG comment, so the tests can tell
+a stale thumbnail. Re-run it after editing a workflow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import html
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+EXAMPLES = ROOT / "example_workflows"
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(ROOT / "tests"))
+
+import frontend  # noqa: E402
+import workflow_layout  # noqa: E402
+
+THUMB = 640         # thumbnails are square: the template browser shows them in square cards
+NOTE_SLACK = 60     # below a note's text: the editor's padding (a little more in frontend 1.35 than in 1.27)
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def save_json(workflow: dict, path: Path) -> None:
+    path.write_text(json.dumps(workflow, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def measure(page, workflow: dict) -> dict:
+    """node id -> [w, h]: the frontend's minimum sizes, and for notes the height their text needs at the width the
+    layout gives them."""
+    frontend.load_workflow(page, workflow, dialogs=False)
+    state = frontend.graph_state(page)
+    sizes = {n["id"]: n["computed"] for n in state["nodes"]}
+    draft = workflow_layout.tidy(workflow, sizes)
+    frontend.load_workflow(page, draft, dialogs=False)
+    frontend.set_sizes(page, {n["id"]: [n["size"][0], 80] for n in draft["nodes"] if n["type"] in
+                              workflow_layout.NOTE_TYPES})
+    for key, height in frontend.note_heights(page).items():
+        width = next(n["size"][0] for n in draft["nodes"] if n["id"] == int(key))
+        sizes[int(key)] = [width, height + NOTE_SLACK]
+    return sizes
+
+
+def title_card(browser, shot: Path, title: str, target: Path, digest: str) -> None:
+    """NAME.jpg: the title above the canvas screenshot, the workflow's digest in the JPEG comment."""
+    from PIL import Image
+    picture = base64.b64encode(shot.read_bytes()).decode()
+    heading = title[len("MOVA"):].lstrip(" :") if title.startswith("MOVA") else title
+    heading = heading[:1].upper() + heading[1:]
+    page = browser.new_page(viewport={"width": THUMB, "height": THUMB})
+    page.set_content(f"""<html><body style="margin:0;width:{THUMB}px;height:{THUMB}px;overflow:hidden;
+        background:#1b1d22;color:#f2f2f2;font-family:'DejaVu Sans',sans-serif">
+        <div style="padding:30px 34px 0 34px;height:170px;box-sizing:border-box">
+          <div style="font-size:24px;letter-spacing:2px;color:#8fc3ff;font-weight:700">
+            MOVA &#183; VIDEO + SOUND</div>
+          <div style="font-size:44px;line-height:1.12;font-weight:700;margin-top:10px">{html.escape(heading)}</div>
+        </div>
+        <div style="height:{THUMB - 170}px;display:flex;align-items:center;justify-content:center;
+             background:#2a2d33;border-top:2px solid #3f789e">
+          <img src="data:image/png;base64,{picture}" style="max-width:{THUMB}px;max-height:{THUMB - 172}px">
+        </div></body></html>""")
+    page.wait_for_timeout(300)
+    raw = target.with_suffix(".png.tmp")
+    page.screenshot(path=str(raw), type="png")
+    page.close()
+    with Image.open(raw) as image:
+        image.convert("RGB").save(target, "JPEG", quality=88, optimize=True, comment=f"sha256:{digest}".encode())
+    raw.unlink()
+
+
+def graph_box(workflow: dict, margin: float = 12) -> dict:
+    """The screen box (within the canvas) the graph takes at its saved view."""
+    ds = workflow["extra"]["ds"]
+    scale, (ox, oy) = ds["scale"], ds["offset"]
+    boxes = [(g["bounding"][0], g["bounding"][1], g["bounding"][0] + g["bounding"][2], g["bounding"][1] + g["bounding"][3])
+             for g in workflow.get("groups", [])]
+    boxes += [(n["pos"][0], n["pos"][1] - workflow_layout.TITLE_H, n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1])
+              for n in workflow["nodes"]]
+    x0, y0 = min(b[0] for b in boxes), min(b[1] for b in boxes)
+    x1, y1 = max(b[2] for b in boxes), max(b[3] for b in boxes)
+    left, top = max(0.0, (x0 + ox) * scale - margin), max(0.0, (y0 + oy) * scale - margin)
+    return {"x": left, "y": top, "width": (x1 - x0) * scale + 2 * margin, "height": (y1 - y0) * scale + 2 * margin}
+
+
+def run(comfyui: str, python: str | None, names: list[str], layout: bool = True, shots: Path | None = None) -> list[Path]:
+    from comfy_server import comfy_server, new_base, provide_inputs
+    from playwright.sync_api import sync_playwright
+
+    paths = [EXAMPLES / f"{n}.json" for n in names] if names else sorted(EXAMPLES.glob("*.json"))
+    made = []
+    with tempfile.TemporaryDirectory(prefix="mova_thumbs_") as tmp:
+        base = new_base(Path(tmp))
+        provide_inputs(base, paths, comfyui)
+        with comfy_server(base, comfyui=comfyui, python=python) as url, sync_playwright() as playwright:
+            frontend.store_settings(url, frontend.FIRST_RUN_DONE | frontend.GRAPH_ONLY)
+            browser = frontend.launch(playwright)
+            page = frontend.open_frontend(browser, url)
+            for path in paths:
+                workflow = json.loads(path.read_text(encoding="utf-8"))
+                if layout:
+                    workflow = workflow_layout.tidy(workflow, measure(page, workflow))
+                    save_json(workflow, path)
+                problems = workflow_layout.problems(workflow)
+                if problems:
+                    print(f"{path.name}: not tidy:\n  " + "\n  ".join(problems), file=sys.stderr)
+                frontend.load_workflow(page, workflow, dialogs=False)
+                shot = (shots or Path(tmp)) / f"{path.stem}.png"
+                frontend.canvas_screenshot(page, shot, graph_box(workflow))
+                target = path.with_suffix(".jpg")
+                title_card(browser, shot, workflow_layout.note_title(workflow), target, file_digest(path))
+                made.append(target)
+                print(f"{path.name}: {target.name}" + (" (laid out)" if layout else ""))
+            browser.close()
+    return made
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--comfyui", required=True, help="a ComfyUI checkout (its frontend draws the thumbnails)")
+    parser.add_argument("--python", help="the Python that runs ComfyUI (default: its venv/bin/python if there, "
+                        "else this one)")
+    parser.add_argument("--no-layout", action="store_true", help="only the thumbnails, the JSON stays as it is")
+    parser.add_argument("--shots", type=Path, help="also keep the screenshots of the graphs in this folder")
+    parser.add_argument("names", nargs="*", help="workflow names without .json (default: every example workflow)")
+    args = parser.parse_args(argv)
+    python = args.python or next((str(p) for p in [Path(args.comfyui) / "venv" / "bin" / "python"] if p.exists()),
+                                 sys.executable)
+    if args.shots:
+        args.shots.mkdir(parents=True, exist_ok=True)
+    run(args.comfyui, python, args.names, layout=not args.no_layout, shots=args.shots)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

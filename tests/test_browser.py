@@ -1,0 +1,183 @@
+"""The example workflows as a user meets them, in ComfyUI's real frontend (headless Chromium, COMFYUI_PATH; run with
+ComfyUI's Python, which needs the playwright package; Debian's chromium draws).
+
+Every example workflow opens with no missing node type, no dialog (every file it names is installed), every
+widget value inside its node's current definition (the server's lists, which the MOVA loaders filter), the sizes
+and view it was saved with, and no console error from the pack; the template browser lists every example with
+its thumbnail; queueing with a missing MOVA file names that file on its node. Screenshots go to
+out/browser/comfyui-<version>/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from comfy_server import COMFYUI, PACK, PACK_FOLDER, comfy_server, new_base, provide_inputs, write_wan_vae
+
+pytestmark = [
+    pytest.mark.comfyui,
+    pytest.mark.skipif(not COMFYUI, reason="COMFYUI_PATH is not set (point it at a ComfyUI checkout and run with "
+                       "its Python to run the browser test)"),
+]
+
+EXAMPLES = sorted((PACK / "example_workflows").glob("*.json"))
+sys.path.insert(0, str(PACK / "scripts"))
+
+
+def _version() -> str:
+    text = (Path(COMFYUI) / "comfyui_version.py").read_text() if COMFYUI else ""
+    found = re.search(r"__version__\s*=\s*\"([^\"]+)\"", text)
+    return found.group(1) if found else "unknown"
+
+
+ARTEFACTS = PACK / "out" / "browser" / f"comfyui-{_version()}"
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    """The files the example workflows name, installed where the README says: the tiny MOVA release, a Wan 2.1 VAE,
+    a text encoder file (only its name matters here: nothing is run), a LoRA and the media the Load nodes name
+    (ComfyUI's example.png; made for others)."""
+    from comfy_fixtures import write_test_loras
+    from tiny_release import write_release
+    root = new_base(tmp_path_factory.mktemp("browser_base"))
+    models = root / "models"
+    write_release(models / "diffusion_models" / "MOVA-360p", ("video_dit", "video_dit_2", "audio_dit",
+                                                              "dual_tower_bridge"))
+    write_release(models / "vae" / "MOVA-360p", ("audio_vae",))
+    write_wan_vae(models / "vae" / "wan_2.1_vae.safetensors")
+    from safetensors.torch import save_file
+    import torch
+    (models / "text_encoders").mkdir(parents=True, exist_ok=True)
+    save_file({"shared.weight": torch.zeros(2, 2)}, str(models / "text_encoders" /
+                                                         "umt5_xxl_fp8_e4m3fn_scaled.safetensors"))
+    write_test_loras(models / "loras")
+    provide_inputs(root, EXAMPLES)
+    return root
+
+
+@pytest.fixture(scope="module")
+def browser_page(base):
+    """The frontend in headless Chromium, its graph ready; yields (page, messages, url)."""
+    pytest.importorskip("playwright", reason="the browser test needs the playwright package in ComfyUI's Python")
+    import frontend
+    from playwright.sync_api import sync_playwright
+    if not Path(frontend.CHROMIUM).exists():
+        pytest.skip(f"no chromium at {frontend.CHROMIUM} (apt-get install chromium, or set MOVA_CHROMIUM)")
+    ARTEFACTS.mkdir(parents=True, exist_ok=True)
+    with comfy_server(base) as url, sync_playwright() as playwright:
+        frontend.store_settings(url, frontend.FIRST_RUN_DONE)
+        browser = playwright.chromium.launch(executable_path=frontend.CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        messages = []
+        page = frontend.open_frontend(browser, url, messages)
+        yield page, messages, url
+        browser.close()
+
+
+def _from_pack(message: tuple[str, str, str]) -> bool:
+    """A console error, page error or failed request that the pack causes (its files, its nodes, its folder)."""
+    kind, text, where = message
+    blob = f"{text} {where}".lower()
+    return any(mark in blob for mark in ("mova", PACK_FOLDER.lower(), "workflow_templates/"))
+
+
+def _visible_dialogs(page) -> list[str]:
+    return page.evaluate("""() => Array.from(document.querySelectorAll('.p-dialog'))
+        .filter(d => d.offsetParent !== null || getComputedStyle(d).display !== 'none')
+        .map(d => d.innerText.slice(0, 3000))""")
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_example_workflow_opens_as_saved(browser_page, path):
+    import frontend
+    page, messages, _ = browser_page
+    messages.clear()
+    workflow = json.loads(path.read_text(encoding="utf-8"))
+    frontend.load_workflow(page, workflow, dialogs=True)
+    state = frontend.graph_state(page)
+    frontend.canvas_screenshot(page, ARTEFACTS / f"{path.stem}.png")
+    page.screenshot(path=str(ARTEFACTS / f"{path.stem}_window.png"))
+    assert _visible_dialogs(page) == []  # no missing nodes, no missing models: everything is installed
+    assert [n["type"] for n in state["nodes"] if not n["registered"]] == []
+    saved = {n["id"]: n for n in workflow["nodes"]}
+    serialized = {n["id"]: n for n in state["serialized"]["nodes"]}
+    for node in state["nodes"]:
+        label = f"{path.name}: node {node['id']} ({node['type']})"
+        for widget in node["widgets"]:
+            if widget["values"] is not None and isinstance(widget["value"], str):
+                assert widget["value"] in widget["values"], f"{label}: {widget['name']} {widget['value']!r} is not " \
+                    f"one of {widget['values'][:8]}"
+            if isinstance(widget["value"], (int, float)) and not isinstance(widget["value"], bool):
+                low, high = widget["min"], widget["max"]
+                assert (low is None or widget["value"] >= low) and (high is None or widget["value"] <= high), \
+                    f"{label}: {widget['name']} {widget['value']} outside [{low}, {high}]"
+        # the frontend read every stored value into the widget it was saved from (same values back)
+        assert serialized[node["id"]].get("widgets_values") == saved[node["id"]].get("widgets_values"), label
+        # and kept the saved size: the layout the user sees is the one in the file
+        assert [round(v) for v in node["size"]] == [round(v) for v in saved[node["id"]]["size"]], label
+        assert [round(v) for v in node["pos"]] == [round(v) for v in saved[node["id"]]["pos"]], label
+    ds = workflow["extra"]["ds"]
+    assert state["scale"] == pytest.approx(ds["scale"]) and state["offset"] == pytest.approx(ds["offset"])
+    assert [m for m in messages if _from_pack(m)] == []
+
+
+def test_template_browser_lists_every_example_with_its_thumbnail(browser_page):
+    import frontend
+    page, messages, _ = browser_page
+    messages.clear()
+    thumbnails = []
+    page.on("response", lambda r: thumbnails.append((r.status, r.url)) if r.url.endswith(".jpg") else None)
+    page.evaluate("() => window.app.extensionManager.command.execute('Comfy.BrowseTemplates')")
+    page.wait_for_selector("[data-testid^='template-workflow-'], .template-card", timeout=60_000)
+    frontend.settle(page, 1.0)
+    page.get_by_text(PACK_FOLDER, exact=True).first.click()
+    for path in EXAMPLES:
+        page.wait_for_selector(f"[data-testid='template-workflow-{path.stem}'] img", timeout=30_000)
+    frontend.settle(page, 2.0)
+    page.screenshot(path=str(ARTEFACTS / "template_browser.png"))
+    shown = page.evaluate("""names => names.map(name => {
+        const card = document.querySelector(`[data-testid='template-workflow-${name}']`);
+        const imgs = card ? Array.from(card.querySelectorAll('img')) : [];
+        return [name, !!card, imgs.map(i => [i.getAttribute('src'), i.complete && i.naturalWidth])];
+    })""", [p.stem for p in EXAMPLES])
+    for name, found, images in shown:
+        assert found, f"{name} is not in the template browser"
+        # the card shows NAME.jpg (the frontend fetches it into a blob: URL); our thumbnails are 640 wide
+        assert any(width == 640 for _, width in images), (name, images)
+    fetched = [t for t in thumbnails if "/workflow_templates/" in t[1] and t[1].endswith(".jpg")]
+    assert sorted(url.rsplit("/", 1)[1] for _, url in fetched) == sorted(f"{p.stem}.jpg" for p in EXAMPLES)
+    assert all(status == 200 for status, _ in fetched), fetched
+    assert [m for m in messages if _from_pack(m)] == []
+    frontend.reload(page)
+
+
+def test_queue_names_the_missing_mova_file_on_its_node(browser_page):
+    """A MOVA file that is not installed: Queue is refused at once, the error names the file and sits on its node."""
+    import frontend
+    page, messages, _ = browser_page
+    workflow = json.loads((PACK / "example_workflows" / "mova_i2va.json").read_text(encoding="utf-8"))
+    high = next(n for n in workflow["nodes"] if n["type"] == "MovaVideoExpertLoader"
+                and n["widgets_values"][0].endswith("video_dit"))
+    high["widgets_values"][0] = "MOVA-720p/video_dit"  # saved by someone with the 720p release
+    frontend.load_workflow(page, workflow, dialogs=False)
+    with page.expect_response(lambda r: r.url.endswith("/prompt") and r.request.method == "POST") as answer:
+        page.evaluate("() => window.app.queuePrompt(0, 1)")
+    body = answer.value.json()
+    frontend.settle(page, 1.5)
+    page.screenshot(path=str(ARTEFACTS / "queue_missing_file.png"))
+    errors = body["node_errors"]
+    assert list(errors) == [str(high["id"])], errors  # only that node: nothing else is wrong
+    details = " ".join(e["details"] for e in errors[str(high["id"])]["errors"])
+    assert details.startswith("model_name - 'MOVA-720p/video_dit' is not in models/diffusion_models")
+    assert 'hf download OpenMOSS-Team/MOVA-720p --include "video_dit/*"' in details
+    flagged = page.evaluate("() => Object.keys(app.lastNodeErrors || {})")  # the nodes the canvas outlines in red
+    assert flagged == [str(high["id"])]
+    shown = " ".join(_visible_dialogs(page))  # the frontend's error dialog repeats the message
+    assert "MOVA-720p/video_dit" in shown and "hf download" in shown
+    frontend.reload(page)

@@ -1,0 +1,49 @@
+"""What installing the pack changes in a user's environment: only what ComfyUI does not ship; and the registry
+metadata is complete."""
+
+import os
+import re
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# What ComfyUI's own requirements.txt lists (v0.3.64 to v0.8.0) among the packages this pack imports.
+COMFYUI_SHIPS = {"torch", "torchaudio", "torchvision", "numpy", "einops", "safetensors", "av", "pillow",
+                 "comfyui-frontend-package", "transformers", "tokenizers", "sentencepiece", "aiohttp", "pyyaml",
+                 "scipy", "tqdm", "psutil"}
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[<>=!~\[; ]", requirement.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def _requirements() -> list[str]:
+    lines = (ROOT / "requirements.txt").read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+def test_requirements_hold_only_what_comfyui_does_not_ship():
+    names = {_name(r) for r in _requirements()}
+    assert names == {"ftfy"}
+    assert not names & COMFYUI_SHIPS
+    comfyui = os.environ.get("COMFYUI_PATH")
+    if comfyui:  # the ComfyUI at hand: none of its own requirements again
+        theirs = {_name(r) for r in (Path(comfyui) / "requirements.txt").read_text().splitlines()
+                  if r.strip() and not r.startswith("#")}
+        assert not names & theirs
+
+
+def test_pyproject_matches_requirements_and_is_complete():
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    project, comfy = data["project"], data["tool"]["comfy"]
+    assert sorted(_name(d) for d in project["dependencies"]) == sorted(_name(r) for r in _requirements())
+    for field in ("name", "version", "description", "license", "requires-python"):
+        assert project.get(field), field
+    assert re.fullmatch(r"\d+\.\d+\.\d+", project["version"])
+    assert project["urls"]["Repository"].startswith("https://")
+    for field in ("PublisherId", "DisplayName", "requires-comfyui"):
+        assert comfy.get(field), field
+    test = {_name(r) for r in project["optional-dependencies"]["test"]}
+    # the suite runs without ComfyUI: what ComfyUI would bring is in the test extra, with the browser test's tools
+    assert {"torch", "torchaudio", "safetensors", "einops", "av", "pillow", "numpy", "ftfy",
+            "comfyui-frontend-package", "playwright"} <= test
