@@ -7,6 +7,7 @@ from comfy_api.latest import ComfyExtension, io
 from . import comfy_attention
 from .audio_node import MovaAudioDecode
 from .conditioning_node import MovaConditioning
+from .extend_node import MovaExtend, MovaJoin
 from .loader_nodes import MovaAudioTowerLoader, MovaAudioVAELoader, MovaVideoExpertLoader
 from .lora_node import MovaLoraLoader
 from .prompt_nodes import MovaPromptBuilder, MovaPromptEnhance
@@ -14,7 +15,7 @@ from .sampler_node import MovaSampler, MovaSamplerOptions
 
 NODE_CLASSES = [
     MovaVideoExpertLoader, MovaAudioTowerLoader, MovaAudioVAELoader, MovaConditioning, MovaSampler, MovaAudioDecode,
-    MovaLoraLoader, MovaSamplerOptions, MovaPromptEnhance, MovaPromptBuilder,
+    MovaLoraLoader, MovaSamplerOptions, MovaPromptEnhance, MovaPromptBuilder, MovaExtend, MovaJoin,
 ]
 
 

@@ -95,6 +95,8 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
                 if _is_widget(kind_, options):
                     if position < len(values):
                         inputs[name] = values[position]
+                    elif "default" in options:  # saved before this widget was appended: its default, as the UI
+                        inputs[name] = options["default"]
                     position += _stored_values(options)
                 if name in linked:
                     link = links[linked[name]]

@@ -15,7 +15,7 @@ from comfyui_mova.nodes import spec
 PACK = Path(comfyui_mova.__file__).parent
 PLAIN_MODULES = ("spec", "handles", "model_files", "condition", "sampling", "audio_decode", "lora_patches",
                  "llm_client", "prompt_reply", "prompt_image", "prompt_instructions", "prompt_enhance",
-                 "prompt_builder")
+                 "prompt_builder", "keyframes", "audio_input", "video_input", "conditioning_modes", "extend")
 
 
 def _comfy_available() -> bool:

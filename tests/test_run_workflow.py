@@ -41,6 +41,8 @@ def _ours(node, files):
             if item.kind == "COMBO":
                 options["options"] = list(item.options) if item.options else files[item.model_folder]
             target[item.name] = ["COMBO" if item.kind == "COMBO" else item.kind, options]
+        elif item.type in spec.WIDGET_KINDS:  # a connection-only number: ComfyUI marks it forceInput
+            target[item.name] = [item.type, {"tooltip": item.tooltip, "forceInput": True}]
         else:
             target[item.name] = [item.type, {"tooltip": item.tooltip}]
     return _entry(required, optional, node.display_name)
@@ -141,8 +143,10 @@ def test_lora_and_dual_cfg_workflows_convert(object_info):
     assert "my_mova_lora/lora_weights.pt" in problem and "ComfyUI/models/loras" in problem
     dual = ui_to_api(_workflow("mova_i2va_dual_cfg.json"), object_info)
     options = _node(dual, "MovaSamplerOptions")["inputs"]
+    # saved before given_modality was appended: it gets its default, as in the frontend
     assert options == {"bridge_cfg": 3.5, "audio_cfg": 0.0, "audio_shift": 0.0, "cfg_cutoff": 1.0,
-                       "cache_threshold": 0.0, "attention": "auto", "compile": "off", "fp8_compute": "auto"}
+                       "cache_threshold": 0.0, "attention": "auto", "compile": "off", "fp8_compute": "auto",
+                       "given_modality": "renoised"}
     assert dual[_node(dual, "MovaSampler")["inputs"]["options"][0]]["class_type"] == "MovaSamplerOptions"
 
 
