@@ -18,6 +18,9 @@ STOCK_WIDGETS = {
     "CLIPTextEncode": ("text",),
     "VAELoader": ("vae_name",),
     "LoadImage": ("image", "upload"),
+    "LoadAudio": ("audio", "audioUI", "upload"),
+    "LoadVideo": ("file", "upload"),
+    "GetVideoComponents": (),
     "VAEDecode": (),
     "VAEDecodeTiled": ("tile_size", "overlap", "temporal_size", "temporal_overlap"),
     "CreateVideo": ("fps",),
@@ -33,6 +36,7 @@ STOCK_SOCKETS = {
     "CreateVideo": {"images": "IMAGE", "audio": "AUDIO", "fps": "FLOAT"},
     "SaveVideo": {"video": "VIDEO"},
     "PreviewAudio": {"audio": "AUDIO"},
+    "GetVideoComponents": {"video": "VIDEO"},
 }
 CONTROL_VALUES = ("fixed", "increment", "decrement", "randomize")
 
@@ -65,7 +69,8 @@ def _loader(workflow, node, input_name):
 
 def test_all_workflows_shipped():
     assert {p.name for p in FILES} >= {"mova_i2va.json", "mova_t2va.json", "mova_i2va_lora.json",
-                                       "mova_i2va_dual_cfg.json", "mova_i2va_enhanced.json"}
+                                       "mova_i2va_dual_cfg.json", "mova_i2va_enhanced.json", "mova_flf2va.json",
+                                       "mova_a2v.json", "mova_v2a.json", "mova_extend.json"}
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
@@ -147,39 +152,65 @@ def test_loaders_declare_their_model_files(path):
     assert _by_type(wf, "VAELoader")[0]["widgets_values"][0] == "wan_2.1_vae.safetensors"
 
 
+def _check_sampler(wf, sampler):
+    for socket in spec.SAMPLER.sockets:
+        if not socket.optional:
+            assert _source(wf, sampler, socket.name) is not None, f"MovaSampler.{socket.name} is not connected"
+    high, low = _loader(wf, sampler, "high_noise_expert"), _loader(wf, sampler, "low_noise_expert")
+    assert _loader(wf, sampler, "audio_tower")["type"] == "MovaAudioTowerLoader"
+    assert high["widgets_values"][0].endswith("video_dit") and low["widgets_values"][0].endswith("video_dit_2")
+    seed, _, steps, cfg, shift, boundary = sampler["widgets_values"]
+    assert (steps, cfg, shift, boundary) == (50, 5.0, 5.0, 0.9)
+
+
+def _decoded(wf, sampler):
+    """(VAE Decode, MOVA Audio Decode) of a sampler's outputs."""
+    video = [n for n in _by_type(wf, "VAEDecode") if _source(wf, n, "samples") == (sampler, "video_latent")]
+    (audio,) = [n for n in _by_type(wf, "MovaAudioDecode") if _source(wf, n, "audio_latent") == (sampler, "audio_latent")]
+    for socket in spec.AUDIO_DECODE.sockets:
+        assert _source(wf, audio, socket.name) is not None
+    return (video[0] if video else None), audio
+
+
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
 def test_mova_graph_wired_end_to_end(path):
     wf = _load(path)
     (cond,) = _by_type(wf, "MovaConditioning")
-    (sampler,) = _by_type(wf, "MovaSampler")
-    (audio,) = _by_type(wf, "MovaAudioDecode")
     (create,) = _by_type(wf, "CreateVideo")
     (save,) = _by_type(wf, "SaveVideo")
-    for node in (cond, sampler, audio):
-        node_spec = spec.NODES_BY_ID[node["type"]]
-        for socket in node_spec.sockets:
-            if not socket.optional:
-                assert _source(wf, node, socket.name) is not None, f"{node['type']}.{socket.name} is not connected"
-    high, low = _loader(wf, sampler, "high_noise_expert"), _loader(wf, sampler, "low_noise_expert")
-    assert _loader(wf, sampler, "audio_tower")["type"] == "MovaAudioTowerLoader"
-    assert high["widgets_values"][0].endswith("video_dit") and low["widgets_values"][0].endswith("video_dit_2")
-    assert _source(wf, create, "audio") == (audio, "audio")
-    assert _source(wf, create, "fps") == (cond, "fps")  # the video's fps is the one the audio was sized for
+    for socket in spec.CONDITIONING.sockets:
+        if not socket.optional:
+            assert _source(wf, cond, socket.name) is not None, f"MovaConditioning.{socket.name} is not connected"
+    for sampler in _by_type(wf, "MovaSampler"):
+        _check_sampler(wf, sampler)
+    first = next(s for s in _by_type(wf, "MovaSampler") if _source(wf, s, "conditioning") == (cond, "conditioning"))
+    assert _source(wf, first, "latent") == (cond, "latent")
+    decoded, audio = _decoded(wf, first)
     assert _source(wf, save, "video") == (create, "VIDEO")
-    decoded, _ = _source(wf, create, "images")
-    assert decoded["type"] == "VAEDecode" and _source(wf, decoded, "samples") == (sampler, "video_latent")
-    assert any(_source(wf, n, "audio") == (audio, "audio") for n in _by_type(wf, "PreviewAudio"))
-    pos, _ = _source(wf, cond, "positive")
-    assert pos["type"] == "CLIPTextEncode"
-    enhancer = _source(wf, pos, "text")
-    if enhancer is None:
-        assert "The audio shows" in pos["widgets_values"][0]
-    else:  # the caption comes from the language model
-        assert enhancer[0]["type"] == "MovaPromptEnhance" and enhancer[1] == "caption"
+    joins = _by_type(wf, "MovaJoin")
+    if joins:  # longer clips: the last join's frames, sound and fps
+        assert _source(wf, create, "images") == (joins[-1], "images")
+        assert _source(wf, create, "audio") == (joins[-1], "audio")
+        assert _source(wf, create, "fps") == (joins[-1], "fps")
+    else:
+        assert _source(wf, create, "audio") == (audio, "audio")
+        assert _source(wf, create, "fps") == (cond, "fps")  # the video's fps is the one the audio was sized for
+        if _source(wf, cond, "video") is not None:  # video -> audio: the video's own frames
+            assert _source(wf, create, "images") == (cond, "video") and decoded is None
+        else:
+            assert _source(wf, create, "images") == (decoded, "IMAGE")
+    sound = _source(wf, create, "audio")
+    assert any(_source(wf, n, "audio") == sound for n in _by_type(wf, "PreviewAudio"))
+    for encoder in [n for n in wf["nodes"] if n["type"] in ("MovaConditioning", "MovaExtend")]:
+        pos, _ = _source(wf, encoder, "positive")
+        assert pos["type"] == "CLIPTextEncode"
+        enhancer = _source(wf, pos, "text")
+        if enhancer is None:
+            assert "The audio shows" in pos["widgets_values"][0]
+        else:  # the caption comes from the language model
+            assert enhancer[0]["type"] == "MovaPromptEnhance" and enhancer[1] == "caption"
     width, height, length, fps = cond["widgets_values"]
     assert (width, height, length, fps) == (640, 352, 193, 24)
-    seed, _, steps, cfg, shift, boundary = sampler["widgets_values"]
-    assert (steps, cfg, shift, boundary) == (50, 5.0, 5.0, 0.9)
 
 
 def test_i2va_has_a_start_image_and_t2va_does_not():
@@ -246,3 +277,56 @@ def test_enhanced_workflow_feeds_idea_and_first_frame_to_the_enhancer():
     assert {n["type"] for n in wf["nodes"]} - {n["type"] for n in plain["nodes"]} == {"MovaPromptEnhance"}
     notes = " ".join(n["widgets_values"][0] for n in _by_type(wf, "Note"))
     assert "ollama pull" in notes and "api_key_env" in notes and "leave this machine" in notes
+
+
+def _givens(wf):
+    (cond,) = _by_type(wf, "MovaConditioning")
+    return cond, {s.name: _source(wf, cond, s.name) for s in spec.CONDITIONING.sockets if s.optional}
+
+
+def test_first_last_frame_workflow():
+    wf = _load(WORKFLOWS / "mova_flf2va.json")
+    _, given = _givens(wf)
+    (start, _), (end, _) = given["start_image"], given["end_image"]
+    assert start["type"] == end["type"] == "LoadImage" and start is not end
+    assert given["audio"] is None and given["video"] is None
+
+
+def test_sound_to_video_workflow():
+    wf = _load(WORKFLOWS / "mova_a2v.json")
+    _, given = _givens(wf)
+    assert given["start_image"][0]["type"] == "LoadImage" and given["audio"][0]["type"] == "LoadAudio"
+    assert given["end_image"] is None and given["video"] is None
+    assert not _by_type(wf, "MovaSamplerOptions")  # the official sampler settings to start from
+
+
+def test_video_to_audio_workflow():
+    wf = _load(WORKFLOWS / "mova_v2a.json")
+    cond, given = _givens(wf)
+    (components,) = _by_type(wf, "GetVideoComponents")
+    assert given["video"] == (components, "images") and given["video_fps"] == (components, "fps")
+    assert _source(wf, cond, "fps") == (components, "fps")  # the clip runs at the video's frame rate
+    assert _source(wf, components, "video")[0]["type"] == "LoadVideo"
+    assert given["start_image"] is None and given["audio"] is None and not _by_type(wf, "VAEDecode")
+
+
+def test_extend_workflow_two_prompts_about_16_seconds():
+    wf = _load(WORKFLOWS / "mova_extend.json")
+    cond, _ = _givens(wf)
+    (extend,) = _by_type(wf, "MovaExtend")
+    (join,) = _by_type(wf, "MovaJoin")
+    first, second = sorted(_by_type(wf, "MovaSampler"), key=lambda n: n["id"])
+    decoded1, audio1 = _decoded(wf, first)
+    decoded2, audio2 = _decoded(wf, second)
+    assert _source(wf, extend, "images") == (decoded1, "IMAGE") and _source(wf, extend, "audio") == (audio1, "audio")
+    assert _source(wf, extend, "fps") == (cond, "fps")
+    assert _source(wf, second, "conditioning") == (extend, "conditioning")
+    assert _source(wf, second, "latent") == (extend, "latent")
+    assert _source(wf, join, "extension") == (extend, "extension")
+    assert _source(wf, join, "images") == (decoded2, "IMAGE") and _source(wf, join, "audio") == (audio2, "audio")
+    prompts = {_source(wf, node, "positive")[0]["id"] for node in (cond, extend)}
+    assert len(prompts) == 2  # each clip its own prompt
+    assert first["widgets_values"][0] != second["widgets_values"][0]  # and its own seed
+    length, overlap, fps, crossfade = extend["widgets_values"]
+    frames = cond["widgets_values"][2] + length - overlap
+    assert abs(frames / fps - 16.0) < 0.1 and 0 < crossfade < overlap / fps
