@@ -60,7 +60,9 @@ def prepare_conditioning(positive, negative, encode: Encode, image: torch.Tensor
         fitted = fit_video(used, width, height)
         report.append(note)
     start = fitted[:1] if fitted is not None else (None if image is None else fit_frame(image.cpu(), width, height)[None])
-    end = None if end_image is None else fit_frame(end_image[-1:].cpu(), width, height)[None]
+    if end_image is not None and end_image.dim() == 4:
+        end_image = end_image[-1:]  # the last image of a batch
+    end = None if end_image is None else fit_frame(end_image.cpu(), width, height)[None]
     pixels, known = keyframe_video(frames, width, height, start, end)
     condition = build_condition(encode(pixels), width, height, frames, fold_known_frames(known))
     latent = empty_joint_latent(width, height, frames, fps, dac)

@@ -99,7 +99,9 @@ def prepare_extension(positive, negative, encode: Encode, encode_audio: Encode, 
         )
     k = overlap_samples(before, length, overlap, fps, rate)
     fade = round(crossfade * rate)
-    if crossfade < 0 or fade > k:
+    if crossfade < 0:
+        raise ValueError(f"crossfade {crossfade:g} s must be 0 (a hard cut) or positive")
+    if fade > k:
         raise ValueError(f"crossfade {crossfade:g} s is longer than the overlap's {k / rate:.3f} s of sound: use at "
                          f"most {int(k / rate * 100) / 100:g} s, or a longer overlap")
     pos, neg = prompt_states(positive, negative)
