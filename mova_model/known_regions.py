@@ -58,8 +58,9 @@ def check_known(known: KnownLatents | None, shape: tuple[int, ...], name: str) -
 
 
 def blend(x: torch.Tensor, given: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """x where the mask is 1, ``given`` where it is 0 (exactly: x*1 + given*0 and x*0 + given*1)."""
-    return x * mask + given * (1 - mask)
+    """x * mask + given * (1 - mask): exactly x where the mask is 1 and exactly ``given`` where it is 0 (whatever
+    x holds there)."""
+    return torch.where(mask == 0, given, x * mask + given * (1 - mask))
 
 
 class KnownRegions:

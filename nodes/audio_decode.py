@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..mova_model.audio import trim_to_video
+from ..mova_model.known_regions import blend
 from .handles import AudioLatent, LoadedPart
 
 
@@ -47,4 +48,4 @@ def put_back_given(wave: torch.Tensor, latent: AudioLatent) -> torch.Tensor:
         raise ValueError(f"the given sound {tuple(given.shape)} does not fit the decoded audio {tuple(wave.shape)}: "
                          "build the latent with MOVA Conditioning")
     mask = latent.noise_mask.float().repeat_interleave(latent.hop_length, dim=-1)[..., :wave.shape[-1]]
-    return wave * mask + given * (1 - mask)
+    return blend(wave, given, mask)

@@ -588,7 +588,9 @@ def test_sound_to_video_workflow_end_to_end(client, base, tmp_path):
     heard, rate = read_audio(client.download(preview, tmp_path / "a2v.flac"))
     expected = fitted_speech(base / "input" / "speech.wav", RATE, samples)
     assert rate == RATE and heard.shape == expected.shape
-    assert (heard - expected).abs().max() < 2 / 32768
+    worst = int((heard - expected).abs().argmax())
+    assert (heard - expected).abs().max() < 2 / 32768, \
+        (worst, heard[worst].item(), expected[worst].item(), heard[:8].tolist(), expected[:8].tolist())
 
 
 def test_video_to_audio_workflow_end_to_end(client, base, tmp_path):
