@@ -15,6 +15,7 @@ from .configs import SchedulerConfig
 from .dit import WanDiT
 from .guidance import NO_GUIDANCE, Guidance, guided_velocity
 from .joint import check_towers, joint_forward
+from .known_regions import KnownLatents, KnownRegions, check_known
 from .scheduler import make_schedule
 from .speed import apply_speed_options, check_speed_options
 from .step_cache import StepCache
@@ -68,6 +69,7 @@ class SamplingOptions:
     attention: str = "auto"               # attention backend (see attention.py)
     compile: str = "off"                  # "off", "blocks", "blocks-max-autotune" (see speed.py)
     fp8_compute: str = "auto"             # fp8 weights: "auto", "dequant", "fp8_matmul" (see speed.py)
+    clean_given: bool = False             # a modality given whole is fed clean at timestep 0 (see known_regions.py)
 
     def __post_init__(self):
         self.check()
@@ -179,6 +181,8 @@ def sample(
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
     stats: dict | None = None,
+    known_video: KnownLatents | None = None,
+    known_audio: KnownLatents | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Denoise video [B,16,T,h,w] and audio [B,C,L] latents from noise; returns float32 latents.
 
@@ -188,9 +192,14 @@ def sample(
     keeps some weights elsewhere (offloaded or partially loaded experts).
     ``stats`` (a dict) receives computed_steps / skipped_steps (step caching), the attention backend
     used and the speed settings applied.
+    ``known_video`` / ``known_audio``: given latents with their noise masks (1 generate, 0 keep); the kept
+    parts are re-noised at each step (or fed clean at timestep 0, ``options.clean_given``, when a modality is
+    given whole) and equal the given latents in the result.
     """
     opts = options or SamplingOptions()
     _check_inputs(condition, context_pos, context_neg, video_noise, audio_noise, opts)
+    check_known(known_video, tuple(video_noise.shape), "video")
+    check_known(known_audio, tuple(audio_noise.shape), "audio")
     expert0 = towers.video_experts[0]
     device = torch.device(device) if device is not None else next(expert0.parameters()).device
     dtype = dtype or next(expert0.parameters()).dtype
@@ -201,6 +210,9 @@ def sample(
     condition = condition.to(device=device, dtype=torch.float32)
     video = video_noise.to(device=device, dtype=torch.float32)
     audio = audio_noise.to(device=device, dtype=torch.float32)
+    known = None
+    if known_video is not None or known_audio is not None:
+        known = KnownRegions(known_video, known_audio, video, audio, clean_whole=opts.clean_given)
 
     models = [m for m in (*towers.video_experts, towers.audio_dit, towers.bridge) if m is not None]
     speed = apply_speed_options(models, opts.compile, opts.fp8_compute, device)
@@ -208,18 +220,22 @@ def sample(
         stats.update(attention=attention, speed=speed)
     with use_attention_backend(attention):
         return _denoise(towers, condition, pos, neg, video, audio, opts, callback, before_expert, dtype, device,
-                        stats)
+                        stats, known)
 
 
-def _denoise(towers, condition, pos, neg, video, audio, opts, callback, before_expert, dtype, device, stats):
+def _denoise(towers, condition, pos, neg, video, audio, opts, callback, before_expert, dtype, device, stats,
+             known=None):
     schedule = make_schedule(opts.steps, opts.shift, opts.scheduler, snap=opts.snap_to_training_grid)
     audio_schedule = schedule if opts.audio_shift in (None, opts.shift) else make_schedule(
         opts.steps, opts.audio_shift, opts.scheduler, snap=opts.snap_to_training_grid)
     cache = StepCache(opts.cache_threshold)
     current = None
+    total = opts.scheduler.num_train_timesteps
     for i, (t, t_a) in enumerate(zip(schedule.timesteps.tolist(), audio_schedule.timesteps.tolist())):
-        index = min(expert_index(t, opts.boundary_ratio, opts.scheduler.num_train_timesteps),
-                    len(towers.video_experts) - 1)
+        if known is not None:  # kept parts: re-noised to this step's sigma, or clean with timestep 0
+            video, audio = known.model_inputs(video, audio, t / total, t_a / total)
+            t, t_a = known.timesteps(t, t_a)
+        index = min(expert_index(t, opts.boundary_ratio, total), len(towers.video_experts) - 1)
         if index != current:
             if before_expert is not None:
                 before_expert(index)
@@ -242,6 +258,8 @@ def _denoise(towers, condition, pos, neg, video, audio, opts, callback, before_e
         audio = audio_schedule.euler_step(audio, out.audio, i)
         if callback is not None:
             callback(i + 1, opts.steps, video, audio)
+    if known is not None:
+        video, audio = known.finish(video, audio)
     if stats is not None:
         stats.update(computed_steps=cache.computed, skipped_steps=cache.skipped)
     return video, audio

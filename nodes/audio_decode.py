@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..mova_model.audio import trim_to_video
+from ..mova_model.known_regions import blend
 from .handles import AudioLatent, LoadedPart
 
 
@@ -33,5 +34,18 @@ def decode_to_audio(vae: LoadedPart, latent: AudioLatent, chunk_size: int = 0,
     latents = latent.samples.to(device=device, dtype=vae.compute_dtype)
     with torch.no_grad():
         wave = dac.decode(latents) if chunk_size == 0 else dac.decode_chunked(latents, chunk_size)
-    wave = trim_to_video(wave.float().clamp(-1, 1), latent.frames, latent.fps, config.sample_rate)
-    return {"waveform": wave.cpu(), "sample_rate": int(config.sample_rate)}
+    wave = trim_to_video(wave.float().clamp(-1, 1), latent.frames, latent.fps, config.sample_rate).cpu()
+    if latent.given_waveform is not None and latent.noise_mask is not None:
+        wave = put_back_given(wave, latent)
+    return {"waveform": wave, "sample_rate": int(config.sample_rate)}
+
+
+def put_back_given(wave: torch.Tensor, latent: AudioLatent) -> torch.Tensor:
+    """The decoded waveform [B,1,T] with the given sound over the kept latent steps (the noise mask, 1 generate,
+    0 keep, spread over each step's ``hop_length`` samples): there the output is the given sound exactly."""
+    given = latent.given_waveform.to(wave)
+    if given.shape != wave.shape:
+        raise ValueError(f"the given sound {tuple(given.shape)} does not fit the decoded audio {tuple(wave.shape)}: "
+                         "build the latent with MOVA Conditioning")
+    mask = latent.noise_mask.float().repeat_interleave(latent.hop_length, dim=-1)[..., :wave.shape[-1]]
+    return blend(wave, given, mask)

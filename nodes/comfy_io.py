@@ -15,7 +15,7 @@ from .model_files import list_choices
 CUSTOM_TYPES = {
     name: io.Custom(name)
     for name in (spec.VIDEO_EXPERT, spec.AUDIO_TOWER, spec.AUDIO_VAE, spec.MOVA_CONDITIONING, spec.AUDIO_LATENT,
-                 spec.SAMPLER_OPTIONS, spec.LORA, spec.DATASET)
+                 spec.SAMPLER_OPTIONS, spec.LORA, spec.DATASET, spec.EXTENSION)
 }
 STOCK_TYPES = {
     "CONDITIONING": io.Conditioning, "VAE": io.Vae, "IMAGE": io.Image, "LATENT": io.Latent,
@@ -55,6 +55,8 @@ def _widget(w: spec.Widget, node: str = ""):
 def _input(item, node: str = ""):
     if isinstance(item, spec.Widget):
         return _widget(item, node)
+    if item.type in spec.WIDGET_KINDS:  # a number or text that only comes through a connection
+        return _type(item.type).Input(item.name, optional=item.optional, tooltip=item.tooltip, force_input=True)
     return _type(item.type).Input(item.name, optional=item.optional, tooltip=item.tooltip)
 
 

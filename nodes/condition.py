@@ -91,9 +91,11 @@ def condition_frames(image: torch.Tensor | None, width: int, height: int, frames
     return video
 
 
-def build_condition(encoded: torch.Tensor, width: int, height: int, frames: int) -> torch.Tensor:
+def build_condition(encoded: torch.Tensor, width: int, height: int, frames: int,
+                    mask: torch.Tensor | None = None) -> torch.Tensor:
     """Raw Wan 2.1 latents of the condition frames [1,16,T,h,w] -> MOVA's condition [1,20,T,h,w]:
-    4 mask channels (1 on latent frame 0), then the normalised latents."""
+    4 mask channels (1 on latent frame 0, or ``mask`` [1,4,T,1|h,1|w] for other known frames), then the
+    normalised latents."""
     expected = (1, VIDEO_LATENT_CHANNELS, (frames - 1) // VAE_TIME + 1, height // VAE_SPACE, width // VAE_SPACE)
     if tuple(encoded.shape) != expected:
         raise ValueError(
@@ -102,8 +104,10 @@ def build_condition(encoded: torch.Tensor, width: int, height: int, frames: int)
             "another VAE."
         )
     latents = normalise_video_latents(encoded.cpu())
-    mask = torch.zeros(1, MASK_CHANNELS, *latents.shape[2:])
-    mask[:, :, 0] = 1.0
+    if mask is None:
+        mask = torch.zeros(1, MASK_CHANNELS, *latents.shape[2:])
+        mask[:, :, 0] = 1.0
+    mask = mask.float().expand(1, MASK_CHANNELS, *latents.shape[2:])
     return torch.cat([mask, latents], dim=1)
 
 
@@ -115,6 +119,28 @@ def empty_joint_latent(width: int, height: int, frames: int, fps: float, dac: DA
     return {"samples": torch.zeros(shapes.video), LATENT_AUDIO_KEY: audio}
 
 
+def check_sizes(width: int, height: int, frames: int, fps: float, available_bytes: int | None = None) -> None:
+    """Sizes MOVA takes, a finite positive fps, and (given the free host memory) room for the condition frames."""
+    check_video_size(height, width, frames)
+    if not math.isfinite(fps) or fps <= 0:
+        raise ValueError(f"fps must be a positive number, got {fps}")
+    if available_bytes is not None:
+        check_fits(condition_bytes, width, height, frames, available_bytes, "host memory (RAM) for the condition "
+                   "frames", "Lower width, height or length on MOVA Conditioning, or free memory.")
+
+
+def prompt_states(positive, negative, warnings: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The positive and negative text states [B,L,D], from the same text encoder (states over 512 tokens are
+    cut, with a line in ``warnings``)."""
+    pos, neg = text_states(positive, "positive", warnings), text_states(negative, "negative", warnings)
+    if pos.shape[-1] != neg.shape[-1]:
+        raise ValueError(
+            f"positive and negative come from different text encoders ({pos.shape[-1]} vs {neg.shape[-1]} "
+            "features): encode both with the same CLIP."
+        )
+    return pos, neg
+
+
 def make_conditioning(positive, negative, encode: Callable[[torch.Tensor], torch.Tensor],
                       image: torch.Tensor | None, width: int, height: int, frames: int, fps: float,
                       dac: DACConfig, warnings: list[str] | None = None,
@@ -122,18 +148,8 @@ def make_conditioning(positive, negative, encode: Callable[[torch.Tensor], torch
     """Everything MOVA Conditioning outputs. ``encode`` is the Wan VAE: frames [F,H,W,3] -> raw latents.
     ``warnings`` receives what the node shows (text states cut to 512); ``available_bytes``: free host memory,
     checked against what the condition frames need before they are built."""
-    check_video_size(height, width, frames)
-    if not math.isfinite(fps) or fps <= 0:
-        raise ValueError(f"fps must be a positive number, got {fps}")
-    if available_bytes is not None:
-        check_fits(condition_bytes, width, height, frames, available_bytes, "host memory (RAM) for the condition "
-                   "frames", "Lower width, height or length on MOVA Conditioning, or free memory.")
-    pos, neg = text_states(positive, "positive", warnings), text_states(negative, "negative", warnings)
-    if pos.shape[-1] != neg.shape[-1]:
-        raise ValueError(
-            f"positive and negative come from different text encoders ({pos.shape[-1]} vs {neg.shape[-1]} "
-            "features): encode both with the same CLIP."
-        )
+    check_sizes(width, height, frames, fps, available_bytes)
+    pos, neg = prompt_states(positive, negative, warnings)
     encoded = encode(condition_frames(image, width, height, frames))
     condition = build_condition(encoded, width, height, frames)
     cond = MovaConditioning(pos, neg, condition, width, height, frames, float(fps))

@@ -8,6 +8,7 @@ from . import comfy_attention
 from .audio_node import MovaAudioDecode
 from .conditioning_node import MovaConditioning
 from .dataset_node import MovaDataset
+from .extend_node import MovaExtend, MovaJoin
 from .loader_nodes import MovaAudioTowerLoader, MovaAudioVAELoader, MovaVideoExpertLoader
 from .lora_node import MovaLoraLoader
 from .prompt_nodes import MovaPromptBuilder, MovaPromptEnhance
@@ -19,7 +20,7 @@ from .train_node import MovaTrainLora
 NODE_CLASSES = [
     MovaVideoExpertLoader, MovaAudioTowerLoader, MovaAudioVAELoader, MovaConditioning, MovaSampler, MovaAudioDecode,
     MovaLoraLoader, MovaSamplerOptions, MovaPromptEnhance, MovaPromptBuilder, MovaDataset, MovaTrainLora,
-    MovaSaveLora, MovaTextEncode,
+    MovaSaveLora, MovaTextEncode, MovaExtend, MovaJoin,
 ]
 
 

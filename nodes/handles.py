@@ -14,6 +14,8 @@ from ..mova_model.dit import WanDiT
 HIGH_NOISE, LOW_NOISE = "high_noise", "low_noise"
 # LATENT dict key holding the audio half of MOVA's joint latent.
 LATENT_AUDIO_KEY = "mova_audio"
+# ComfyUI's LATENT key for the noise mask (1 generate, 0 keep); MOVA's video masks are [B,1,T,1,1].
+NOISE_MASK_KEY = "noise_mask"
 
 
 class AudioTower(nn.Module):
@@ -52,13 +54,20 @@ class MovaConditioning:
 
 @dataclass(frozen=True)
 class AudioLatent:
-    """Audio latents [B,C,L] of a video of ``frames`` at ``fps``, for the codec described here."""
+    """Audio latents [B,C,L] of a video of ``frames`` at ``fps``, for the codec described here.
+
+    ``noise_mask`` [B,1,L] (ComfyUI's convention: 1 generate, 0 keep) marks given latent steps, whose values
+    ``samples`` holds; ``given_waveform`` [B,1,T] (at ``sample_rate``, T samples of the video's length) is the
+    sound they came from: MOVA Audio Decode puts it back over the kept steps instead of a codec round trip.
+    """
 
     samples: torch.Tensor
     frames: int
     fps: float
     sample_rate: int
     hop_length: int
+    noise_mask: torch.Tensor | None = None
+    given_waveform: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -73,3 +82,22 @@ class SamplerSettings:
     attention: str = "auto"
     compile: str = "off"
     fp8_compute: str = "auto"
+    clean_given: bool = False           # a modality given whole is fed clean at timestep 0
+
+
+@dataclass(frozen=True)
+class Extension:
+    """What MOVA Extend hands to MOVA Join: the clip so far and how the next clip overlaps it.
+
+    The next clip's first ``overlap`` frames repeat the last ``overlap`` frames of ``frames`` [N,H,W,3]; its
+    audio starts ``overlap_samples`` before the end of ``waveform`` [1,1,T] (``sample_rate``, mono).
+    """
+
+    frames: torch.Tensor
+    waveform: torch.Tensor
+    sample_rate: int
+    fps: float
+    overlap: int
+    length: int
+    overlap_samples: int
+    crossfade: int

@@ -123,6 +123,7 @@ class MovaSamplerOptions(io.ComfyNode):
     @classmethod
     def execute(cls, bridge_cfg: float, audio_cfg: float, audio_shift: float, cfg_cutoff: float,
                 cache_threshold: float, attention: str = "auto", compile: str = "off",
-                fp8_compute: str = "auto") -> io.NodeOutput:
+                fp8_compute: str = "auto", given_modality: str = "renoised") -> io.NodeOutput:
         return io.NodeOutput(make_settings(bridge_cfg, audio_cfg, audio_shift, cfg_cutoff, cache_threshold,
-                                           attention, compile, fp8_compute, device=mm.get_torch_device()))
+                                           attention, compile, fp8_compute, device=mm.get_torch_device(),
+                                           given_modality=given_modality))

@@ -9,13 +9,14 @@ import torch
 
 from ..mova_model.attention import resolve_attention_backend
 from ..mova_model.configs import DiTConfig, SchedulerConfig
-from ..mova_model.latents import denormalise_video_latents
+from ..mova_model.known_regions import KnownLatents, blend
+from ..mova_model.latents import denormalise_video_latents, normalise_video_latents
 from ..mova_model.memory import check_fits, forward_bytes, sampling_bytes
 from ..mova_model.release import ReleaseSettings, read_release_settings, release_root
 from ..mova_model.sampler import MovaTowers, SamplingOptions, make_noise, sample
 from ..mova_model.speed import check_speed_options
-from .handles import (HIGH_NOISE, LATENT_AUDIO_KEY, LOW_NOISE, AudioLatent, LoadedPart, MovaConditioning,
-                      SamplerSettings)
+from .handles import (HIGH_NOISE, LATENT_AUDIO_KEY, LOW_NOISE, NOISE_MASK_KEY, AudioLatent, LoadedPart,
+                      MovaConditioning, SamplerSettings)
 
 ROLE_NAMES = {HIGH_NOISE: "the high-noise expert (video_dit)", LOW_NOISE: "the low-noise expert (video_dit_2)"}
 
@@ -109,12 +110,14 @@ def experts_fit_together(expert_bytes: tuple[int, int], tower_bytes: int, activa
 
 def make_settings(bridge_cfg: float, audio_cfg: float, audio_shift: float, cfg_cutoff: float,
                   cache_threshold: float, attention: str = "auto", compile: str = "off",
-                  fp8_compute: str = "auto", device=None) -> SamplerSettings:
+                  fp8_compute: str = "auto", device=None, given_modality: str = "renoised") -> SamplerSettings:
     """MOVA Sampler Options' widgets as settings: audio_cfg / audio_shift 0 mean the sampler's cfg / shift.
     An attention backend that cannot run on ``device`` (the sampling device) is refused here."""
+    if given_modality not in ("renoised", "clean"):
+        raise ValueError(f"given_modality {given_modality!r} is not one of renoised, clean")
     settings = SamplerSettings(bridge_cfg=bridge_cfg, audio_cfg=audio_cfg or None, audio_shift=audio_shift or None,
                                cfg_cutoff=cfg_cutoff, cache_threshold=cache_threshold, attention=attention,
-                               compile=compile, fp8_compute=fp8_compute)
+                               compile=compile, fp8_compute=fp8_compute, clean_given=given_modality == "clean")
     resolve_attention_backend(attention, device)
     sampling_options(1, 5.0, 5.0, 0.9, 24.0, settings)  # the same checks the sampler makes, here at the source
     return settings
@@ -131,7 +134,8 @@ def sampling_options(steps: int, cfg: float, shift: float, boundary_ratio: float
     return SamplingOptions(steps=steps, cfg_scale=cfg, shift=shift, boundary_ratio=boundary_ratio, fps=fps,
                            audio_cfg_scale=s.audio_cfg, audio_shift=s.audio_shift, bridge_cfg_scale=s.bridge_cfg,
                            cfg_cutoff=s.cfg_cutoff, cache_threshold=s.cache_threshold, attention=s.attention,
-                           compile=s.compile, fp8_compute=s.fp8_compute, scheduler=scheduler or SchedulerConfig())
+                           compile=s.compile, fp8_compute=s.fp8_compute, scheduler=scheduler or SchedulerConfig(),
+                           clean_given=s.clean_given)
 
 
 def release_settings(high: LoadedPart, low: LoadedPart) -> tuple[ReleaseSettings, list[str]]:
@@ -212,10 +216,18 @@ def sample_joint(high: LoadedPart, low: LoadedPart, tower: LoadedPart, cond: Mov
         stats.update(scheduler=options.scheduler)
     video_noise, audio_noise = make_noise(video.shape, audio.samples.shape, seed)
     negative = cond.context_neg if needs_negative(options) else None
+    video_mask = latent.get(NOISE_MASK_KEY)
+    known_video = None if video_mask is None else KnownLatents(normalise_video_latents(video), video_mask.float())
+    known_audio = None if audio.noise_mask is None else KnownLatents(audio.samples.float(), audio.noise_mask.float())
     out_video, out_audio = sample(
         towers, cond.condition, cond.context_pos, negative, video_noise, audio_noise, options,
         callback=on_step, before_expert=before_expert, dtype=high.compute_dtype, device=device, stats=stats,
+        known_video=known_video, known_audio=known_audio,
     )
-    video_latent = {"samples": denormalise_video_latents(out_video).cpu()}
-    audio_latent = AudioLatent(out_audio.float().cpu(), audio.frames, audio.fps, audio.sample_rate, audio.hop_length)
+    raw = denormalise_video_latents(out_video).cpu()
+    if video_mask is not None:  # the given raw latents exactly, not a normalisation round trip
+        raw = blend(raw, video.float().cpu(), video_mask.float().cpu())
+    video_latent = {"samples": raw}
+    audio_latent = AudioLatent(out_audio.float().cpu(), audio.frames, audio.fps, audio.sample_rate, audio.hop_length,
+                               noise_mask=audio.noise_mask, given_waveform=audio.given_waveform)
     return video_latent, audio_latent

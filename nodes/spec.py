@@ -21,7 +21,10 @@ AUDIO_LATENT = "MOVA_AUDIO_LATENT"
 SAMPLER_OPTIONS = "MOVA_SAMPLER_OPTIONS"
 LORA = "MOVA_LORA"
 DATASET = "MOVA_DATASET"
+EXTENSION = "MOVA_EXTENSION"
 
+# Types ComfyUI shows as widgets; a Socket of one of them is an input that only takes a connection.
+WIDGET_KINDS = ("INT", "FLOAT", "STRING", "BOOLEAN")
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
 WEIGHT_DTYPES = ("default", "bf16", "fp16", "fp8_e4m3fn")
 AUDIO_VAE_DTYPES = ("default", "fp32", "bf16", "fp16")
@@ -30,6 +33,7 @@ COMPILE_CHOICES = ("off", "blocks", "blocks-max-autotune")
 FP8_COMPUTE_CHOICES = ("auto", "dequant", "fp8_matmul")
 FPS_MODES = ("refuse", "resample")
 LORA_SAVE_DTYPES = ("fp32", "bf16")
+GIVEN_MODALITY_CHOICES = ("renoised", "clean")
 
 
 @dataclass(frozen=True)
@@ -194,11 +198,25 @@ CONDITIONING = NodeSpec(
                "(connect the fps output)."),
         Socket("start_image", "IMAGE", "The first frame (resized and centre-cropped to width x height). "
                "Leave empty for text-only generation: a white first frame is used.", optional=True),
+        # Added later: appended so that saved workflows keep their widget positions.
+        Socket("end_image", "IMAGE", "Optional last frame (first + last frame): the clip ends on it. Fitted like "
+               "the start image; the last image of a batch is used. MOVA was not trained for it (it works through "
+               "the Wan 2.2 I2V condition its video experts come from).", optional=True),
+        Socket("audio", "AUDIO", "Optional sound the video follows (speech -> lip sync, or sound): mixed to mono, "
+               "resampled to the audio VAE's rate, cut or padded with silence to the clip's length, and kept as "
+               "given. MOVA Audio Decode then returns this sound itself.", optional=True),
+        Socket("video", "IMAGE", "Optional video to write a soundtrack for (video -> audio), e.g. Get Video "
+               "Components' images: its first `length` frames are kept (fitted to width x height); the error says "
+               "which length to use when it is shorter. Not with start_image, end_image or audio.", optional=True),
+        Socket("video_fps", "FLOAT", "Optional: the video's frame rate (Get Video Components' fps). It must equal "
+               "fps; the node says so when they differ.", optional=True),
     ),
     outputs=(
         Socket("conditioning", MOVA_CONDITIONING, "Prompts + image condition, for the MOVA Sampler."),
         Socket("latent", "LATENT", "Empty joint video+audio latent, for the MOVA Sampler."),
         Socket("fps", "FLOAT", "The fps, to connect to Create Video."),
+        Socket("video", "IMAGE", "With a video connected: the frames the clip covers (its first `length` frames, "
+               "at their own size), for Create Video with the new soundtrack. Empty otherwise."),
     ),
 )
 
@@ -318,8 +336,69 @@ SAMPLER_OPTIONS_NODE = NodeSpec(
                "with fp8 tensor cores (Ada, Hopper and later), else dequantised to bf16. fp8_matmul forces fp8 "
                "GEMMs on such GPUs. Inside ComfyUI, weights loaded through ComfyUI's fp8 layers follow its own "
                "--fast fp8_matrix_mult setting."),
+        Widget("given_modality", "COMBO", default="renoised", options=GIVEN_MODALITY_CHOICES,
+               tooltip="How a modality given whole (the sound in speech -> video, the video in video -> audio) is fed "
+               "to its tower. renoised: noised to each step's level like the generated one (what the towers saw in "
+               "training). clean: as given, with timestep 0 (MOVA's towers take separate timesteps); a whole video "
+               "fed clean runs the low-noise expert only. Partly given latents are always re-noised."),
     ),
     outputs=(Socket("options", SAMPLER_OPTIONS, "Connect to the MOVA Sampler's options input."),),
+)
+
+# Longer clips: the next clip continues the last frames and seconds of sound of the clip so far.
+EXTEND = NodeSpec(
+    node_id="MovaExtend",
+    display_name="MOVA Extend",
+    description="Sets up the next clip of a longer video: its first `overlap` frames and their sound are the end "
+    "of the clip so far (known frames in the I2V condition, kept video and audio latents), the rest follows its "
+    "own prompt. Sample it with the MOVA Sampler, decode it, then MOVA Join appends it. Chain Extend + Join for "
+    "more clips. MOVA was not trained for this; it uses its architecture as is.",
+    inputs=(
+        Socket("positive", "CONDITIONING", "The next clip's prompt (CLIP Text Encode with the umt5_xxl CLIP, type wan)."),
+        Socket("negative", "CONDITIONING", "The negative prompt (same CLIP)."),
+        Socket("vae", "VAE", "The Wan 2.1 VAE (wan_2.1_vae.safetensors) that encodes the overlap frames."),
+        Socket("audio_vae", AUDIO_VAE, "MOVA's audio codec: encodes the overlap's sound."),
+        Socket("images", "IMAGE", "The clip so far: VAE Decode's frames for the first clip, MOVA Join's images "
+               "after that. Its width and height (multiples of 16) are the next clip's."),
+        Socket("audio", "AUDIO", "The clip so far's sound: MOVA Audio Decode's audio for the first clip, MOVA Join's "
+               "after that (mono, at the audio VAE's rate, as long as the frames)."),
+        Widget("length", "INT", default=193, min=5, max=1025, step=4,
+               tooltip="Frames of the next clip, 4k+1, overlap included (193 = about 8 s at 24 fps); the video "
+               "grows by length - overlap frames."),
+        Widget("overlap", "INT", default=17, min=1, max=1021, step=4,
+               tooltip="Frames (4k+1) the next clip shares with the end of the clip so far: they and their sound "
+               "are given, so motion, voices and ambience carry on. 17 frames = 0.71 s at 24 fps. More gives more "
+               "context and less new footage per clip."),
+        Widget("fps", "FLOAT", default=24.0, min=1.0, max=120.0, step=1.0, round=0.001,
+               tooltip="The video's frame rate: connect MOVA Conditioning's fps. The node checks it against the "
+               "clip so far's frames and sound."),
+        Widget("crossfade", "FLOAT", default=0.1, min=0.0, max=10.0, step=0.01,
+               tooltip="Seconds over which MOVA Join fades from the clip so far's sound into the next clip's, "
+               "ending where the new frames start (0: a hard cut). At most the overlap's duration."),
+    ),
+    outputs=(
+        Socket("conditioning", MOVA_CONDITIONING, "The next clip's prompts and condition, for the MOVA Sampler."),
+        Socket("latent", "LATENT", "The next clip's joint latent with the overlap kept, for the MOVA Sampler."),
+        Socket("extension", EXTENSION, "The clip so far and the overlap, for MOVA Join."),
+    ),
+)
+
+JOIN = NodeSpec(
+    node_id="MovaJoin",
+    display_name="MOVA Join",
+    description="Appends the clip made from MOVA Extend to the clip so far: the overlap frames are dropped (no "
+    "repeated frames) and the sound continues, crossfaded over the end of the overlap. Exactly length - overlap "
+    "frames are added, and the sound stays as long as the video.",
+    inputs=(
+        Socket("extension", EXTENSION, "The extension output of the MOVA Extend that set up this clip."),
+        Socket("images", "IMAGE", "The new clip's frames (VAE Decode of the MOVA Sampler's video latent)."),
+        Socket("audio", "AUDIO", "The new clip's sound (MOVA Audio Decode)."),
+    ),
+    outputs=(
+        Socket("images", "IMAGE", "All frames so far, for Create Video or the next MOVA Extend."),
+        Socket("audio", "AUDIO", "The whole sound so far, for Create Video or the next MOVA Extend."),
+        Socket("fps", "FLOAT", "The frame rate, for Create Video."),
+    ),
 )
 
 # Prompt tools (no model weights): an OpenAI-compatible language model writes the caption, or fields make one.
@@ -533,5 +612,5 @@ SAVE_LORA = NodeSpec(
 
 ALL_NODES = (VIDEO_EXPERT_LOADER, AUDIO_TOWER_LOADER, AUDIO_VAE_LOADER, CONDITIONING, SAMPLER, AUDIO_DECODE,
              LORA_LOADER, SAMPLER_OPTIONS_NODE, PROMPT_ENHANCE, PROMPT_BUILDER, DATASET_NODE, TRAIN_LORA, SAVE_LORA,
-             TEXT_ENCODE)
+             TEXT_ENCODE, EXTEND, JOIN)
 NODES_BY_ID = {spec.node_id: spec for spec in ALL_NODES}

@@ -2,8 +2,11 @@
 
     python scripts/run_workflow.py --image face.png --prompt "..." --output out.mp4
     python scripts/run_workflow.py --prompt "..." --output out.mp4          # text only (white first frame)
+    python scripts/run_workflow.py --image face.png --audio speech.wav --prompt "..." --output out.mp4
+    python scripts/run_workflow.py --video clip.mp4 --prompt "..." --output out.mp4
 
-Submits example_workflows/mova_i2va.json (with --image) or mova_t2va.json over ComfyUI's HTTP API, shows progress
+Submits example_workflows/mova_i2va.json (with --image), mova_flf2va.json (with --end-image), mova_a2v.json (with
+--audio), mova_v2a.json (with --video) or mova_t2va.json over ComfyUI's HTTP API, shows progress
 from its websocket, and downloads the video. Refuses before queueing when the server is down or a
 model file is missing. Standard library only.
 """
@@ -23,6 +26,8 @@ from comfy_client import ComfyClient, ServerError  # noqa: E402
 from workflow_api import WorkflowError, missing_models, set_parameters, ui_to_api, video_outputs  # noqa: E402
 
 WORKFLOWS = HERE.parent / "example_workflows"
+# Loader nodes whose file the runner uploads, and the input that names it.
+UPLOADED = {"LoadImage": "image", "LoadAudio": "audio", "LoadVideo": "file"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -31,6 +36,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--workflow", type=Path, help="UI-format workflow (default: mova_i2va.json with --image, "
                    "else mova_t2va.json)")
     p.add_argument("--image", type=Path, help="first frame (png/jpg); omit for text-only generation")
+    p.add_argument("--end-image", type=Path, help="last frame (first + last frame); uses mova_flf2va.json, with "
+                   "--image")
+    p.add_argument("--audio", type=Path, help="a sound for the video to follow (speech -> lip sync); uses "
+                   "mova_a2v.json, with --image")
+    p.add_argument("--video", type=Path, help="a video to write a soundtrack for; uses mova_v2a.json")
     p.add_argument("--prompt", help="the prompt (default: the workflow's); with mova_i2va_enhanced.json the idea "
                    "that MOVA Prompt Enhance turns into the caption")
     p.add_argument("--negative", help="the negative prompt (default: the workflow's)")
@@ -46,16 +56,22 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def build_prompt(args, object_info: dict) -> tuple[dict, set]:
     """The API prompt with the run's parameters, and the inputs the upload fills in."""
-    path = args.workflow or WORKFLOWS / ("mova_i2va.json" if args.image else "mova_t2va.json")
+    default = ("mova_v2a.json" if args.video else "mova_a2v.json" if args.audio else
+               "mova_flf2va.json" if args.end_image else "mova_i2va.json" if args.image else "mova_t2va.json")
+    path = args.workflow or WORKFLOWS / default
     if not path.is_file():
         raise WorkflowError(f"workflow {path} does not exist")
     prompt = ui_to_api(json.loads(path.read_text(encoding="utf-8")), object_info)
-    if args.image is not None and not args.image.is_file():
-        raise WorkflowError(f"--image {args.image} does not exist")
+    for flag in ("image", "end_image", "audio", "video"):
+        given = getattr(args, flag)
+        if given is not None and not given.is_file():
+            raise WorkflowError(f"--{flag.replace('_', '-')} {given} does not exist")
+    name = lambda p: p.name if p else None  # noqa: E731
     set_parameters(prompt, prompt_text=args.prompt, negative=args.negative, seed=args.seed, width=args.width,
-                   height=args.height, frames=args.frames, steps=args.steps,
-                   image_name=args.image.name if args.image else None)
-    uploaded = {(key, "image") for key, node in prompt.items() if node["class_type"] == "LoadImage"}
+                   height=args.height, frames=args.frames, steps=args.steps, image_name=name(args.image),
+                   audio_name=name(args.audio), video_name=name(args.video), end_image_name=name(args.end_image))
+    uploaded = {(key, field) for key, node in prompt.items()
+                for kind, field in UPLOADED.items() if node["class_type"] == kind}
     return prompt, uploaded
 
 
@@ -109,10 +125,13 @@ def main(argv=None) -> int:
         if problems:
             print("refusing to run, the server lacks:\n  " + "\n  ".join(problems), file=sys.stderr)
             return 3
-        if args.image is not None:
-            name = client.upload_image(args.image)
-            for key, field in uploaded:
-                prompt[key]["inputs"][field] = name
+        # each loader was given its file's name by set_parameters; upload the files under those names
+        for path in (args.image, args.end_image, args.audio, args.video):
+            if path is not None:
+                name = client.upload_image(path)
+                for key, field in uploaded:
+                    if prompt[key]["inputs"].get(field) == path.name:
+                        prompt[key]["inputs"][field] = name
         socket = client.websocket()
         try:
             prompt_id = client.queue(prompt)

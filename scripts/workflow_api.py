@@ -96,6 +96,8 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
                 if _is_widget(kind_, options):
                     if position < len(values):
                         inputs[name] = values[position]
+                    elif "default" in options:  # saved before this widget was appended: its default, as the UI
+                        inputs[name] = options["default"]
                     position += _stored_values(options)
                 if name in linked:
                     link = links[linked[name]]
@@ -122,16 +124,23 @@ def _source(prompt: dict, node: dict, name: str) -> tuple[str, dict] | None:
 
 def set_parameters(prompt: dict, *, prompt_text: str | None = None, negative: str | None = None,
                    seed: int | None = None, width: int | None = None, height: int | None = None,
-                   frames: int | None = None, steps: int | None = None, image_name: str | None = None) -> dict:
-    """Write the run's parameters into a MOVA API prompt (found by the graph, not by node ids)."""
+                   frames: int | None = None, steps: int | None = None, image_name: str | None = None,
+                   audio_name: str | None = None, video_name: str | None = None,
+                   end_image_name: str | None = None) -> dict:
+    """Write the run's parameters into a MOVA API prompt (found by the graph, not by node ids). Seed and steps go
+    to every MOVA Sampler (a longer video has one per clip); size, length and prompts to MOVA Conditioning."""
     _, cond = _single(prompt, "MovaConditioning")
-    _, sampler = _single(prompt, "MovaSampler")
+    samplers = [node for node in prompt.values() if node["class_type"] == "MovaSampler"]
+    if not samplers:
+        raise WorkflowError("the workflow must hold a MovaSampler node, it holds none")
     for name, value in (("width", width), ("height", height), ("length", frames)):
         if value is not None:
             cond["inputs"][name] = value
     for name, value in (("seed", seed), ("steps", steps)):
-        if value is not None:
-            sampler["inputs"][name] = value
+        for sampler in samplers:
+            if value is not None:
+                sampler["inputs"][name] = value
+    _set_media(prompt, cond, audio_name, video_name, end_image_name)
     for name, text in (("positive", prompt_text), ("negative", negative)):
         if text is None:
             continue
@@ -154,6 +163,38 @@ def set_parameters(prompt: dict, *, prompt_text: str | None = None, negative: st
     elif image_source is not None and image_source[1]["class_type"] == "LoadImage":
         raise WorkflowError("this workflow starts from an image: give --image, or use mova_t2va.json for text only")
     return prompt
+
+
+def _set_media(prompt: dict, cond: dict, audio_name: str | None, video_name: str | None,
+               end_image_name: str | None) -> None:
+    """The last frame (Load Image), the sound (Load Audio) and the video (Load Video -> Get Video Components)
+    MOVA Conditioning takes."""
+    end = _source(prompt, cond, "end_image")
+    loader = end[1] if end is not None and end[1]["class_type"] == "LoadImage" else None
+    if end_image_name is not None:
+        if loader is None:
+            raise WorkflowError("this workflow takes no last frame: use mova_flf2va.json with --end-image")
+        loader["inputs"]["image"] = end_image_name
+    elif loader is not None:
+        raise WorkflowError("this workflow ends on a given last frame: give --end-image")
+    audio = _source(prompt, cond, "audio")
+    loader = audio[1] if audio is not None and audio[1]["class_type"] == "LoadAudio" else None
+    if audio_name is not None:
+        if loader is None:
+            raise WorkflowError("this workflow takes no sound: use mova_a2v.json with --audio")
+        loader["inputs"]["audio"] = audio_name
+    elif loader is not None:
+        raise WorkflowError("this workflow follows a sound: give --audio")
+    video = _source(prompt, cond, "video")
+    if video is not None and video[1]["class_type"] == "GetVideoComponents":
+        video = _source(prompt, video[1], "video")
+    loader = video[1] if video is not None and video[1]["class_type"] == "LoadVideo" else None
+    if video_name is not None:
+        if loader is None:
+            raise WorkflowError("this workflow takes no video: use mova_v2a.json with --video")
+        loader["inputs"]["file"] = video_name
+    elif loader is not None:
+        raise WorkflowError("this workflow writes a sound for a video: give --video")
 
 
 def missing_models(prompt: dict, object_info: dict, skip: set[tuple[str, str]] = frozenset()) -> list[str]:

@@ -186,3 +186,105 @@ def lora_delta(factors: dict, applied: list[tuple[str, dict]], entry: str, exper
             a, b, scale = factors[name][(component, module)]
             total = total + strengths[COMPONENT_STRENGTH[component]] * scale * (b @ a)
     return total.flatten()
+
+
+# --- beyond image-to-video: the Wan first+last-frame probe and the media the mode workflows load ---------------
+
+CONCAT_PROBE_NODE = '''
+import json
+import torch
+import comfy.supported_models as supported_models
+
+class TestWanConcatProbe:
+    """Test only: the image condition ComfyUI's own Wan 2.x I2V model builds from a conditioning's
+    concat_latent_image and concat_mask (model_base.WAN21.concat_cond of a tiny Wan I2V model, as in sampling),
+    next to a MOVA_CONDITIONING's condition."""
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"positive": ("CONDITIONING",), "latent": ("LATENT",), "mova": ("MOVA_CONDITIONING",)}}
+    RETURN_TYPES = ()
+    FUNCTION = "probe"
+    OUTPUT_NODE = True
+    CATEGORY = "testing"
+
+    def probe(self, positive, latent, mova):
+        extra = positive[0][1]
+        config = supported_models.WAN21_I2V({"image_model": "wan2.1", "model_type": "i2v", "in_dim": 36, "dim": 32,
+                                             "ffn_dim": 64, "freq_dim": 256, "text_dim": 4096, "out_dim": 16,
+                                             "num_heads": 2, "num_layers": 1, "eps": 1e-6})
+        config.set_inference_dtype(torch.float32, None)
+        model = config.get_model({}, device="cpu")
+        built = model.concat_cond(noise=torch.zeros_like(latent["samples"]), device=torch.device("cpu"),
+                                  concat_latent_image=extra["concat_latent_image"], concat_mask=extra["concat_mask"])
+        found = {"comfy": built.flatten().tolist(), "comfy_shape": list(built.shape),
+                 "mova": mova.condition.flatten().tolist(), "mova_shape": list(mova.condition.shape)}
+        return {"ui": {"condition": [json.dumps(found)]}}
+
+NODE_CLASS_MAPPINGS = {"TestWanConcatProbe": TestWanConcatProbe}
+'''
+
+SPEECH_RATE, SPEECH_SECONDS = 44100, 1.5
+VIDEO_FRAMES, VIDEO_SIZE, VIDEO_FPS = 27, (48, 40), 24
+
+
+def write_mode_media(folder: Path) -> None:
+    """Inputs of the mode workflows: two 32x32 pictures (first and last frame), a stereo 44.1 kHz WAV sound
+    (longer than the test clip) and a 27-frame 24 fps MP4 (two frames more than the test clip)."""
+    import wave
+
+    import av
+    import numpy as np
+    from PIL import Image
+
+    gen = np.random.default_rng(0)
+    for name in ("first32.png", "last32.png"):
+        Image.fromarray(gen.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / name)
+    t = np.arange(int(SPEECH_RATE * SPEECH_SECONDS)) / SPEECH_RATE
+    left = 0.4 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 3 * t)) / 2
+    right = 0.3 * np.sin(2 * np.pi * 330 * t)
+    pcm = (np.stack([left, right], axis=1) * 32767).astype("<i2")
+    with wave.open(str(folder / "speech.wav"), "wb") as out:
+        out.setnchannels(2)
+        out.setsampwidth(2)
+        out.setframerate(SPEECH_RATE)
+        out.writeframes(pcm.tobytes())
+    with av.open(str(folder / "clip.mp4"), "w") as container:
+        stream = container.add_stream("libx264", rate=VIDEO_FPS)
+        stream.width, stream.height = VIDEO_SIZE
+        stream.pix_fmt = "yuv420p"
+        for i in range(VIDEO_FRAMES):
+            pixels = np.zeros((VIDEO_SIZE[1], VIDEO_SIZE[0], 3), dtype=np.uint8)
+            pixels[..., 0] = 9 * i
+            pixels[:, : 2 + i, 1] = 200
+            for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def fitted_speech(path: Path, rate: int, samples: int) -> torch.Tensor:
+    """What MOVA keeps of the WAV: mono, resampled to ``rate`` with torchaudio, the first ``samples``."""
+    import wave
+
+    import numpy as np
+    import torchaudio.functional as AF
+
+    with wave.open(str(path), "rb") as source:
+        pcm = np.frombuffer(source.readframes(source.getnframes()), dtype="<i2").reshape(-1, source.getnchannels())
+        source_rate = source.getframerate()
+    mono = torch.from_numpy(pcm.astype(np.float32) / 32768.0).T.mean(dim=0, keepdim=True)
+    return AF.resample(mono, source_rate, rate)[0, :samples]
+
+
+def read_audio(path: Path) -> tuple[torch.Tensor, int]:
+    """(mono samples [T] float32, rate) of an audio file (e.g. Preview Audio's FLAC)."""
+    import av
+    import numpy as np
+
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        rate, channels = stream.codec_context.sample_rate, stream.codec_context.channels
+        raw = np.concatenate([f.to_ndarray().T if f.format.is_planar else f.to_ndarray().reshape(-1, channels)
+                              for f in container.decode(audio=0)])  # [T, channels]
+    scale = {np.dtype(np.int16): 32768.0, np.dtype(np.int32): 2.0 ** 31}.get(raw.dtype, 1.0)
+    return torch.from_numpy((raw.astype(np.float32) / scale).mean(axis=1)), rate

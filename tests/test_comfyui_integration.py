@@ -21,8 +21,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from comfy_fixtures import (PROBE_NODE, PROBED, STRENGTHS, lora_delta, lora_node, loaders, original, probe_node,
-                            probed, write_test_loras)
+from comfy_fixtures import (CONCAT_PROBE_NODE, PROBE_NODE, PROBED, STRENGTHS, VIDEO_FRAMES, VIDEO_SIZE,
+                            fitted_speech, lora_delta, lora_node, loaders, original, probe_node, probed, read_audio,
+                            write_mode_media, write_test_loras)
 from comfy_server import COMFYUI, PACK, SCRIPTS, comfy_server, free_port, new_base, write_wan_vae
 from comfyui_mova.nodes import spec
 from fake_llm_server import TEXT_MODEL, VISION_MODEL, FakeLLMServer, caption_for
@@ -51,6 +52,7 @@ def base(tmp_path_factory) -> Path:
     root = new_base(tmp_path_factory.mktemp("comfy_base"))
     (root / "custom_nodes" / "test_text_nodes.py").write_text((Path(__file__).parent / "comfy_text_nodes.py").read_text())
     (root / "custom_nodes" / "test_weight_probe.py").write_text(PROBE_NODE)
+    (root / "custom_nodes" / "test_concat_probe.py").write_text(CONCAT_PROBE_NODE)
     models = root / "models"
     write_release(models / "diffusion_models" / "MOVA-360p",
                   ("video_dit", "video_dit_2", "audio_dit", "dual_tower_bridge"))
@@ -67,6 +69,7 @@ def base(tmp_path_factory) -> Path:
     for i in range(2):  # training clips: real H.264 + AAC files, a little larger and longer than needed
         write_clip(root / "input" / "mova_clips" / f"clip{i}.mp4", TRAIN_FRAMES + 3, FPS, WIDTH + 16, HEIGHT + 8,
                    sample_rate=16000, tone=330.0 * (i + 1), seed=i, caption=f"clip {i}. The audio shows a tone.")
+    write_mode_media(root / "input")
     return root
 
 
@@ -158,7 +161,8 @@ def test_missing_and_wrong_files_are_named_at_queue_time(client, base):
 def test_workflows_served_as_templates(client):
     """ComfyUI's template browser lists the shipped workflows under the pack and serves them unchanged."""
     assert sorted(client.get_json("/workflow_templates")["comfyui-mova"]) == \
-        ["mova_i2va", "mova_i2va_dual_cfg", "mova_i2va_enhanced", "mova_i2va_lora", "mova_t2va", "mova_train_lora"]
+        ["mova_a2v", "mova_extend", "mova_flf2va", "mova_i2va", "mova_i2va_dual_cfg", "mova_i2va_enhanced",
+         "mova_i2va_lora", "mova_t2va", "mova_train_lora", "mova_v2a"]
     served = client.get_json("/api/workflow_templates/comfyui-mova/mova_i2va.json")
     assert served == json.loads((PACK / "example_workflows" / "mova_i2va.json").read_text())
 
@@ -193,7 +197,7 @@ def _prompt(client, workflow: str, **params):
     for node in prompt.values():
         if node["class_type"] == "CLIPLoader":
             node["class_type"], node["inputs"] = "TestTinyUMT5Loader", {"kind": "umt5xxl"}
-    assert sum(n["class_type"] == "MovaTextEncode" for n in prompt.values()) == 2
+    assert sum(n["class_type"] == "MovaTextEncode" for n in prompt.values()) >= 2
     assert missing_models(prompt, info) == []
     return prompt
 
@@ -224,23 +228,25 @@ def _run(client, prompt, outputs: dict | None = None):
     return video_outputs(history, prompt), progress
 
 
-def _check_mp4(path: Path):
+def _check_mp4(path: Path, frames_wanted: int = FRAMES, size: tuple[int, int] = (WIDTH, HEIGHT)) -> tuple[int, int]:
+    """Checks an MP4's frames, size, rate and sound length; returns (frames, audio samples) it holds."""
     import av
     with av.open(str(path)) as container:
         video = container.streams.video[0]
         audio = container.streams.audio[0]
         frames = [f for f in container.decode(video=0)]
-        assert len(frames) == FRAMES and (frames[0].width, frames[0].height) == (WIDTH, HEIGHT)
+        assert len(frames) == frames_wanted and (frames[0].width, frames[0].height) == size
         assert video.average_rate == Fraction(int(FPS))
         # our AUDIO is mono; ComfyUI's muxer may store it as a stereo AAC track
         assert audio.codec_context.sample_rate == 16000 and audio.channels in (1, 2)
     with av.open(str(path)) as container:
         samples = sum(f.samples for f in container.decode(audio=0))
-    expected = int(16000 * FRAMES / FPS)
+    expected = int(16000 * frames_wanted / FPS)
     # AAC encodes whole 1024-sample frames: the track holds the audio, padded to at most one more frame.
     assert expected <= samples <= expected + 1024 + 1024, (samples, expected)
     duration = samples / 16000
-    assert abs(duration - FRAMES / FPS) < 0.15
+    assert abs(duration - frames_wanted / FPS) < 0.15
+    return len(frames), samples
 
 
 def test_i2va_workflow_end_to_end(client, base, tmp_path):
@@ -867,3 +873,104 @@ def test_wrong_text_encoder_stops_before_any_vae_work(client):
     loader["inputs"]["kind"] = "t5xxl"
     with pytest.raises(ServerError, match=r"this CLIP is T5-XXL \(SD3 / Flux\), MOVA needs UMT5-XXL.*type wan"):
         _run(client, prompt)
+
+
+# --- beyond image-to-video: first + last frame, sound -> video, video -> audio, longer clips ---------------------
+
+RATE = 16000  # the tiny release's audio codec (tests/tiny_release.py)
+
+
+def _node_key(prompt: dict, class_type: str) -> str:
+    (key,) = [k for k, n in prompt.items() if n["class_type"] == class_type]
+    return key
+
+
+def test_first_last_frame_condition_equals_comfyui_wan_node(client):
+    """The same VAE and pictures: MOVA Conditioning's condition equals what ComfyUI's WanFirstLastFrameToVideo
+    makes for a Wan 2.2 I2V model (its concat_latent_image + concat_mask through the model's concat_cond)."""
+    text = lambda words: {"class_type": "MovaTextEncode", "inputs": {"text": words, "clip": ["0", 0]}}  # noqa: E731
+    size = {"width": WIDTH, "height": HEIGHT, "length": FRAMES}
+    prompt = {
+        "0": {"class_type": "TestTinyUMT5Loader", "inputs": {"kind": "umt5xxl"}},
+        "1": {"class_type": "VAELoader", "inputs": {"vae_name": "wan_2.1_vae.safetensors"}},
+        "2": {"class_type": "MovaAudioVAELoader", "inputs": {"vae_name": "MOVA-360p/audio_vae", "weight_dtype": "default"}},
+        "3": text("a pier at dawn"), "4": text("blurry"),
+        "5": {"class_type": "LoadImage", "inputs": {"image": "first32.png"}},
+        "6": {"class_type": "LoadImage", "inputs": {"image": "last32.png"}},
+        "7": {"class_type": "WanFirstLastFrameToVideo", "inputs": size | {
+            "positive": ["3", 0], "negative": ["4", 0], "vae": ["1", 0], "batch_size": 1, "start_image": ["5", 0],
+            "end_image": ["6", 0]}},
+        "8": {"class_type": "MovaConditioning", "inputs": size | {
+            "positive": ["3", 0], "negative": ["4", 0], "vae": ["1", 0], "audio_vae": ["2", 0], "fps": FPS,
+            "start_image": ["5", 0], "end_image": ["6", 0]}},
+        "9": {"class_type": "TestWanConcatProbe", "inputs": {"positive": ["7", 0], "latent": ["7", 2],
+                                                              "mova": ["8", 0]}},
+    }
+    outputs = {}
+    _run(client, prompt, outputs)
+    found = json.loads(outputs["9"]["condition"][0])
+    comfy = torch.tensor(found["comfy"]).view(found["comfy_shape"])
+    mova = torch.tensor(found["mova"]).view(found["mova_shape"])
+    assert comfy.shape == mova.shape == (1, 20, (FRAMES - 1) // 4 + 1, HEIGHT // 8, WIDTH // 8)
+    assert torch.equal(mova[:, :4], comfy[:, :4])  # the mask: first frame in all 4 slots, the last in one
+    assert mova[0, :4, -1, 0, 0].tolist() == [0, 0, 0, 1]
+    assert torch.equal(mova[:, 4:], comfy[:, 4:]), (mova - comfy).abs().max()  # the latents, bit for bit
+
+
+def test_first_last_frame_workflow_end_to_end(client, tmp_path):
+    prompt = _prompt(client, "mova_flf2va.json", seed=21, image_name="first32.png", end_image_name="last32.png")
+    videos, _ = _run(client, prompt)
+    print("flf2va MP4 (frames, samples):", _check_mp4(client.download(videos[0], tmp_path / "flf.mp4")))
+
+
+def test_sound_to_video_workflow_end_to_end(client, base, tmp_path):
+    """Load Audio (stereo 44.1 kHz, longer than the clip) -> the MP4's soundtrack is that sound, mono at the codec's
+    rate and cut to the clip: Preview Audio's lossless copy equals it (to 16-bit rounding), no codec round trip."""
+    prompt = _prompt(client, "mova_a2v.json", seed=22, image_name="start.png", audio_name="speech.wav")
+    outputs = {}
+    videos, _ = _run(client, prompt, outputs)
+    print("a2v MP4 (frames, samples):", _check_mp4(client.download(videos[0], tmp_path / "a2v.mp4")))
+    samples = int(RATE * FRAMES / FPS)
+    report = outputs[_node_key(prompt, "MovaConditioning")]["text"][0]
+    assert f"cut at {samples / RATE:.3f} s (sample {samples} of" in report and "44100 Hz, 2 channels" in report
+    (preview,) = outputs[_node_key(prompt, "PreviewAudio")]["audio"]
+    heard, rate = read_audio(client.download(preview, tmp_path / "a2v.flac"))
+    expected = fitted_speech(base / "input" / "speech.wav", RATE, samples)
+    assert rate == RATE and heard.shape == expected.shape
+    worst = int((heard - expected).abs().argmax())
+    assert (heard - expected).abs().max() < 2 / 32768, \
+        (worst, heard[worst].item(), expected[worst].item(), heard[:8].tolist(), expected[:8].tolist())
+
+
+def test_video_to_audio_workflow_end_to_end(client, base, tmp_path):
+    """Load Video (27 frames, 48x40) -> the first 25 frames kept, a new soundtrack; the MP4 has the video's own
+    frames at their own size. A length the video cannot fill is refused with the length to use."""
+    from comfy_client import ServerError
+    prompt = _prompt(client, "mova_v2a.json", seed=23, video_name="clip.mp4")
+    outputs = {}
+    videos, _ = _run(client, prompt, outputs)
+    print("v2a MP4 (frames, samples):",
+          _check_mp4(client.download(videos[0], tmp_path / "v2a.mp4"), FRAMES, VIDEO_SIZE))
+    report = outputs[_node_key(prompt, "MovaConditioning")]["text"][0]
+    assert f"video: {VIDEO_FRAMES} frames" in report and f"the last {VIDEO_FRAMES - FRAMES} are cut" in report
+    prompt[_node_key(prompt, "MovaConditioning")]["inputs"]["length"] = FRAMES + 4
+    with pytest.raises(ServerError, match=f"the video has {VIDEO_FRAMES} frames but length is {FRAMES + 4}: "
+                       f"set length to {FRAMES}"):
+        _run(client, prompt)
+
+
+def test_extend_workflow_end_to_end(client, tmp_path):
+    """Two prompts, two clips: 25 frames, then 25 more overlapping by 9 -> one MP4 of 41 frames whose sound
+    lasts exactly as long."""
+    prompt = _prompt(client, "mova_extend.json", seed=24, image_name="start.png")
+    extend = prompt[_node_key(prompt, "MovaExtend")]["inputs"]
+    extend.update(length=FRAMES, overlap=9, crossfade=0.05)
+    outputs = {}
+    videos, progress = _run(client, prompt, outputs)
+    assert [v for k, v in progress if k == "MovaSampler"].count(STEPS) == 2
+    total = FRAMES + FRAMES - 9
+    print("extend MP4 (frames, samples):", _check_mp4(client.download(videos[0], tmp_path / "extend.mp4"), total))
+    assert f"joined: {total} frames" in outputs[_node_key(prompt, "MovaExtend")]["text"][0]
+    (preview,) = outputs[_node_key(prompt, "PreviewAudio")]["audio"]
+    heard, _ = read_audio(client.download(preview, tmp_path / "extend.flac"))
+    assert heard.shape[0] == int(RATE * total / FPS)  # the joined sound, sample-exact

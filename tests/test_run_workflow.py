@@ -41,6 +41,8 @@ def _ours(node, files):
             if item.kind == "COMBO":
                 options["options"] = list(item.options) if item.options else files[item.model_folder]
             target[item.name] = ["COMBO" if item.kind == "COMBO" else item.kind, options]
+        elif item.type in spec.WIDGET_KINDS:  # a connection-only number: ComfyUI marks it forceInput
+            target[item.name] = [item.type, {"tooltip": item.tooltip, "forceInput": True}]
         else:
             target[item.name] = [item.type, {"tooltip": item.tooltip}]
     return _entry(required, optional, node.display_name)
@@ -59,13 +61,16 @@ def object_info():
                               "device": [["default", "cpu"], {"advanced": True}]}),
         "CLIPTextEncode": _entry({"text": ["STRING", {"multiline": True}], "clip": ["CLIP"]}),
         "VAELoader": _entry({"vae_name": [files["vae"]]}),
-        "LoadImage": _entry({"image": [["example.png"], {"image_upload": True}]}),
+        "LoadImage": _entry({"image": [["example.png", "example_end.png"], {"image_upload": True}]}),
         "VAEDecode": _entry({"samples": ["LATENT"], "vae": ["VAE"]}),
         "CreateVideo": _entry({"images": ["IMAGE"], "fps": ["FLOAT", {"default": 30.0}]}, {"audio": ["AUDIO"]}),
         "SaveVideo": _entry({"video": ["VIDEO"], "filename_prefix": ["STRING"],
                              "format": ["COMBO", {"options": ["auto", "mp4"]}],
                              "codec": ["COMBO", {"options": ["auto", "h264"]}]}),
         "PreviewAudio": _entry({"audio": ["AUDIO"]}),
+        "LoadAudio": _entry({"audio": [["example_speech.wav"], {"audio_upload": True}]}),
+        "LoadVideo": _entry({"file": ["COMBO", {"options": ["example_video.mp4"], "video_upload": True}]}),
+        "GetVideoComponents": _entry({"video": ["VIDEO"]}),
     }
     return info
 
@@ -141,8 +146,10 @@ def test_lora_and_dual_cfg_workflows_convert(object_info):
     assert "my_mova_lora/lora_weights.pt" in problem and "ComfyUI/models/loras" in problem
     dual = ui_to_api(_workflow("mova_i2va_dual_cfg.json"), object_info)
     options = _node(dual, "MovaSamplerOptions")["inputs"]
+    # saved before given_modality was appended: it gets its default, as in the frontend
     assert options == {"bridge_cfg": 3.5, "audio_cfg": 0.0, "audio_shift": 0.0, "cfg_cutoff": 1.0,
-                       "cache_threshold": 0.0, "attention": "auto", "compile": "off", "fp8_compute": "auto"}
+                       "cache_threshold": 0.0, "attention": "auto", "compile": "off", "fp8_compute": "auto",
+                       "given_modality": "renoised"}
     assert dual[_node(dual, "MovaSampler")["inputs"]["options"][0]]["class_type"] == "MovaSamplerOptions"
 
 
@@ -216,3 +223,39 @@ def test_set_parameters_with_stock_text_encode(object_info):
     cond = _node(prompt, "MovaConditioning")["inputs"]
     assert prompt[cond["positive"][0]]["class_type"] == "CLIPTextEncode"
     assert prompt[cond["positive"][0]]["inputs"]["text"] == "hello (softly)"
+
+
+def test_new_mode_workflows_convert_and_take_their_media(object_info):
+    for name in ("mova_a2v.json", "mova_v2a.json", "mova_flf2va.json", "mova_extend.json"):
+        assert missing_models(ui_to_api(_workflow(name), object_info), object_info) == [], name
+    a2v = ui_to_api(_workflow("mova_a2v.json"), object_info)
+    set_parameters(a2v, image_name="face.png", audio_name="speech.wav", frames=49)
+    cond = _node(a2v, "MovaConditioning")["inputs"]
+    assert a2v[cond["audio"][0]]["inputs"] == {"audio": "speech.wav"} and cond["length"] == 49
+    with pytest.raises(WorkflowError, match="follows a sound: give --audio"):
+        set_parameters(ui_to_api(_workflow("mova_a2v.json"), object_info), image_name="face.png")
+    v2a = ui_to_api(_workflow("mova_v2a.json"), object_info)
+    set_parameters(v2a, video_name="clip.mp4")
+    cond = _node(v2a, "MovaConditioning")["inputs"]
+    components = v2a[cond["video"][0]]
+    assert components["class_type"] == "GetVideoComponents" and cond["fps"] == cond["video_fps"] == [cond["video"][0], 2]
+    assert v2a[components["inputs"]["video"][0]]["inputs"] == {"file": "clip.mp4"}
+    with pytest.raises(WorkflowError, match="takes no video: use mova_v2a.json"):
+        set_parameters(ui_to_api(_workflow("mova_i2va.json"), object_info), image_name="x.png", video_name="c.mp4")
+    flf = ui_to_api(_workflow("mova_flf2va.json"), object_info)
+    set_parameters(flf, image_name="first.png", end_image_name="last.png")
+    cond = _node(flf, "MovaConditioning")["inputs"]
+    assert flf[cond["start_image"][0]]["inputs"] == {"image": "first.png"}
+    assert flf[cond["end_image"][0]]["inputs"] == {"image": "last.png"}
+    with pytest.raises(WorkflowError, match="ends on a given last frame: give --end-image"):
+        set_parameters(ui_to_api(_workflow("mova_flf2va.json"), object_info), image_name="first.png")
+
+
+def test_extend_workflow_sets_every_sampler(object_info):
+    prompt = ui_to_api(_workflow("mova_extend.json"), object_info)
+    set_parameters(prompt, seed=5, steps=10, frames=49, image_name="face.png")
+    samplers = [n["inputs"] for n in prompt.values() if n["class_type"] == "MovaSampler"]
+    assert len(samplers) == 2 and all((s["seed"], s["steps"]) == (5, 10) for s in samplers)
+    extend = _node(prompt, "MovaExtend")["inputs"]
+    assert (extend["length"], extend["overlap"], extend["crossfade"]) == (209, 17, 0.1)
+    assert prompt[extend["fps"][0]]["class_type"] == "MovaConditioning"
