@@ -10,6 +10,7 @@ nodes in the real frontend, calls ``tidy`` and saves the result.
 from __future__ import annotations
 
 import copy
+import itertools
 
 NOTE_TYPES = ("Note", "MarkdownNote")
 TITLE_H = 30          # LiteGraph's node title bar, drawn above a node's pos
@@ -17,6 +18,7 @@ GROUP_TITLE_H = 40    # room for a group's title above its first node
 PAD = 20              # inside a group, around its nodes
 GAP_X, GAP_Y = 40, 20
 MAX_COLUMN_H = 1200   # a group's column is split in two when its nodes stack higher than this
+COLUMN_HEIGHTS = (MAX_COLUMN_H, 1400, 1000, 800)  # what tidy() tries per group (the first wins a tie)
 NOTE_WIDTH = 520
 # What the canvas of a 1920x1080 window shows in both frontends (canvas pixels): frontend 1.27 puts the canvas at
 # (64, 78) of the window, 1.35 covers the window and lays its tabs, menu and side bar over the canvas' top and left
@@ -24,18 +26,19 @@ NOTE_WIDTH = 520
 # outside MINIMAP.
 VIEW = (70, 100, 1850, 995)          # left, top, right, bottom
 MINIMAP = (1550, 730)                # the corner right of x and below y
-MIN_SCALE = 0.7                      # below this the widgets' text gets hard to read
+MIN_SCALE = 0.65                     # below this the widgets' text gets hard to read (checked on 1080p screenshots)
 
 # Stage groups, left to right: (title, colour, node types in the order they stack).
 GROUPS = (
     ("Models", "#3f789e", ("MovaVideoExpertLoader", "UNETLoader", "MovaAudioTowerLoader", "MovaLoraLoader",
                            "MovaAudioVAELoader", "VAELoader", "CLIPLoader")),
     ("Prompt", "#8A8", ("MovaPromptBuilder", "MovaPromptEnhance", "MovaTextEncode", "CLIPTextEncode", "LoadImage",
-                        "LoadAudio", "LoadVideo")),
+                        "LoadAudio", "LoadVideo", "GetVideoComponents")),
     ("Data", "#8AA", ("MovaDataset",)),
-    ("Sampling", "#b58b2a", ("MovaConditioning", "MovaSamplerOptions", "MovaSampler")),
+    ("Sampling", "#b58b2a", ("MovaConditioning", "MovaSamplerOptions", "MovaSampler", "MovaExtend")),
     ("Training", "#b58b2a", ("MovaTrainLora",)),
-    ("Output", "#a1309b", ("VAEDecode", "VAEDecodeTiled", "MovaAudioDecode", "CreateVideo", "SaveVideo", "SaveAudio",
+    ("Output", "#a1309b", ("VAEDecode", "VAEDecodeTiled", "MovaAudioDecode", "MovaJoin", "CreateVideo", "SaveVideo",
+                           "SaveAudio",
                            "PreviewAudio", "MovaSaveLora", "PreviewImage", "SaveImage", "PreviewAny")),
 )
 GROUP_TITLES = tuple(title for title, _, _ in GROUPS)
@@ -105,12 +108,12 @@ def _stack(items: list[dict], x: float, y: float, width: float | None = None) ->
     return bottom - GAP_Y
 
 
-def _columns(items: list[dict]) -> list[list[dict]]:
-    """Split a group's nodes into columns no higher than MAX_COLUMN_H (in order)."""
+def _columns(items: list[dict], max_height: float = MAX_COLUMN_H) -> list[list[dict]]:
+    """Split a group's nodes into columns no higher than ``max_height`` (in order)."""
     columns, height = [[]], 0.0
     for node in items:
         h = node["size"][1] + TITLE_H + GAP_Y
-        if columns[-1] and height + h > MAX_COLUMN_H:
+        if columns[-1] and height + h > max_height:
             columns.append([])
             height = 0.0
         columns[-1].append(node)
@@ -120,8 +123,19 @@ def _columns(items: list[dict]) -> list[list[dict]]:
 
 def tidy(workflow: dict, sizes: dict | None = None) -> dict:
     """The workflow laid out: ``sizes`` (node id -> [w, h], e.g. measured in the frontend) are kept as minimum
-    sizes. The notes go to the left, the main one on top; the stage groups follow left to right; the saved view
-    fits the whole graph."""
+    sizes. The notes go to the left, the main one on top; the stage groups follow left to right, each in columns
+    of the height (MAX_COLUMN_H or lower) that lets the saved view, which fits the whole graph, zoom in most."""
+    present = {group_of(n["type"]) for n in workflow["nodes"] if n["type"] not in NOTE_TYPES}
+    titles = [title for title in GROUP_TITLES if title in present]
+    best = None
+    for heights in itertools.product(COLUMN_HEIGHTS, repeat=len(titles)):
+        wf = _arrange(workflow, sizes, dict(zip(titles, heights)))
+        if best is None or wf["extra"]["ds"]["scale"] > best["extra"]["ds"]["scale"]:
+            best = wf
+    return best
+
+
+def _arrange(workflow: dict, sizes: dict | None, column_heights: dict[str, float]) -> dict:
     wf = copy.deepcopy(workflow)
     sizes = sizes or {}
     for node in wf["nodes"]:
@@ -142,7 +156,7 @@ def tidy(workflow: dict, sizes: dict | None = None) -> dict:
         if not members:
             continue
         left, top, bottom = x, GROUP_TITLE_H + PAD, 0.0
-        for column in _columns(members):
+        for column in _columns(members, column_heights.get(title, MAX_COLUMN_H)):
             width = max(n["size"][0] for n in column)
             bottom = max(bottom, _stack(column, x + PAD, top, width=width))
             x += width + GAP_X / 2
