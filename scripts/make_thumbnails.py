@@ -1,6 +1,7 @@
 """Tidy the example workflows and make their template-browser thumbnails in ComfyUI's real frontend.
 
-    /path/to/ComfyUI/venv/bin/python scripts/make_thumbnails.py --comfyui /path/to/ComfyUI [NAME ...]
+    /path/to/ComfyUI/venv/bin/python scripts/make_thumbnails.py --comfyui /path/to/ComfyUI \
+        [--also /path/to/another/ComfyUI] [NAME ...]
 
 For every example_workflows/NAME.json (or the NAMEs given): starts ComfyUI with this pack (a temporary base
 folder, ``--cpu``), loads the workflow in headless Chromium (Debian's ``chromium`` through the ``playwright``
@@ -32,6 +33,7 @@ import frontend  # noqa: E402
 import workflow_layout  # noqa: E402
 
 THUMB = 640         # thumbnails are square: the template browser shows them in square cards
+MEDIA_LOAD = 2.0    # seconds for a node's media preview to load and size the node
 NOTE_SLACK = 60     # below a note's text: the editor's padding (a little more in frontend 1.35 than in 1.27)
 
 
@@ -49,8 +51,17 @@ def measure(page, workflow: dict) -> dict:
     frontend.load_workflow(page, workflow, dialogs=False)
     state = frontend.graph_state(page)
     sizes = {n["id"]: n["computed"] for n in state["nodes"]}
-    draft = workflow_layout.tidy(workflow, sizes)
-    frontend.load_workflow(page, draft, dialogs=False)
+    for _ in range(2):
+        # at the widths the layout gives them, nodes that preview media (Load Video) grow once the media loaded:
+        # the layout keeps that size
+        draft = workflow_layout.tidy(workflow, sizes)
+        frontend.load_workflow(page, draft, dialogs=False)
+        frontend.settle(page, MEDIA_LOAD)
+        grown = {n["id"]: n["size"] for n in frontend.graph_state(page)["nodes"]
+                 if n["type"] not in workflow_layout.NOTE_TYPES}
+        if all(grown[key][1] <= sizes[key][1] + 0.5 for key in grown):
+            break
+        sizes = largest(sizes, grown)
     frontend.set_sizes(page, {n["id"]: [n["size"][0], 80] for n in draft["nodes"] if n["type"] in
                               workflow_layout.NOTE_TYPES})
     for key, height in frontend.note_heights(page).items():
@@ -100,11 +111,43 @@ def graph_box(workflow: dict, margin: float = 12) -> dict:
     return {"x": left, "y": top, "width": (x1 - x0) * scale + 2 * margin, "height": (y1 - y0) * scale + 2 * margin}
 
 
-def run(comfyui: str, python: str | None, names: list[str], layout: bool = True, shots: Path | None = None) -> list[Path]:
+def largest(*measured: dict) -> dict:
+    """node id -> [w, h]: per node the largest width and height any of the frontends needs (a frontend keeps a
+    saved size at or above its own minimum, so the file opens unchanged in each)."""
+    sizes: dict = {}
+    for one in measured:
+        for key, (w, h) in one.items():
+            old = sizes.get(key, [0, 0])
+            sizes[key] = [max(old[0], w), max(old[1], h)]
+    return sizes
+
+
+def measure_all(comfyui: str, python: str | None, paths: list[Path]) -> dict[Path, dict]:
+    """Every workflow's node sizes as the frontend of ``comfyui`` computes them."""
+    from comfy_server import comfy_server, new_base, provide_inputs
+    from playwright.sync_api import sync_playwright
+
+    with tempfile.TemporaryDirectory(prefix="mova_measure_") as tmp:
+        base = new_base(Path(tmp))
+        provide_inputs(base, paths, comfyui)
+        with comfy_server(base, comfyui=comfyui, python=python) as url, sync_playwright() as playwright:
+            frontend.store_settings(url, frontend.FIRST_RUN_DONE | frontend.GRAPH_ONLY)
+            browser = frontend.launch(playwright)
+            page = frontend.open_frontend(browser, url)
+            sizes = {path: measure(page, json.loads(path.read_text(encoding="utf-8"))) for path in paths}
+            browser.close()
+    return sizes
+
+
+def run(comfyui: str, python: str | None, names: list[str], layout: bool = True, shots: Path | None = None,
+        others: list[tuple[str, str | None]] = ()) -> list[Path]:
+    """Lay out (sizes from ``comfyui`` and the ``others`` (ComfyUI, Python) pairs, the largest of each) and
+    screenshot in ``comfyui``'s frontend."""
     from comfy_server import comfy_server, new_base, provide_inputs
     from playwright.sync_api import sync_playwright
 
     paths = [EXAMPLES / f"{n}.json" for n in names] if names else sorted(EXAMPLES.glob("*.json"))
+    elsewhere = [measure_all(other, other_python, paths) for other, other_python in others] if layout else []
     made = []
     with tempfile.TemporaryDirectory(prefix="mova_thumbs_") as tmp:
         base = new_base(Path(tmp))
@@ -116,7 +159,8 @@ def run(comfyui: str, python: str | None, names: list[str], layout: bool = True,
             for path in paths:
                 workflow = json.loads(path.read_text(encoding="utf-8"))
                 if layout:
-                    workflow = workflow_layout.tidy(workflow, measure(page, workflow))
+                    sizes = largest(measure(page, workflow), *(one[path] for one in elsewhere))
+                    workflow = workflow_layout.tidy(workflow, sizes)
                     save_json(workflow, path)
                 problems = workflow_layout.problems(workflow)
                 if problems:
@@ -132,20 +176,27 @@ def run(comfyui: str, python: str | None, names: list[str], layout: bool = True,
     return made
 
 
+def venv_python(comfyui: str) -> str:
+    return next((str(p) for p in [Path(comfyui) / "venv" / "bin" / "python"] if p.exists()), sys.executable)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--comfyui", required=True, help="a ComfyUI checkout (its frontend draws the thumbnails)")
     parser.add_argument("--python", help="the Python that runs ComfyUI (default: its venv/bin/python if there, "
                         "else this one)")
+    parser.add_argument("--also", action="append", default=[], metavar="COMFYUI",
+                        help="another ComfyUI checkout (run by its venv/bin/python) whose frontend also measures the "
+                        "nodes: each node gets the largest size, so the file opens unchanged in every frontend")
     parser.add_argument("--no-layout", action="store_true", help="only the thumbnails, the JSON stays as it is")
     parser.add_argument("--shots", type=Path, help="also keep the screenshots of the graphs in this folder")
     parser.add_argument("names", nargs="*", help="workflow names without .json (default: every example workflow)")
     args = parser.parse_args(argv)
-    python = args.python or next((str(p) for p in [Path(args.comfyui) / "venv" / "bin" / "python"] if p.exists()),
-                                 sys.executable)
+    python = args.python or venv_python(args.comfyui)
     if args.shots:
         args.shots.mkdir(parents=True, exist_ok=True)
-    run(args.comfyui, python, args.names, layout=not args.no_layout, shots=args.shots)
+    run(args.comfyui, python, args.names, layout=not args.no_layout, shots=args.shots,
+        others=[(other, venv_python(other)) for other in args.also])
     return 0
 
 

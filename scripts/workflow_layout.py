@@ -13,6 +13,9 @@ import copy
 import itertools
 
 NOTE_TYPES = ("Note", "MarkdownNote")
+# Nodes whose preview the frontend scales to their width (a wider Load Video grows taller): they keep the width
+# they were measured at instead of taking their column's.
+OWN_WIDTH_TYPES = ("LoadVideo",)
 TITLE_H = 30          # LiteGraph's node title bar, drawn above a node's pos
 GROUP_TITLE_H = 40    # room for a group's title above its first node
 PAD = 20              # inside a group, around its nodes
@@ -102,7 +105,7 @@ def _stack(items: list[dict], x: float, y: float, width: float | None = None) ->
     bottom = y
     for node in items:
         node["pos"] = [float(x), float(bottom + TITLE_H)]
-        if width is not None:
+        if width is not None and node["type"] not in OWN_WIDTH_TYPES:
             node["size"][0] = width
         bottom = node["pos"][1] + node["size"][1] + GAP_Y
     return bottom - GAP_Y
