@@ -62,6 +62,15 @@ def largest_fit(need: Callable[[int, int, int], int], width: int, height: int, f
     return best_frames, best_size
 
 
+def amount(size: int) -> str:
+    """A byte count for people: GiB with one decimal, MiB below a tenth of a GiB, KiB below a MiB."""
+    if size >= GIB / 10:
+        return f"{size / GIB:.1f} GiB"
+    if size >= 2 ** 20:
+        return f"{size / 2 ** 20:.0f} MiB"
+    return f"{max(size, 0) / 2 ** 10:.0f} KiB"
+
+
 def check_fits(need: Callable[[int, int, int], int], width: int, height: int, frames: int, available: int,
                what: str, fix: str) -> None:
     """Raise a ValueError naming the largest size that fits when width x height x frames needs more than
@@ -77,6 +86,6 @@ def check_fits(need: Callable[[int, int, int], int], width: int, height: int, fr
         options.append(f"{best_size[0]}x{best_size[1]} at {frames} frames")
     fits = "the largest that fits: " + " or ".join(options) if options else "not even one frame at 16x16 fits"
     raise ValueError(
-        f"{width}x{height} with {frames} frames needs about {required / GIB:.1f} GiB of {what}, but only "
-        f"{available / GIB:.1f} GiB are there; {fits}. {fix}"
+        f"{width}x{height} with {frames} frames needs about {amount(required)} of {what}, but only "
+        f"{amount(available)} are there; {fits}. {fix}"
     )

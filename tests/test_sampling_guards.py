@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from comfyui_mova.mova_model.configs import AUDIO_DIT_1B, DAC_48K, VIDEO_DIT_A14B, DACConfig, config_from_dict
-from comfyui_mova.mova_model.memory import GIB, check_fits, condition_bytes, largest_fit, sampling_bytes
+from comfyui_mova.mova_model.memory import GIB, amount, check_fits, condition_bytes, largest_fit, sampling_bytes
 from comfyui_mova.mova_model.sampler import NonFiniteError, SamplingOptions, sample
 from comfyui_mova.nodes.condition import make_conditioning
 from comfyui_mova.nodes.handles import MovaConditioning
@@ -84,8 +84,8 @@ def test_conditioning_refuses_what_the_host_cannot_hold(golden_dac):
                       available_bytes=available)
     message = str(error.value)
     assert encoded == []  # refused before the frames were built or encoded
-    assert message.startswith(f"640x352 with 193 frames needs about {condition_bytes(width, height, frames) / GIB:.1f} "
-                              "GiB of host memory (RAM) for the condition frames")
+    assert message.startswith(f"640x352 with 193 frames needs about {amount(condition_bytes(width, height, frames))} "
+                              "of host memory (RAM) for the condition frames")
     assert "the largest that fits: 97 frames at 640x352 or " in message and "Lower width, height or length" in message
     w, h = map(int, re.search(r"or (\d+)x(\d+) at 193 frames", message).groups())
     assert w % 16 == 0 and h % 16 == 0 and condition_bytes(w, h, frames) <= available
@@ -128,7 +128,7 @@ def test_sampler_refuses_what_the_device_cannot_hold(parts, golden_cases, golden
                             c["num_frames"], c["fps"])
     latent = empty_joint_latent(c["width"], c["height"], c["num_frames"], c["fps"], golden_dac)
     with pytest.raises(ValueError, match=f"{c['width']}x{c['height']} with {c['num_frames']} frames needs about .* "
-                       "of device memory for the sampler's activations and latents, but only 0.0 GiB are there; "
+                       "of device memory for the sampler's activations and latents, but only 1 KiB are there; "
                        "not even one frame .*Lower width, height or length on MOVA Conditioning"):
         sample_joint(*parts, cond, latent, 0, 1, 5.0, 5.0, 0.9, device_memory=1024)
     steps = []
@@ -179,3 +179,8 @@ def test_non_finite_inputs_are_refused(golden_dir, golden_tensors, golden_cases)
         sample(load_golden_towers(golden_dir), condition, g["context_pos"], g["context_neg"], g["noise_video"],
                g["noise_audio"], SamplingOptions(steps=1, fps=golden_cases["fps"]))
     assert not math.isnan(float(g["condition"].sum()))
+
+
+def test_memory_amounts_read_as_people_write_them():
+    assert amount(80 * GIB) == "80.0 GiB" and amount(GIB // 10) == "0.1 GiB"
+    assert amount(300 * 2 ** 20) == "300 MiB" and amount(1024) == "1 KiB"
