@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import hashlib
 import html
 import json
@@ -33,6 +34,7 @@ import frontend  # noqa: E402
 import workflow_layout  # noqa: E402
 
 THUMB = 640         # thumbnails are square: the template browser shows them in square cards
+PREVIEW_SIZED = ("LoadVideo",)  # nodes whose height follows their media preview at the width they are given
 MEDIA_LOAD = 2.0    # seconds for a node's media preview to load and size the node
 NOTE_SLACK = 60     # below a note's text: the editor's padding (a little more in frontend 1.35 than in 1.27)
 
@@ -50,7 +52,9 @@ def measure(page, workflow: dict) -> dict:
     layout gives them."""
     frontend.load_workflow(page, workflow, dialogs=False)
     state = frontend.graph_state(page)
-    sizes = {n["id"]: n["computed"] for n in state["nodes"]}
+    # the frontend's minimum size of each node; a node previewing a video computes its width from its current one
+    # (always wider): it starts from the layout's width and gets the height its preview takes once loaded
+    sizes = {n["id"]: [0, 0] if n["type"] in PREVIEW_SIZED else n["computed"] for n in state["nodes"]}
     for _ in range(2):
         # at the widths the layout gives them, nodes that preview media (Load Video) grow once the media loaded:
         # the layout keeps that size
@@ -122,57 +126,55 @@ def largest(*measured: dict) -> dict:
     return sizes
 
 
-def measure_all(comfyui: str, python: str | None, paths: list[Path]) -> dict[Path, dict]:
-    """Every workflow's node sizes as the frontend of ``comfyui`` computes them."""
+@contextlib.contextmanager
+def frontend_session(comfyui: str, python: str | None, paths: list[Path]):
+    """ComfyUI (with this pack, a temporary base folder holding the media ``paths`` name) and its frontend in
+    headless Chromium; yields (browser, page, temporary folder)."""
     from comfy_server import comfy_server, new_base, provide_inputs
     from playwright.sync_api import sync_playwright
 
-    with tempfile.TemporaryDirectory(prefix="mova_measure_") as tmp:
-        base = new_base(Path(tmp))
-        provide_inputs(base, paths, comfyui)
-        with comfy_server(base, comfyui=comfyui, python=python) as url, sync_playwright() as playwright:
-            frontend.store_settings(url, frontend.FIRST_RUN_DONE | frontend.GRAPH_ONLY)
-            browser = frontend.launch(playwright)
-            page = frontend.open_frontend(browser, url)
-            sizes = {path: measure(page, json.loads(path.read_text(encoding="utf-8"))) for path in paths}
-            browser.close()
-    return sizes
-
-
-def run(comfyui: str, python: str | None, names: list[str], layout: bool = True, shots: Path | None = None,
-        others: list[tuple[str, str | None]] = ()) -> list[Path]:
-    """Lay out (sizes from ``comfyui`` and the ``others`` (ComfyUI, Python) pairs, the largest of each) and
-    screenshot in ``comfyui``'s frontend."""
-    from comfy_server import comfy_server, new_base, provide_inputs
-    from playwright.sync_api import sync_playwright
-
-    paths = [EXAMPLES / f"{n}.json" for n in names] if names else sorted(EXAMPLES.glob("*.json"))
-    elsewhere = [measure_all(other, other_python, paths) for other, other_python in others] if layout else []
-    made = []
     with tempfile.TemporaryDirectory(prefix="mova_thumbs_") as tmp:
         base = new_base(Path(tmp))
         provide_inputs(base, paths, comfyui)
         with comfy_server(base, comfyui=comfyui, python=python) as url, sync_playwright() as playwright:
             frontend.store_settings(url, frontend.FIRST_RUN_DONE | frontend.GRAPH_ONLY)
             browser = frontend.launch(playwright)
-            page = frontend.open_frontend(browser, url)
-            for path in paths:
-                workflow = json.loads(path.read_text(encoding="utf-8"))
-                if layout:
-                    sizes = largest(measure(page, workflow), *(one[path] for one in elsewhere))
-                    workflow = workflow_layout.tidy(workflow, sizes)
-                    save_json(workflow, path)
-                problems = workflow_layout.problems(workflow)
-                if problems:
-                    print(f"{path.name}: not tidy:\n  " + "\n  ".join(problems), file=sys.stderr)
-                frontend.load_workflow(page, workflow, dialogs=False)
-                shot = (shots or Path(tmp)) / f"{path.stem}.png"
-                frontend.canvas_screenshot(page, shot, graph_box(workflow))
-                target = path.with_suffix(".jpg")
-                title_card(browser, shot, workflow_layout.note_title(workflow), target, file_digest(path))
-                made.append(target)
-                print(f"{path.name}: {target.name}" + (" (laid out)" if layout else ""))
-            browser.close()
+            try:
+                yield browser, frontend.open_frontend(browser, url), Path(tmp)
+            finally:
+                browser.close()
+
+
+def measure_all(comfyui: str, python: str | None, paths: list[Path]) -> dict[Path, dict]:
+    """Every workflow's node sizes as the frontend of ``comfyui`` computes them."""
+    with frontend_session(comfyui, python, paths) as (_, page, _):
+        return {path: measure(page, json.loads(path.read_text(encoding="utf-8"))) for path in paths}
+
+
+def run(comfyui: str, python: str | None, names: list[str], layout: bool = True, shots: Path | None = None,
+        others: list[tuple[str, str | None]] = ()) -> list[Path]:
+    """Lay out (sizes from ``comfyui`` and the ``others`` (ComfyUI, Python) pairs, the largest of each) and
+    screenshot in ``comfyui``'s frontend."""
+    paths = [EXAMPLES / f"{n}.json" for n in names] if names else sorted(EXAMPLES.glob("*.json"))
+    elsewhere = [measure_all(other, other_python, paths) for other, other_python in others] if layout else []
+    made = []
+    with frontend_session(comfyui, python, paths) as (browser, page, tmp):
+        for path in paths:
+            workflow = json.loads(path.read_text(encoding="utf-8"))
+            if layout:
+                sizes = largest(measure(page, workflow), *(one[path] for one in elsewhere))
+                workflow = workflow_layout.tidy(workflow, sizes)
+                save_json(workflow, path)
+            problems = workflow_layout.problems(workflow)
+            if problems:
+                print(f"{path.name}: not tidy:\n  " + "\n  ".join(problems), file=sys.stderr)
+            frontend.load_workflow(page, workflow, dialogs=False)
+            shot = (shots or Path(tmp)) / f"{path.stem}.png"
+            frontend.canvas_screenshot(page, shot, graph_box(workflow))
+            target = path.with_suffix(".jpg")
+            title_card(browser, shot, workflow_layout.note_title(workflow), target, file_digest(path))
+            made.append(target)
+            print(f"{path.name}: {target.name}" + (" (laid out)" if layout else ""))
     return made
 
 

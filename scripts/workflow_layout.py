@@ -13,9 +13,6 @@ import copy
 import itertools
 
 NOTE_TYPES = ("Note", "MarkdownNote")
-# Nodes whose preview the frontend scales to their width (a wider Load Video grows taller): they keep the width
-# they were measured at instead of taking their column's.
-OWN_WIDTH_TYPES = ("LoadVideo",)
 TITLE_H = 30          # LiteGraph's node title bar, drawn above a node's pos
 GROUP_TITLE_H = 40    # room for a group's title above its first node
 PAD = 20              # inside a group, around its nodes
@@ -47,7 +44,7 @@ GROUPS = (
 GROUP_TITLES = tuple(title for title, _, _ in GROUPS)
 # Widths by node type (the frontend's own minimum is kept when it is larger).
 WIDTHS = {"MovaTextEncode": 400, "CLIPTextEncode": 400, "MovaPromptEnhance": 400, "MovaPromptBuilder": 400,
-          "LoadImage": 300, "SaveVideo": 320, "PreviewImage": 360, "MovaTrainLora": 360, "MovaDataset": 360,
+          "LoadImage": 300, "LoadVideo": 400, "SaveVideo": 320, "PreviewImage": 360, "MovaTrainLora": 360, "MovaDataset": 360,
           "CLIPLoader": 320}
 DEFAULT_WIDTH = 300
 HEIGHTS = {"SaveVideo": 220, "PreviewImage": 260, "MovaTextEncode": 170, "CLIPTextEncode": 170}
@@ -105,7 +102,7 @@ def _stack(items: list[dict], x: float, y: float, width: float | None = None) ->
     bottom = y
     for node in items:
         node["pos"] = [float(x), float(bottom + TITLE_H)]
-        if width is not None and node["type"] not in OWN_WIDTH_TYPES:
+        if width is not None:
             node["size"][0] = width
         bottom = node["pos"][1] + node["size"][1] + GAP_Y
     return bottom - GAP_Y
