@@ -80,6 +80,12 @@ def to_av_latent(latent: dict) -> dict:
     return out
 
 
+def av_output(latent: dict) -> dict:
+    """MOVA Conditioning's av_latent: ``latent`` in core's audio-video form where ComfyUI has nested latents, else
+    ``latent`` itself (then the MOVA Guider explains what the native path needs; the MOVA Sampler takes either)."""
+    return to_av_latent(latent) if has_nested_latents() else latent
+
+
 def step_mask(mask: torch.Tensor | None, audio: torch.Tensor) -> torch.Tensor | None:
     """An audio noise mask as one value per latent step [B,1,L] (what MOVA Audio Decode spreads over the
     samples): a step is kept only where every channel is."""

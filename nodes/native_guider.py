@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import comfy.latent_formats
 import comfy.model_management as mm
 import comfy.model_sampling
+import comfy.samplers
 import comfy.utils
 import torch
 
@@ -26,6 +27,7 @@ from ..mova_model.denoiser import JointDenoiser, prepare_speed
 from ..mova_model.known_regions import KnownLatents, blend
 from ..mova_model.latents import denormalise_video_latents, normalise_video_latents
 from ..mova_model.release import ReleaseSettings
+from ..mova_model.scheduler import make_schedule
 from .av_latent import is_nested, require_nested_latents
 from .comfy_io import show_text
 from .expert_memory import expert_loader
@@ -143,16 +145,14 @@ def _mask_for(mask, shape, device) -> torch.Tensor | None:
     return None if bool((mask == 1).all()) else mask.to(device)
 
 
-class MovaGuider:
-    """A GUIDER: ``sample`` is what SamplerCustomAdvanced calls; the stock sampler calls the guider itself as its
+class JointGuider:
+    """MOVA Guider's GUIDER: ``sample`` is what SamplerCustomAdvanced calls; the stock sampler calls the guider itself as its
     model (``__call__``), as it calls ComfyUI's CFGGuider."""
 
     def __init__(self, parts: GuiderParts):
         self.parts = parts
-        video_shape = (1, *parts.high.model.config.out_dim_shape) if hasattr(parts.high.model.config,
-                                                                           "out_dim_shape") else None
-        cond = parts.conditioning.condition
-        video_shape = video_shape or (cond.shape[0], cond.shape[1] - 4, *cond.shape[2:])
+        cond = parts.conditioning.condition  # [B,20,T,h,w]: 4 mask channels, then the 16 latent channels
+        video_shape = (cond.shape[0], cond.shape[1] - 4, *cond.shape[2:])
         self.inner_model = MovaNativeModel(parts.shift, parts.release.scheduler.num_train_timesteps, video_shape)
         self.model_patcher = GuiderPatcher(self.inner_model)
         self.model_options = self.model_patcher.model_options
@@ -235,7 +235,7 @@ class MovaGuider:
         """The stock sampler's model call: packed latents at ``sigma`` -> packed denoised prediction."""
         mm.throw_exception_if_processing_interrupted()
         if self._run is None:
-            raise RuntimeError("MOVA Guider was called outside a sampling run")
+            raise RuntimeError("the MOVA Guider was called outside a sampling run")
         denoiser, shapes = self._run
         video, audio = comfy.utils.unpack_latents(x, shapes)
         level = float(torch.as_tensor(sigma).reshape(-1)[0])
@@ -250,3 +250,16 @@ class MovaGuider:
                                "uncond_denoised": uncond, "cond_denoised": cond, "sigma": sigma,
                                "model_options": model_options, "input": x, "cond_scale": self.parts.cfg})
         return denoised
+
+
+def guider_sigmas(guider, steps: int, scheduler: str) -> torch.Tensor:
+    """SIGMAS [steps+1] for ``guider`` (a JointGuider): MOVA's official step sigmas for its shift and release
+    ("official"), else the stock ComfyUI scheduler ``scheduler`` on its flow matching with that shift."""
+    if not isinstance(guider, JointGuider):
+        raise ValueError(f"guider: expected the MOVA Guider, got {type(guider).__name__}: connect the MOVA Guider "
+                         "(the sigmas follow its shift and release)")
+    if scheduler == "official":
+        return make_schedule(steps, guider.shift, guider.scheduler_config, snap=True).step_sigmas.clone()
+    if scheduler not in comfy.samplers.SCHEDULER_NAMES:
+        raise ValueError(f"scheduler {scheduler!r} is not one of official, {', '.join(comfy.samplers.SCHEDULER_NAMES)}")
+    return comfy.samplers.calculate_sigmas(guider.inner_model.model_sampling, scheduler, steps).float().cpu()
