@@ -91,11 +91,11 @@ def step_mask(mask: torch.Tensor | None, audio: torch.Tensor) -> torch.Tensor | 
     samples): a step is kept only where every channel is."""
     if mask is None:
         return None
-    mask = mask.float().expand_as(audio) if mask.dim() == audio.dim() else mask.float()
-    if mask.dim() != 3 or mask.shape[-1] != audio.shape[-1]:
+    fits = mask.dim() == audio.dim() == 3 and all(m in (1, a) for m, a in zip(mask.shape, audio.shape))
+    if not fits:
         raise ValueError(f"the audio noise mask {tuple(mask.shape)} does not fit the audio latent "
                          f"{tuple(audio.shape)}: give one value per latent step [B,1,L] (1 generate, 0 keep)")
-    return mask.amax(dim=1, keepdim=True)
+    return mask.float().expand_as(audio).amax(dim=1, keepdim=True)
 
 
 def split_av_latent(latent, name: str = "latent") -> tuple[torch.Tensor, AudioLatent, torch.Tensor | None]:
