@@ -1020,6 +1020,53 @@ def test_native_euler_official_equals_mova_sampler(client, base, tmp_path):
 
 
 @needs_native
+def test_native_parity_on_the_golden_release(client, base, golden_dir, golden_cases):
+    """The same on the golden tiny release at the golden case's size, steps and seed: ComfyUI's euler, MOVA
+    Scheduler (official), Random Noise and the MOVA Guider give the MOVA Sampler's latents (float32, <= 1e-5)."""
+    from mova_testing import rel_l2
+    links = [base / "models" / folder / "MOVA-golden" for folder in ("diffusion_models", "vae")]
+    for link in links:
+        link.symlink_to(golden_dir / "checkpoint", target_is_directory=True)
+    try:
+        c = golden_cases
+        prompt = _native(client, seed=c["seed"])
+        for kind in ("SaveVideo", "PreviewAudio", "CreateVideo", "VAEDecode", "MovaAudioDecode"):
+            del prompt[_node_key(prompt, kind)]
+        for node in prompt.values():
+            inputs = node["inputs"]
+            for key in ("model_name", "audio_dit_name", "bridge_name", "vae_name"):
+                if isinstance(inputs.get(key), str) and inputs[key].startswith("MOVA-360p/"):
+                    inputs[key] = inputs[key].replace("MOVA-360p/", "MOVA-golden/")
+        cond, guider = _node_key(prompt, "MovaConditioning"), _node_key(prompt, "MovaGuider")
+        prompt[cond]["inputs"].update(width=c["width"], height=c["height"], length=c["num_frames"], fps=c["fps"])
+        prompt[guider]["inputs"]["boundary_ratio"] = c["boundary_ratio"]
+        prompt[_node_key(prompt, "MovaScheduler")]["inputs"]["steps"] = c["sample_steps"]
+        split, inputs = _node_key(prompt, "MovaSeparateAVLatent"), prompt[guider]["inputs"]
+        prompt |= {
+            "80": {"class_type": "MovaSampler", "inputs": {
+                k: inputs[k] for k in ("high_noise_expert", "low_noise_expert", "audio_tower", "conditioning", "cfg",
+                                       "shift", "boundary_ratio")}
+                | {"latent": [cond, 1], "seed": c["seed"], "steps": c["sample_steps"]}},
+            "81": {"class_type": "TestMovaLatentProbe", "inputs": {"video": ["80", 0], "audio": ["80", 1]}},
+            "82": {"class_type": "TestMovaLatentProbe", "inputs": {"video": [split, 0], "audio": [split, 1]}},
+        }
+        outputs = {}
+        _run(client, prompt, outputs)
+    finally:
+        for link in links:
+            link.unlink()
+    from comfyui_mova.mova_model.sizes import VAE_SPACE, VAE_TIME
+    reference, native = probed_latents(outputs, "81"), probed_latents(outputs, "82")
+    assert reference[0].shape[2:] == ((c["num_frames"] - 1) // VAE_TIME + 1, c["height"] // VAE_SPACE,
+                                      c["width"] // VAE_SPACE)
+    assert reference[1].shape[-1] == c["audio_latent_length"]
+    for ref, out in zip(reference, native):
+        assert ref.shape == out.shape and rel_l2(out, ref) <= 1e-5, rel_l2(out, ref)
+    print("golden: native vs MOVA Sampler, relative L2 (video, audio):",
+          [rel_l2(o, r) for r, o in zip(reference, native)])
+
+
+@needs_native
 @pytest.mark.parametrize("sampler,scheduler", [("res_multistep", "simple"), ("dpmpp_2m", "official")])
 def test_native_second_order_samplers_to_mp4(client, tmp_path, sampler, scheduler):
     """Second-order stock samplers (a stock or the official schedule) run MOVA to an MP4 with audio; Random Noise
