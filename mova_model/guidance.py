@@ -53,11 +53,16 @@ def _combine(base, bridged, cond, s_bridge, s_text):
 
 
 def guided_velocity(run: JointRun, video_in, audio_in, pos, neg, guidance: Guidance,
-                    batch: bool = False) -> JointOutput:
-    """The guided velocity for one step; ``batch`` runs the bridge-on passes as one batched forward."""
+                    batch: bool = False, parts: dict | None = None) -> JointOutput:
+    """The guided velocity for one step; ``batch`` runs the bridge-on passes as one batched forward. ``parts`` (a
+    dict) receives the prompt's pass as "cond" and the negative prompt's (bridge on) as "uncond" (both the prompt's
+    pass when one pass runs), for samplers that read them (ComfyUI's CFG++ samplers)."""
     passes = guidance.passes(neg is not None)
     if passes == 1:
-        return run(video_in, audio_in, pos, 1.0)
+        out = run(video_in, audio_in, pos, 1.0)
+        if parts is not None:
+            parts.update(cond=out, uncond=out)
+        return out
     uncond_ctx = neg if neg is not None else pos
     if batch:
         cond, bridged = _split(run(torch.cat([video_in, video_in]), torch.cat([audio_in, audio_in]),
@@ -65,6 +70,8 @@ def guided_velocity(run: JointRun, video_in, audio_in, pos, neg, guidance: Guida
     else:
         cond, bridged = run(video_in, audio_in, pos, 1.0), run(video_in, audio_in, uncond_ctx, 1.0)
     base = run(video_in, audio_in, uncond_ctx, 0.0) if passes == 3 else bridged
+    if parts is not None:
+        parts.update(cond=cond, uncond=bridged)
     g = guidance
     return JointOutput(
         video=_combine(base.video, bridged.video, cond.video, g.bridge, g.video_text),

@@ -141,7 +141,8 @@ def expert_index(timestep: float, boundary_ratio: float, num_train_timesteps: in
     return 0 if timestep >= boundary_ratio * num_train_timesteps else 1
 
 
-def _check_inputs(condition, context_pos, context_neg, video_noise, audio_noise, opts):
+def check_inputs(condition, context_pos, context_neg, video_noise, audio_noise, opts):
+    """Raise a clear error when the inputs of a sampling run do not fit together or hold NaN / inf."""
     opts.check()  # the options may have been changed since they were built
     b = video_noise.shape[0]
     if condition.shape[0] != b or condition.shape[2:] != video_noise.shape[2:]:
@@ -197,7 +198,7 @@ def sample(
     given whole) and equal the given latents in the result.
     """
     opts = options or SamplingOptions()
-    _check_inputs(condition, context_pos, context_neg, video_noise, audio_noise, opts)
+    check_inputs(condition, context_pos, context_neg, video_noise, audio_noise, opts)
     check_known(known_video, tuple(video_noise.shape), "video")
     check_known(known_audio, tuple(audio_noise.shape), "audio")
     expert0 = towers.video_experts[0]

@@ -52,3 +52,25 @@ def make_schedule(num_steps: int, shift: float, config: SchedulerConfig, snap: b
         sigmas = train_sigmas[nearest]
     end = torch.tensor([0.0], dtype=sigmas.dtype)
     return Schedule(timesteps=timesteps, step_sigmas=torch.cat([sigmas, end]))
+
+
+def match_official_schedule(sigmas, shift: float, config: SchedulerConfig) -> Schedule | None:
+    """The official schedule (snapped stepping) whose step sigmas are exactly ``sigmas`` (N+1 values, the last 0),
+    or None: how a sampler handed MOVA's official step sigmas is told the official timesteps."""
+    values = [float(s) for s in sigmas]
+    if len(values) < 2:
+        return None
+    schedule = make_schedule(len(values) - 1, shift, config, snap=True)
+    return schedule if schedule.step_sigmas.tolist() == values else None
+
+
+def reshift_sigma(sigma: float, shift: float, new_shift: float) -> tuple[float, float]:
+    """A sigma of a schedule shifted by ``shift`` -> (the sigma at the same point of the schedule shifted by
+    ``new_shift``, its derivative d new / d sigma). Both schedules share the unshifted position u:
+    sigma = s·u / (1 + (s−1)·u)."""
+    if not 0.0 <= sigma <= 1.0:
+        raise ValueError(f"sigma {sigma} is outside 0..1 (flow matching)")
+    u = sigma / (shift - (shift - 1.0) * sigma)
+    du = shift / (shift - (shift - 1.0) * sigma) ** 2
+    denominator = 1.0 + (new_shift - 1.0) * u
+    return new_shift * u / denominator, new_shift / denominator ** 2 * du

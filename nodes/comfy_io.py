@@ -19,7 +19,8 @@ CUSTOM_TYPES = {
 }
 STOCK_TYPES = {
     "CONDITIONING": io.Conditioning, "VAE": io.Vae, "IMAGE": io.Image, "LATENT": io.Latent,
-    "AUDIO": io.Audio, "FLOAT": io.Float, "STRING": io.String, "CLIP": io.Clip,
+    "AUDIO": io.Audio, "FLOAT": io.Float, "STRING": io.String, "CLIP": io.Clip, "GUIDER": io.Guider,
+    "SIGMAS": io.Sigmas,
 }
 
 

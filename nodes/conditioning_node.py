@@ -11,6 +11,7 @@ from comfy_api.latest import io, ui
 
 from . import spec
 from .audio_input import codec_encode
+from .av_latent import av_output
 from .comfy_io import schema, show_text
 from .condition import make_conditioning
 from .conditioning_modes import prepare_conditioning
@@ -61,6 +62,7 @@ class MovaConditioning(io.ComfyNode):
                 encode_audio=audio_vae_encoder(audio_vae), warnings=warnings, available_bytes=free,
             )
             outputs, report = (prepared.conditioning, prepared.latent, fps, prepared.video), prepared.report
+        outputs = (*outputs, av_output(outputs[1]))
         if not report and not warnings:
             return io.NodeOutput(*outputs)
         for line in warnings:

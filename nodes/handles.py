@@ -16,6 +16,8 @@ HIGH_NOISE, LOW_NOISE = "high_noise", "low_noise"
 LATENT_AUDIO_KEY = "mova_audio"
 # ComfyUI's LATENT key for the noise mask (1 generate, 0 keep); MOVA's video masks are [B,1,T,1,1].
 NOISE_MASK_KEY = "noise_mask"
+# LATENT dict key of the joint latent in core's audio-video form (nodes/av_latent.py): what the audio part is.
+AV_INFO_KEY = "mova_av"
 
 
 class AudioTower(nn.Module):
@@ -67,6 +69,18 @@ class AudioLatent:
     sample_rate: int
     hop_length: int
     noise_mask: torch.Tensor | None = None
+    given_waveform: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class AVInfo:
+    """What the audio half of a joint latent in core's audio-video form is: the audio of a video of ``frames`` at
+    ``fps``, for a codec of ``sample_rate`` / ``hop_length``; ``given_waveform`` [B,1,T] as in ``AudioLatent``."""
+
+    frames: int
+    fps: float
+    sample_rate: int
+    hop_length: int
     given_waveform: torch.Tensor | None = None
 
 

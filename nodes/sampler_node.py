@@ -13,36 +13,11 @@ from comfy_api.latest import io, ui
 from ..mova_model.attention import resolve_attention_backend
 from . import spec
 from .comfy_io import schema, show_text
+from .expert_memory import expert_loader
 from .handles import LoadedPart, MovaConditioning, SamplerSettings
-from .sampling import (activation_bytes, cache_report, experts_fit_together, make_settings, sample_joint,
-                       split_joint_latent, used_settings)
+from .sampling import activation_bytes, cache_report, make_settings, sample_joint, split_joint_latent, used_settings
 
 log = logging.getLogger(__name__)
-
-
-def unload(patcher) -> None:
-    """Move one model (and its LoRA clones) off the GPU now: ComfyUI's unload_model_and_clones where it has it,
-    else the steps its free_memory takes for one model."""
-    helper = getattr(mm, "unload_model_and_clones", None)
-    if helper is not None:
-        helper(patcher)
-        return
-    for i, loaded in enumerate(mm.current_loaded_models):
-        if loaded.model is patcher:
-            loaded.model_unload()
-            mm.current_loaded_models.pop(i)
-            mm.soft_empty_cache()
-            return
-
-
-def keep_both_experts(experts, tower, activations: int, device) -> bool:
-    """Whether both experts can stay on ``device`` with the tower and the activations (always on the CPU, where
-    nothing moves); the budget is the device's memory less ComfyUI's reserve for inference."""
-    if all(part.patcher.load_device == part.patcher.offload_device for part in (*experts, tower)):
-        return True
-    budget = mm.get_total_memory(device) - mm.minimum_inference_memory()
-    return experts_fit_together(tuple(e.patcher.model_size() for e in experts), tower.patcher.model_size(),
-                                activations, budget)
 
 
 class MovaSampler(io.ComfyNode):
@@ -60,18 +35,7 @@ class MovaSampler(io.ComfyNode):
         memory = activation_bytes(video.shape, audio.samples.shape, high_noise_expert.model.config,
                                   audio_tower.model.audio_dit.config, high_noise_expert.compute_dtype)
 
-        together = keep_both_experts(experts, audio_tower, memory, device)
-        log.info("MOVA Sampler: %s", "both video experts stay loaded (they fit together)" if together else
-                 "one video expert at a time (both do not fit): the other is unloaded before each is loaded")
-
-        def before_expert(index: int) -> None:
-            # Both experts fit: load this one beside the other (kept across steps and queues). Otherwise at most
-            # one video expert on the GPU: drop the other before loading this one.
-            mm.throw_exception_if_processing_interrupted()
-            other = experts[1 - index].patcher
-            if not together and other is not experts[index].patcher:
-                unload(other)
-            mm.load_models_gpu([experts[index].patcher, audio_tower.patcher], memory_required=memory)
+        before_expert = expert_loader(experts, audio_tower, memory, device, "MOVA Sampler")
 
         progress = comfy.utils.ProgressBar(steps)
         previewer = latent_preview.get_previewer(device, comfy.latent_formats.Wan21())

@@ -15,6 +15,7 @@ from ..mova_model.memory import check_fits, forward_bytes, sampling_bytes
 from ..mova_model.release import ReleaseSettings, read_release_settings, release_root
 from ..mova_model.sampler import MovaTowers, SamplingOptions, make_noise, sample
 from ..mova_model.speed import check_speed_options
+from .av_latent import is_av_latent, split_av_latent
 from .handles import (HIGH_NOISE, LATENT_AUDIO_KEY, LOW_NOISE, NOISE_MASK_KEY, AudioLatent, LoadedPart,
                       MovaConditioning, SamplerSettings)
 
@@ -22,7 +23,17 @@ ROLE_NAMES = {HIGH_NOISE: "the high-noise expert (video_dit)", LOW_NOISE: "the l
 
 
 def split_joint_latent(latent) -> tuple[torch.Tensor, AudioLatent]:
-    """(video latents [B,16,T,h,w], AudioLatent) of MOVA's joint LATENT; a clear error for any other latent."""
+    """(video latents [B,16,T,h,w], AudioLatent) of MOVA's joint LATENT (MOVA's form or core's audio-video form);
+    a clear error for any other latent."""
+    video, audio, _ = joint_latent(latent)
+    return video, audio
+
+
+def joint_latent(latent) -> tuple[torch.Tensor, AudioLatent, torch.Tensor | None]:
+    """(video latents [B,16,T,h,w], AudioLatent, the video's noise mask or None) of MOVA's joint LATENT, in MOVA's
+    form (video in samples, the AudioLatent beside it) or core's audio-video form (av_latent.py)."""
+    if is_av_latent(latent):
+        return split_av_latent(latent)
     if not isinstance(latent, dict) or "samples" not in latent:
         raise ValueError("latent: expected a LATENT; connect the latent output of MOVA Conditioning")
     audio = latent.get(LATENT_AUDIO_KEY)
@@ -31,7 +42,7 @@ def split_joint_latent(latent) -> tuple[torch.Tensor, AudioLatent]:
             f"latent has no audio part (shape {tuple(latent['samples'].shape)}): it comes from another node, not "
             "MOVA Conditioning. Connect MOVA Conditioning's latent output to the MOVA Sampler."
         )
-    return latent["samples"], audio
+    return latent["samples"], audio, latent.get(NOISE_MASK_KEY)
 
 
 def check_roles(high: LoadedPart, low: LoadedPart) -> None:
@@ -199,13 +210,13 @@ def sample_joint(high: LoadedPart, low: LoadedPart, tower: LoadedPart, cond: Mov
                  settings: SamplerSettings | None = None, stats: dict | None = None,
                  release: ReleaseSettings | None = None, device_memory: int | None = None
                  ) -> tuple[dict, AudioLatent]:
-    """Denoise MOVA's joint latent from seeded noise. Returns the video as a ComfyUI LATENT (raw Wan 2.1
+    """Denoise MOVA's joint latent (either form) from seeded noise. Returns the video as a ComfyUI LATENT (raw Wan 2.1
     latents, float32, CPU) and the audio latents. ``before_expert(i)`` runs before expert i (0 high,
     1 low) is first used; ``on_step(step, total, video, audio)`` after every step (raise to cancel).
     ``settings`` come from MOVA Sampler Options; ``release``: the experts' release settings (read from their
     folder when None); ``device_memory``: bytes of the sampling device, checked against what the run needs;
     ``stats`` receives computed_steps / skipped_steps and ``scheduler`` (the one used)."""
-    video, audio = split_joint_latent(latent)
+    video, audio, video_mask = joint_latent(latent)
     towers = check_setup(high, low, tower, cond, video, audio)
     if device_memory is not None:
         check_sampling_memory(high, tower, cond, video, audio, device_memory)
@@ -216,7 +227,6 @@ def sample_joint(high: LoadedPart, low: LoadedPart, tower: LoadedPart, cond: Mov
         stats.update(scheduler=options.scheduler)
     video_noise, audio_noise = make_noise(video.shape, audio.samples.shape, seed)
     negative = cond.context_neg if needs_negative(options) else None
-    video_mask = latent.get(NOISE_MASK_KEY)
     known_video = None if video_mask is None else KnownLatents(normalise_video_latents(video), video_mask.float())
     known_audio = None if audio.noise_mask is None else KnownLatents(audio.samples.float(), audio.noise_mask.float())
     out_video, out_audio = sample(

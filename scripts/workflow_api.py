@@ -128,18 +128,26 @@ def set_parameters(prompt: dict, *, prompt_text: str | None = None, negative: st
                    audio_name: str | None = None, video_name: str | None = None,
                    end_image_name: str | None = None) -> dict:
     """Write the run's parameters into a MOVA API prompt (found by the graph, not by node ids). Seed and steps go
-    to every MOVA Sampler (a longer video has one per clip); size, length and prompts to MOVA Conditioning."""
+    to every MOVA Sampler (a longer video has one per clip), or to Random Noise and MOVA Scheduler (the native
+    path); size, length and prompts to MOVA Conditioning."""
     _, cond = _single(prompt, "MovaConditioning")
     samplers = [node for node in prompt.values() if node["class_type"] == "MovaSampler"]
-    if not samplers:
-        raise WorkflowError("the workflow must hold a MovaSampler node, it holds none")
+    # the native path: SamplerCustomAdvanced, its seed on Random Noise and its steps on MOVA Scheduler
+    native = [node for node in prompt.values() if node["class_type"] == "SamplerCustomAdvanced"]
+    if not samplers and not native:
+        raise WorkflowError("the workflow must hold a MovaSampler node (or SamplerCustomAdvanced with the MOVA "
+                            "Guider), it holds none")
     for name, value in (("width", width), ("height", height), ("length", frames)):
         if value is not None:
             cond["inputs"][name] = value
+    targets = {"seed": [(s, "seed") for s in samplers] + [(n, "noise_seed") for n in prompt.values()
+                                                          if n["class_type"] == "RandomNoise"],
+               "steps": [(s, "steps") for s in samplers] + [(n, "steps") for n in prompt.values()
+                                                            if n["class_type"] == "MovaScheduler"]}
     for name, value in (("seed", seed), ("steps", steps)):
-        for sampler in samplers:
+        for node, key in targets[name]:
             if value is not None:
-                sampler["inputs"][name] = value
+                node["inputs"][key] = value
     _set_media(prompt, cond, audio_name, video_name, end_image_name)
     for name, text in (("positive", prompt_text), ("negative", negative)):
         if text is None:

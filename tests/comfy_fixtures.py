@@ -288,3 +288,33 @@ def read_audio(path: Path) -> tuple[torch.Tensor, int]:
                               for f in container.decode(audio=0)])  # [T, channels]
     scale = {np.dtype(np.int16): 32768.0, np.dtype(np.int32): 2.0 ** 31}.get(raw.dtype, 1.0)
     return torch.from_numpy((raw.astype(np.float32) / scale).mean(axis=1)), rate
+
+
+LATENT_PROBE_NODE = '''
+import json
+
+class TestMovaLatentProbe:
+    """Test only: a video LATENT and a MOVA audio latent as JSON (values and shapes), to compare two samplers."""
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"video": ("LATENT",), "audio": ("MOVA_AUDIO_LATENT",)}}
+    RETURN_TYPES = ()
+    FUNCTION = "probe"
+    OUTPUT_NODE = True
+    CATEGORY = "testing"
+
+    def probe(self, video, audio):
+        found = {"video": video["samples"].float().flatten().tolist(), "video_shape": list(video["samples"].shape),
+                 "audio": audio.samples.float().flatten().tolist(), "audio_shape": list(audio.samples.shape)}
+        return {"ui": {"latents": [json.dumps(found)]}}
+
+NODE_CLASS_MAPPINGS = {"TestMovaLatentProbe": TestMovaLatentProbe}
+'''
+
+
+def probed_latents(outputs: dict, node: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(video, audio) latents a TestMovaLatentProbe node reported."""
+    import json
+    found = json.loads(outputs[node]["latents"][0])
+    return (torch.tensor(found["video"]).view(found["video_shape"]),
+            torch.tensor(found["audio"]).view(found["audio_shape"]))

@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from comfy_fixtures import (CONCAT_PROBE_NODE, PROBE_NODE, PROBED, STRENGTHS, VIDEO_FRAMES, VIDEO_SIZE,
-                            fitted_speech, lora_delta, lora_node, loaders, original, probe_node, probed, read_audio,
-                            write_mode_media, write_test_loras)
+from comfy_fixtures import (CONCAT_PROBE_NODE, LATENT_PROBE_NODE, PROBE_NODE, PROBED, STRENGTHS, VIDEO_FRAMES,
+                            VIDEO_SIZE, fitted_speech, lora_delta, lora_node, loaders, original, probe_node, probed,
+                            probed_latents, read_audio, write_mode_media, write_test_loras)
 from comfy_server import COMFYUI, PACK, SCRIPTS, comfy_server, free_port, new_base, write_wan_vae
 from comfyui_mova.nodes import spec
 from fake_llm_server import TEXT_MODEL, VISION_MODEL, FakeLLMServer, caption_for
@@ -53,6 +53,7 @@ def base(tmp_path_factory) -> Path:
     (root / "custom_nodes" / "test_text_nodes.py").write_text((Path(__file__).parent / "comfy_text_nodes.py").read_text())
     (root / "custom_nodes" / "test_weight_probe.py").write_text(PROBE_NODE)
     (root / "custom_nodes" / "test_concat_probe.py").write_text(CONCAT_PROBE_NODE)
+    (root / "custom_nodes" / "test_latent_probe.py").write_text(LATENT_PROBE_NODE)
     models = root / "models"
     write_release(models / "diffusion_models" / "MOVA-360p",
                   ("video_dit", "video_dit_2", "audio_dit", "dual_tower_bridge"))
@@ -162,7 +163,7 @@ def test_workflows_served_as_templates(client):
     """ComfyUI's template browser lists the shipped workflows under the pack and serves them unchanged."""
     assert sorted(client.get_json("/workflow_templates")["comfyui-mova"]) == \
         ["mova_a2v", "mova_extend", "mova_flf2va", "mova_i2va", "mova_i2va_dual_cfg", "mova_i2va_enhanced",
-         "mova_i2va_lora", "mova_t2va", "mova_train_lora", "mova_v2a"]
+         "mova_i2va_lora", "mova_i2va_native", "mova_t2va", "mova_train_lora", "mova_v2a"]
     served = client.get_json("/api/workflow_templates/comfyui-mova/mova_i2va.json")
     assert served == json.loads((PACK / "example_workflows" / "mova_i2va.json").read_text())
 
@@ -974,3 +975,174 @@ def test_extend_workflow_end_to_end(client, tmp_path):
     (preview,) = outputs[_node_key(prompt, "PreviewAudio")]["audio"]
     heard, _ = read_audio(client.download(preview, tmp_path / "extend.flac"))
     assert heard.shape[0] == int(RATE * total / FPS)  # the joined sound, sample-exact
+
+
+# The native path: SamplerCustomAdvanced with stock noise and samplers, the MOVA Guider and MOVA Scheduler, on the
+# joint latent in core's audio-video form (ComfyUI 0.8 and later: comfy/nested_tensor.py).
+NATIVE = bool(COMFYUI) and (Path(COMFYUI) / "comfy" / "nested_tensor.py").is_file()
+needs_native = pytest.mark.skipif(not NATIVE, reason="this ComfyUI has no nested (audio-video) latents (before 0.8)")
+
+
+def _native(client, seed: int, sampler: str = "euler", scheduler: str = "official", **params) -> dict:
+    """The native workflow as an API prompt at the test size, with ``sampler`` and ``scheduler``."""
+    prompt = _prompt(client, "mova_i2va_native.json", seed=seed, image_name="start.png", **params)
+    prompt[_node_key(prompt, "KSamplerSelect")]["inputs"]["sampler_name"] = sampler
+    prompt[_node_key(prompt, "MovaScheduler")]["inputs"]["scheduler"] = scheduler
+    return prompt
+
+
+@needs_native
+def test_native_euler_official_equals_mova_sampler(client, base, tmp_path):
+    """Euler + MOVA Scheduler (official) + stock Random Noise + MOVA Guider: the MOVA Sampler's latents (float32, the
+    tiny release) from the same conditioning and seed; the native workflow ends in an MP4 with audio, with progress."""
+    from mova_testing import rel_l2
+    prompt = _native(client, seed=31)
+    cond, guider = _node_key(prompt, "MovaConditioning"), _node_key(prompt, "MovaGuider")
+    split = _node_key(prompt, "MovaSeparateAVLatent")
+    inputs = prompt[guider]["inputs"]
+    prompt |= {
+        "50": {"class_type": "MovaSampler", "inputs": {
+            k: inputs[k] for k in ("high_noise_expert", "low_noise_expert", "audio_tower", "conditioning", "cfg",
+                                   "shift", "boundary_ratio")} | {"latent": [cond, 1], "seed": 31, "steps": STEPS}},
+        "51": {"class_type": "TestMovaLatentProbe", "inputs": {"video": ["50", 0], "audio": ["50", 1]}},
+        "52": {"class_type": "TestMovaLatentProbe", "inputs": {"video": [split, 0], "audio": [split, 1]}},
+    }
+    outputs = {}
+    videos, progress = _run(client, prompt, outputs)
+    reference, native = probed_latents(outputs, "51"), probed_latents(outputs, "52")
+    for ref, out in zip(reference, native):
+        assert ref.shape == out.shape and rel_l2(out, ref) <= 1e-5, rel_l2(out, ref)
+    print("native vs MOVA Sampler, relative L2 (video, audio):", [rel_l2(o, r) for r, o in zip(reference, native)])
+    steps = [value for kind, value in progress if kind == "SamplerCustomAdvanced"]
+    assert steps[-1] == STEPS and steps == sorted(steps)
+    assert "MOVA Guider: 4 steps, the official timesteps" in (base / "server.log").read_text()
+    _check_mp4(client.download(videos[0], tmp_path / "native.mp4"))
+
+
+@needs_native
+def test_native_parity_on_the_golden_release(client, base, golden_dir, golden_cases):
+    """The same on the golden tiny release at the golden case's size, steps and seed: ComfyUI's euler, MOVA
+    Scheduler (official), Random Noise and the MOVA Guider give the MOVA Sampler's latents (float32, <= 1e-5)."""
+    from mova_testing import rel_l2
+    links = [base / "models" / folder / "MOVA-golden" for folder in ("diffusion_models", "vae")]
+    for link in links:
+        link.symlink_to(golden_dir / "checkpoint", target_is_directory=True)
+    try:
+        c = golden_cases
+        prompt = _native(client, seed=c["seed"])
+        for kind in ("SaveVideo", "PreviewAudio", "CreateVideo", "VAEDecode", "MovaAudioDecode"):
+            del prompt[_node_key(prompt, kind)]
+        for node in prompt.values():
+            inputs = node["inputs"]
+            for key in ("model_name", "audio_dit_name", "bridge_name", "vae_name"):
+                if isinstance(inputs.get(key), str) and inputs[key].startswith("MOVA-360p/"):
+                    inputs[key] = inputs[key].replace("MOVA-360p/", "MOVA-golden/")
+        cond, guider = _node_key(prompt, "MovaConditioning"), _node_key(prompt, "MovaGuider")
+        prompt[cond]["inputs"].update(width=c["width"], height=c["height"], length=c["num_frames"], fps=c["fps"])
+        prompt[guider]["inputs"]["boundary_ratio"] = c["boundary_ratio"]
+        prompt[_node_key(prompt, "MovaScheduler")]["inputs"]["steps"] = c["sample_steps"]
+        split, inputs = _node_key(prompt, "MovaSeparateAVLatent"), prompt[guider]["inputs"]
+        prompt |= {
+            "80": {"class_type": "MovaSampler", "inputs": {
+                k: inputs[k] for k in ("high_noise_expert", "low_noise_expert", "audio_tower", "conditioning", "cfg",
+                                       "shift", "boundary_ratio")}
+                | {"latent": [cond, 1], "seed": c["seed"], "steps": c["sample_steps"]}},
+            "81": {"class_type": "TestMovaLatentProbe", "inputs": {"video": ["80", 0], "audio": ["80", 1]}},
+            "82": {"class_type": "TestMovaLatentProbe", "inputs": {"video": [split, 0], "audio": [split, 1]}},
+        }
+        outputs = {}
+        _run(client, prompt, outputs)
+    finally:
+        for link in links:
+            link.unlink()
+    from comfyui_mova.mova_model.sizes import VAE_SPACE, VAE_TIME
+    reference, native = probed_latents(outputs, "81"), probed_latents(outputs, "82")
+    assert reference[0].shape[2:] == ((c["num_frames"] - 1) // VAE_TIME + 1, c["height"] // VAE_SPACE,
+                                      c["width"] // VAE_SPACE)
+    assert reference[1].shape[-1] == c["audio_latent_length"]
+    for ref, out in zip(reference, native):
+        assert ref.shape == out.shape and rel_l2(out, ref) <= 1e-5, rel_l2(out, ref)
+    print("golden: native vs MOVA Sampler, relative L2 (video, audio):",
+          [rel_l2(o, r) for r, o in zip(reference, native)])
+
+
+@needs_native
+@pytest.mark.parametrize("sampler,scheduler", [("res_multistep", "simple"), ("dpmpp_2m", "official")])
+def test_native_second_order_samplers_to_mp4(client, tmp_path, sampler, scheduler):
+    """Second-order stock samplers (a stock or the official schedule) run MOVA to an MP4 with audio; Random Noise
+    seeds the run: the same seed twice gives the same latents."""
+    prompt = _native(client, seed=32, sampler=sampler, scheduler=scheduler)
+    split = _node_key(prompt, "MovaSeparateAVLatent")
+    prompt["60"] = {"class_type": "TestMovaLatentProbe", "inputs": {"video": [split, 0], "audio": [split, 1]}}
+    first, second = {}, {}
+    videos, _ = _run(client, prompt, first)
+    _check_mp4(client.download(videos[0], tmp_path / f"{sampler}.mp4"))
+    # again, through stock Split Sigmas (all of them): the sampler runs anew, Random Noise draws from the seed again
+    sigmas = _node_key(prompt, "MovaScheduler")
+    prompt["61"] = {"class_type": "SplitSigmas", "inputs": {"sigmas": [sigmas, 0], "step": STEPS}}
+    prompt[_node_key(prompt, "SamplerCustomAdvanced")]["inputs"]["sigmas"] = ["61", 0]
+    _run(client, prompt, second)
+    for a, b in zip(probed_latents(first, "60"), probed_latents(second, "60")):
+        assert torch.equal(a, b)
+
+
+@needs_native
+def test_native_keeps_the_given_sound(client, base):
+    """Sound -> video on the native path: the audio part of the joint latent is kept (mask 0), so a stock sampler
+    returns it unchanged; core's LTXV Separate AV Latent splits the joint latent (its masks nested)."""
+    prompt = _native(client, seed=33, sampler="dpmpp_2m")
+    cond = _node_key(prompt, "MovaConditioning")
+    sampler = _node_key(prompt, "SamplerCustomAdvanced")
+    prompt |= {
+        "70": {"class_type": "LoadAudio", "inputs": {"audio": "speech.wav"}},
+        "71": {"class_type": "LTXVSeparateAVLatent", "inputs": {"av_latent": [cond, 4]}},
+        "72": {"class_type": "LTXVSeparateAVLatent", "inputs": {"av_latent": [sampler, 0]}},
+        "73": {"class_type": "SaveLatent", "inputs": {"samples": ["71", 1], "filename_prefix": "latents/native_given"}},
+        "74": {"class_type": "SaveLatent", "inputs": {"samples": ["72", 1], "filename_prefix": "latents/native_audio"}},
+        "75": {"class_type": "SaveLatent", "inputs": {"samples": ["72", 0], "filename_prefix": "latents/native_video"}},
+    }
+    prompt[cond]["inputs"]["audio"] = ["70", 0]
+    outputs = {}
+    _run(client, prompt, outputs)
+    given, sampled = _saved_latent(base, outputs, "73"), _saved_latent(base, outputs, "74")
+    assert given.abs().sum() > 0 and torch.equal(sampled, given)
+    video = _saved_latent(base, outputs, "75")
+    assert video.dim() == 5 and torch.isfinite(video).all() and video[:, :, 1:].abs().sum() > 0
+
+
+@needs_native
+def test_native_cancel_stops_the_guider(client):
+    """Cancel during SamplerCustomAdvanced stops the MOVA Guider between model calls."""
+    from comfy_client import ServerError
+    from run_workflow import wait
+    prompt = _native(client, seed=34)
+    prompt[_node_key(prompt, "MovaScheduler")]["inputs"]["steps"] = 1000
+    ws = client.websocket()
+    try:
+        prompt_id = client.queue(prompt)
+        while True:
+            message = ws.receive(timeout=120)
+            assert message is not None, "no progress from the sampler"
+            data = message.get("data", {})
+            if message["type"] == "progress" and prompt.get(data.get("node"), {}).get("class_type") == \
+                    "SamplerCustomAdvanced":
+                break
+        client.cancel(prompt_id)
+        with pytest.raises(ServerError, match="cancelled"):
+            wait(client, ws, prompt_id, prompt, timeout=120)
+    finally:
+        ws.close()
+
+
+@pytest.mark.skipif(NATIVE, reason="this ComfyUI has nested latents: the native path runs")
+def test_native_path_refused_with_what_to_do_before_0_8(client, tmp_path):
+    """ComfyUI before 0.8: the native workflow is refused at queue time with what it needs; the MOVA Sampler runs,
+    also on MOVA Conditioning's av_latent output (here the same latent)."""
+    from comfyui_mova.nodes.av_latent import NATIVE_NEEDS
+    prompt = _prompt(client, "mova_i2va_native.json", seed=35, image_name="start.png")
+    errors = _refusal(client, prompt)
+    assert any(NATIVE_NEEDS in detail for detail in errors[_node_key(prompt, "MovaGuider")]), errors
+    prompt = _prompt(client, "mova_i2va.json", seed=35, image_name="start.png")
+    prompt[_node_key(prompt, "MovaSampler")]["inputs"]["latent"] = [_node_key(prompt, "MovaConditioning"), 4]
+    videos, _ = _run(client, prompt)
+    _check_mp4(client.download(videos[0], tmp_path / "av_latent.mp4"))

@@ -18,6 +18,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import workflow_layout  # noqa: E402
 
 SAMPLING = [p for p in FILES if '"MovaSampler"' in p.read_text(encoding="utf-8")]
+NATIVE = [p for p in FILES if '"SamplerCustomAdvanced"' in p.read_text(encoding="utf-8")]  # stock samplers
 
 # Stock ComfyUI nodes the workflows may use: widget names in order (ComfyUI v0.3.64; LoadImage stores its
 # upload button's value after the file name).
@@ -38,6 +39,9 @@ STOCK_WIDGETS = {
     "PreviewImage": (),
     "Note": ("text",),
     "MarkdownNote": ("text",),
+    "RandomNoise": ("noise_seed", "control_after_generate"),
+    "KSamplerSelect": ("sampler_name",),
+    "SamplerCustomAdvanced": (),
 }
 STOCK_SOCKETS = {
     "CLIPTextEncode": {"clip": "CLIP"},
@@ -47,6 +51,8 @@ STOCK_SOCKETS = {
     "PreviewAudio": {"audio": "AUDIO"},
     "PreviewImage": {"images": "IMAGE"},
     "GetVideoComponents": {"video": "VIDEO"},
+    "SamplerCustomAdvanced": {"noise": "NOISE", "guider": "GUIDER", "sampler": "SAMPLER", "sigmas": "SIGMAS",
+                              "latent_image": "LATENT"},
 }
 CONTROL_VALUES = ("fixed", "increment", "decrement", "randomize")
 
@@ -101,8 +107,10 @@ def test_workflows_folder_is_example_workflows():
 def test_all_workflows_shipped():
     assert {p.name for p in FILES} >= {"mova_i2va.json", "mova_t2va.json", "mova_i2va_lora.json",
                                        "mova_i2va_dual_cfg.json", "mova_i2va_enhanced.json", "mova_flf2va.json",
-                                       "mova_a2v.json", "mova_v2a.json", "mova_extend.json", "mova_train_lora.json"}
-    assert {p.name for p in SAMPLING} == {p.name for p in FILES} - {"mova_train_lora.json"}
+                                       "mova_a2v.json", "mova_v2a.json", "mova_extend.json", "mova_train_lora.json",
+                                       "mova_i2va_native.json"}
+    assert {p.name for p in NATIVE} == {"mova_i2va_native.json"}
+    assert {p.name for p in SAMPLING} == {p.name for p in FILES} - {"mova_train_lora.json", "mova_i2va_native.json"}
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
@@ -248,6 +256,41 @@ def test_mova_graph_wired_end_to_end(path):
     assert (width, height, length, fps) == (640, 352, 193, 24)
 
 
+def test_native_workflow_wired_end_to_end():
+    """mova_i2va_native: SamplerCustomAdvanced with Random Noise, euler, MOVA Scheduler (official) and the MOVA Guider
+    on MOVA Conditioning's av_latent, the result split for the two decoders; official settings, as mova_i2va."""
+    wf = _load(WORKFLOWS / "mova_i2va_native.json")
+    (cond,) = _by_type(wf, "MovaConditioning")
+    (guider,) = _by_type(wf, "MovaGuider")
+    (sampler,) = _by_type(wf, "SamplerCustomAdvanced")
+    (split,) = _by_type(wf, "MovaSeparateAVLatent")
+    (create,) = _by_type(wf, "CreateVideo")
+    assert _loader(wf, guider, "high_noise_expert")["widgets_values"][0].endswith("video_dit")
+    assert _loader(wf, guider, "low_noise_expert")["widgets_values"][0].endswith("video_dit_2")
+    assert _loader(wf, guider, "audio_tower")["type"] == "MovaAudioTowerLoader"
+    assert _source(wf, guider, "conditioning") == (cond, "conditioning") and _source(wf, guider, "options") is None
+    assert _values(spec.GUIDER, guider) == {"cfg": 5.0, "shift": 5.0, "boundary_ratio": 0.9}
+    noise, _ = _source(wf, sampler, "noise")
+    chosen, _ = _source(wf, sampler, "sampler")
+    schedule, _ = _source(wf, sampler, "sigmas")
+    assert noise["type"] == "RandomNoise" and chosen["type"] == "KSamplerSelect" and chosen["widgets_values"] == ["euler"]
+    assert schedule["type"] == "MovaScheduler" and _source(wf, schedule, "guider") == (guider, "guider")
+    assert _values(spec.SCHEDULER, schedule) == {"steps": 50, "scheduler": "official"}
+    assert _source(wf, sampler, "guider") == (guider, "guider")
+    assert _source(wf, sampler, "latent_image") == (cond, "av_latent")
+    assert _source(wf, split, "av_latent") == (sampler, "output")
+    (video,) = [n for n in _by_type(wf, "VAEDecode") if _source(wf, n, "samples") == (split, "video_latent")]
+    (audio,) = [n for n in _by_type(wf, "MovaAudioDecode") if _source(wf, n, "audio_latent") == (split, "audio_latent")]
+    assert _source(wf, create, "images") == (video, "IMAGE") and _source(wf, create, "audio") == (audio, "audio")
+    assert _source(wf, create, "fps") == (cond, "fps")
+    assert _source(wf, _by_type(wf, "SaveVideo")[0], "video") == (create, "VIDEO")
+    for name in ("positive", "negative"):
+        assert _source(wf, cond, name)[0]["type"] == "MovaTextEncode"
+    assert _source(wf, cond, "start_image")[0]["type"] == "LoadImage"
+    assert cond["widgets_values"] == [640, 352, 193, 24]
+    assert "ComfyUI 0.8" in _notes(wf)
+
+
 def test_i2va_has_a_start_image_and_t2va_does_not():
     i2va, t2va = _load(WORKFLOWS / "mova_i2va.json"), _load(WORKFLOWS / "mova_t2va.json")
     (cond,) = _by_type(i2va, "MovaConditioning")
@@ -348,7 +391,7 @@ def test_layout_is_tidy(path):
     assert workflow_layout.problems(wf) == []
     titles = [g["title"] for g in wf["groups"]]
     assert titles[0] == "Models" and titles[-1] == "Output"
-    if path in SAMPLING:
+    if path in SAMPLING or path in NATIVE:
         assert titles == ["Models", "Prompt", "Sampling", "Output"]
     assert workflow_layout.note_title(wf)
 
