@@ -106,11 +106,15 @@ def test_parity_with_kept_regions_and_given_modality_clean(towers, golden_tensor
 
 
 def test_parity_with_step_caching(towers, golden_tensors, golden_cases):
-    opts = _options(golden_cases, cache_threshold=0.3, steps=8)
-    stats = {}
-    reference = sampler.sample(towers, golden_tensors["condition"], golden_tensors["context_pos"],
-                               golden_tensors["context_neg"], golden_tensors["noise_video"],
-                               golden_tensors["noise_audio"], opts, stats=stats)
+    # the lowest threshold that skips a step with this golden set's random weights (they change a lot per step)
+    for threshold in (0.3, 0.5, 1.0, 2.0, 4.0):
+        opts = _options(golden_cases, cache_threshold=threshold, steps=8)
+        stats = {}
+        reference = sampler.sample(towers, golden_tensors["condition"], golden_tensors["context_pos"],
+                                   golden_tensors["context_neg"], golden_tensors["noise_video"],
+                                   golden_tensors["noise_audio"], opts, stats=stats)
+        if stats["skipped_steps"] > 0:
+            break
     sigmas = _official(opts)
     denoiser = _denoiser(towers, golden_tensors, opts, sigmas)
     native = euler(denoiser, golden_tensors["noise_video"], golden_tensors["noise_audio"], sigmas)

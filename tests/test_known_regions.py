@@ -196,13 +196,15 @@ def test_whole_video_renoised_by_default(towers, golden_tensors, golden_cases, g
     assert torch.equal(video, given[0]) and loaded == [0, 1]  # both experts, on the usual schedule
 
 
-@pytest.mark.parametrize("mask, message", [
-    (torch.zeros(1, 1, 2, 1, 1), "video noise mask \\(1, 1, 2, 1, 1\\) does not fit.*one value per latent frame"),
-    (torch.full((1, 1, 3, 1, 1), 2.0), "noise mask must lie in 0..1"),
-])
-def test_bad_video_masks(towers, golden_tensors, golden_cases, given, mask, message):
-    with pytest.raises(ValueError, match=message):
-        _run(towers, golden_tensors, golden_cases["fps"], known_video=KnownLatents(given[0], mask))
+@pytest.mark.parametrize("make_mask, message", [
+    (lambda frames: torch.zeros(1, 1, frames - 1, 1, 1), "video noise mask \\(1, 1, {short}, 1, 1\\) does not fit.*"
+                                                         "one value per latent frame"),
+    (lambda frames: torch.full((1, 1, frames, 1, 1), 2.0), "noise mask must lie in 0..1"),
+], ids=["one frame short", "outside 0..1"])
+def test_bad_video_masks(towers, golden_tensors, golden_cases, given, make_mask, message):
+    frames = given[0].shape[2]  # latent frames of the golden case
+    with pytest.raises(ValueError, match=message.format(short=frames - 1)):
+        _run(towers, golden_tensors, golden_cases["fps"], known_video=KnownLatents(given[0], make_mask(frames)))
 
 
 def test_given_latents_of_another_size(towers, golden_tensors, golden_cases, given):

@@ -74,7 +74,7 @@ def test_extension_keeps_the_overlap(vae, clip):  # noqa: F811
     reference = codec_encode(vae, wave[..., start - context * hop:])[..., context:context + keep]
     assert torch.equal(audio.samples[..., :keep], reference) and torch.all(audio.samples[..., keep:] == 0)
     assert audio.given_waveform is None
-    assert "joined: 13 frames" in report and (ext.overlap, ext.length) == (overlap, length)
+    assert f"joined: {2 * length - overlap} frames" in report and (ext.overlap, ext.length) == (overlap, length)
 
 
 def test_join_drops_the_overlap_frames_and_crossfades(vae, clip):  # noqa: F811
@@ -128,16 +128,30 @@ def test_extension_samples_and_chains(parts, vae, clip):  # noqa: F811
     assert so_far.shape[0] == total and so_far_sound["waveform"].shape[-1] == int(rate * total / fps)
 
 
-@pytest.mark.parametrize("change, message", [
-    (dict(overlap=4), "overlap 4 is not 4k\\+1: use 5"),
-    (dict(overlap=9), "overlap 9 is not shorter than length 9.*at most 5"),
-    (dict(overlap=13, length=17), "overlap 13 is longer than the clip so far \\(9 frames\\): use at most 9"),
-    (dict(length=10), "length 10 is not 4k\\+1: use 9"),
-    (dict(crossfade=5.0), "crossfade 5 s is longer than the overlap's"),
-    (dict(fps=30.0), "sound has 112 samples .* 9 frames at 30 fps need 90.*as if the frames ran at 24.107 fps: set fps"),
-    (dict(images=torch.rand(9, 24, 32, 3)), "images are 32x24, not multiples of 16"),
-])
-def test_bad_extension_inputs_name_the_fix(vae, clip, change, message):  # noqa: F811
+# each case from the golden clip: n frames of w x h, its sound of `samples` samples at `rate` Hz
+BAD_EXTENSIONS = {
+    "overlap not 4k+1": lambda n, w, h, rate, samples: (dict(overlap=4), "overlap 4 is not 4k\\+1: use 5"),
+    "overlap as long as the clip": lambda n, w, h, rate, samples: (
+        dict(overlap=n), f"overlap {n} is not shorter than length {n}.*at most {n - 4}"),
+    "overlap longer than the clip so far": lambda n, w, h, rate, samples: (
+        dict(overlap=n + 4, length=n + 8),
+        f"overlap {n + 4} is longer than the clip so far \\({n} frames\\): use at most {n}"),
+    "length not 4k+1": lambda n, w, h, rate, samples: (dict(length=n + 1), f"length {n + 1} is not 4k\\+1: use {n}"),
+    "crossfade longer than the overlap": lambda n, w, h, rate, samples: (
+        dict(crossfade=5.0), "crossfade 5 s is longer than the overlap's"),
+    "sound of another frame rate": lambda n, w, h, rate, samples: (
+        dict(fps=30.0), f"sound has {samples} samples .* {n} frames at 30 fps need {int(rate * n / 30)}.*as if the "
+                        f"frames ran at {n * rate / samples:.3f} fps: set fps"),
+    "images not multiples of 16": lambda n, w, h, rate, samples: (
+        dict(images=torch.rand(n, h - 8, w, 3)), f"images are {w}x{h - 8}, not multiples of 16"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_EXTENSIONS))
+def test_bad_extension_inputs_name_the_fix(vae, clip, case):  # noqa: F811
+    frames, sound, _ = clip
+    n, h, w = frames.shape[:3]
+    change, message = BAD_EXTENSIONS[case](n, w, h, sound["sample_rate"], sound["waveform"].shape[-1])
     with pytest.raises(ValueError, match=message):
         _extend(vae, clip, **change)
 
@@ -158,7 +172,9 @@ def test_join_refuses_other_clips(vae, clip):  # noqa: F811
     _, _, ext, _ = _extend(vae, clip)
     rate = sound["sample_rate"]
     good = {"waveform": torch.zeros(1, 1, int(rate * ext.length / fps)), "sample_rate": rate}
-    with pytest.raises(ValueError, match="images are 5 frames of 32x32, the clip MOVA Extend set up has 9"):
+    height, width = frames.shape[1:3]
+    with pytest.raises(ValueError, match=f"images are 5 frames of {width}x{height}, the clip MOVA Extend set up has "
+                                         f"{ext.length} of {width}x{height}"):
         join_clips(ext, frames[:5], good)
     with pytest.raises(ValueError, match="new clip's sound has 100 samples"):
         join_clips(ext, frames, {"waveform": torch.zeros(1, 1, 100), "sample_rate": rate})

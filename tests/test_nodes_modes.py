@@ -133,7 +133,7 @@ def test_audio_fitting_pads_with_silence_and_warns(vae, size, caplog):
     assert torch.all(fitted.waveform[..., have:] == 0)
     assert "padded with" in fitted.report and f"set length to {longest_clip(have, rate, fps)} frames" in fitted.report
     assert "padded with" in caplog.text
-    exact = fit_audio(_sound(frames / fps, rate, 1), "audio", frames, fps, rate)
+    exact = fit_audio(_sound(wanted / rate, rate, 1), "audio", frames, fps, rate)  # exactly the samples needed
     assert "used whole" in exact.report and exact.waveform.shape[-1] == wanted
 
 
