@@ -8,22 +8,15 @@ import torch
 from ..mova_model.memory import check_fits, sampling_bytes
 from ..mova_model.sampler import MovaTowers
 from .handles import LoadedPart, MovaConditioning
-from .sampling import check_roles
+from .sampling import matching_towers
 
 
 def check_native_setup(high: LoadedPart, low: LoadedPart, tower: LoadedPart, cond: MovaConditioning,
                        video_shape, audio_shape) -> MovaTowers:
     """The towers, or a ValueError saying what to change: experts swapped, another text encoder, a latent of
     another size than the conditioning, an audio latent of another codec or length."""
-    check_roles(high, low)
-    audio_dit, bridge = tower.model.audio_dit, tower.model.bridge
-    towers = MovaTowers([high.model, low.model], audio_dit, bridge)
-    text_dim = high.model.config.text_dim
-    if cond.context_pos.shape[-1] != text_dim:
-        raise ValueError(
-            f"the prompt has {cond.context_pos.shape[-1]} features per token, MOVA needs {text_dim} (UMT5-XXL): "
-            "load umt5_xxl_fp8_e4m3fn_scaled.safetensors (or umt5_xxl_fp16) with CLIP Loader, type wan."
-        )
+    towers = matching_towers(high, low, tower, cond)
+    audio_dit, bridge = towers.audio_dit, towers.bridge
     if len(video_shape) != 5 or tuple(video_shape[2:]) != tuple(cond.condition.shape[2:]):
         raise ValueError(
             f"the latent's video part is {tuple(video_shape)} but the conditioning is for latents "

@@ -54,18 +54,24 @@ def check_roles(high: LoadedPart, low: LoadedPart) -> None:
             )
 
 
-def check_setup(high: LoadedPart, low: LoadedPart, tower: LoadedPart, cond: MovaConditioning,
-                video: torch.Tensor, audio: AudioLatent) -> MovaTowers:
-    """Raise a ValueError saying what to change when the parts do not belong together; else the towers."""
+def matching_towers(high: LoadedPart, low: LoadedPart, tower: LoadedPart, cond: MovaConditioning) -> MovaTowers:
+    """The towers of the three loaders, or a ValueError when the experts are swapped or the prompt comes from
+    another text encoder than MOVA's."""
     check_roles(high, low)
-    audio_dit, bridge = tower.model.audio_dit, tower.model.bridge
-    towers = MovaTowers([high.model, low.model], audio_dit, bridge)
     text_dim = high.model.config.text_dim
     if cond.context_pos.shape[-1] != text_dim:
         raise ValueError(
             f"the prompt has {cond.context_pos.shape[-1]} features per token, MOVA needs {text_dim} (UMT5-XXL): "
             "load umt5_xxl_fp8_e4m3fn_scaled.safetensors (or umt5_xxl_fp16) with CLIP Loader, type wan."
         )
+    return MovaTowers([high.model, low.model], tower.model.audio_dit, tower.model.bridge)
+
+
+def check_setup(high: LoadedPart, low: LoadedPart, tower: LoadedPart, cond: MovaConditioning,
+                video: torch.Tensor, audio: AudioLatent) -> MovaTowers:
+    """Raise a ValueError saying what to change when the parts do not belong together; else the towers."""
+    towers = matching_towers(high, low, tower, cond)
+    audio_dit, bridge = towers.audio_dit, towers.bridge
     if tuple(cond.condition.shape[2:]) != tuple(video.shape[2:]):
         raise ValueError(
             f"the conditioning is for latents {tuple(cond.condition.shape[2:])} but the latent is "

@@ -294,27 +294,33 @@ def test_fp8_weights_run(client, tmp_path):
     _check_mp4(client.download(videos[0], tmp_path / "fp8.mp4"))
 
 
-def test_cancel_stops_the_sampler(client):
-    """Cancel (POST /interrupt) during sampling stops the MOVA Sampler between steps."""
+def _cancel_during(client, prompt: dict, is_running, silent: str, timeout: float = 120) -> str:
+    """Queue ``prompt``, cancel it at the first progress message for which ``is_running(data)`` holds (``silent``:
+    the failure when none comes), and check ComfyUI reports it cancelled; returns the prompt id."""
     from comfy_client import ServerError
     from run_workflow import wait
-    prompt = _prompt(client, "mova_t2va.json", seed=7)
-    next(n for n in prompt.values() if n["class_type"] == "MovaSampler")["inputs"]["steps"] = 1000
     ws = client.websocket()
     try:
         prompt_id = client.queue(prompt)
-        steps = []
-        while not steps:
-            message = ws.receive(timeout=120)
-            assert message is not None, "no progress from the sampler"
-            data = message.get("data", {})
-            if message["type"] == "progress" and prompt.get(data.get("node"), {}).get("class_type") == "MovaSampler":
-                steps.append(data["value"])
+        while True:
+            message = ws.receive(timeout=timeout)
+            assert message is not None, silent
+            if message["type"] == "progress" and is_running(message.get("data", {})):
+                break
         client.cancel(prompt_id)
         with pytest.raises(ServerError, match="cancelled"):
             wait(client, ws, prompt_id, prompt, timeout=120)
     finally:
         ws.close()
+    return prompt_id
+
+
+def test_cancel_stops_the_sampler(client):
+    """Cancel (POST /interrupt) during sampling stops the MOVA Sampler between steps."""
+    prompt = _prompt(client, "mova_t2va.json", seed=7)
+    next(n for n in prompt.values() if n["class_type"] == "MovaSampler")["inputs"]["steps"] = 1000
+    prompt_id = _cancel_during(client, prompt, lambda data: prompt.get(data.get("node"), {}).get("class_type") ==
+                               "MovaSampler", "no progress from the sampler")
     deadline = time.monotonic() + 60
     while not client.history(prompt_id) and time.monotonic() < deadline:  # filed just after the last message
         time.sleep(0.2)
@@ -755,24 +761,9 @@ def test_training_continues_and_never_overwrites_a_lora(client, base):
 
 
 def test_cancel_stops_training_and_the_checkpoint_continues(client, base):
-    from comfy_client import ServerError
-    from run_workflow import wait
     prompt = _train_prompt(client, "icancel", steps=1000, filename="icancel", checkpoint_every=2)
-    ws = client.websocket()
-    try:
-        prompt_id = client.queue(prompt)
-        while True:
-            message = ws.receive(timeout=300)
-            assert message is not None, "no progress from MOVA Train LoRA"
-            data = message.get("data", {})
-            trainer = data.get("node") == _key(prompt, "MovaTrainLora")
-            if message["type"] == "progress" and trainer and data["value"] >= 3:
-                break
-        client.cancel(prompt_id)
-        with pytest.raises(ServerError, match="cancelled"):
-            wait(client, ws, prompt_id, prompt, timeout=120)
-    finally:
-        ws.close()
+    _cancel_during(client, prompt, lambda data: data.get("node") == _key(prompt, "MovaTrainLora") and data["value"] >= 3,
+                   "no progress from MOVA Train LoRA", timeout=300)
     run = base / "output" / "mova_training" / "icancel"
     last = max(int(p.stem.split("_")[1]) for p in run.glob("step_*.safetensors"))
     assert last >= 2 and not list(run.glob("*.tmp"))
@@ -1113,25 +1104,10 @@ def test_native_keeps_the_given_sound(client, base):
 @needs_native
 def test_native_cancel_stops_the_guider(client):
     """Cancel during SamplerCustomAdvanced stops the MOVA Guider between model calls."""
-    from comfy_client import ServerError
-    from run_workflow import wait
     prompt = _native(client, seed=34)
     prompt[_node_key(prompt, "MovaScheduler")]["inputs"]["steps"] = 1000
-    ws = client.websocket()
-    try:
-        prompt_id = client.queue(prompt)
-        while True:
-            message = ws.receive(timeout=120)
-            assert message is not None, "no progress from the sampler"
-            data = message.get("data", {})
-            if message["type"] == "progress" and prompt.get(data.get("node"), {}).get("class_type") == \
-                    "SamplerCustomAdvanced":
-                break
-        client.cancel(prompt_id)
-        with pytest.raises(ServerError, match="cancelled"):
-            wait(client, ws, prompt_id, prompt, timeout=120)
-    finally:
-        ws.close()
+    _cancel_during(client, prompt, lambda data: prompt.get(data.get("node"), {}).get("class_type") ==
+                   "SamplerCustomAdvanced", "no progress from the sampler")
 
 
 @pytest.mark.skipif(NATIVE, reason="this ComfyUI has nested latents: the native path runs")
