@@ -7,6 +7,7 @@ import logging
 from comfy_api.latest import io, ui
 
 from . import spec
+from .av_latent import av_output
 from .comfy_io import schema, show_text
 from .conditioning_node import audio_vae_encoder, wan_vae_encoder
 from .extend import join_clips, prepare_extension
@@ -29,7 +30,7 @@ class MovaExtend(io.ComfyNode):
         )
         log.info("MOVA Extend: %s", report)
         show_text(cls.hidden.unique_id, report)
-        return io.NodeOutput(cond, latent, extension, ui=ui.PreviewText(report))
+        return io.NodeOutput(cond, latent, extension, av_output(latent), ui=ui.PreviewText(report))
 
 
 class MovaJoin(io.ComfyNode):

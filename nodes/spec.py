@@ -383,6 +383,10 @@ EXTEND = NodeSpec(
         Socket("conditioning", MOVA_CONDITIONING, "The next clip's prompts and condition, for the MOVA Sampler."),
         Socket("latent", "LATENT", "The next clip's joint latent with the overlap kept, for the MOVA Sampler."),
         Socket("extension", EXTENSION, "The clip so far and the overlap, for MOVA Join."),
+        # Added later: appended so that saved workflows keep their output positions.
+        Socket("av_latent", "LATENT", "The next clip's latent in ComfyUI's audio-video form, the overlap kept through "
+               "nested noise masks: for SamplerCustomAdvanced with a MOVA Guider on this node's conditioning "
+               "(ComfyUI 0.8 and later)."),
     ),
 )
 
@@ -624,12 +628,12 @@ GUIDER = NodeSpec(
     description="MOVA as a GUIDER for SamplerCustomAdvanced (ComfyUI 0.8 and later): any stock sampler, noise and "
     "sigmas drive MOVA's two video experts (switched at the boundary), the audio tower and bridge, with text CFG "
     "and MOVA Sampler Options' dual CFG, audio CFG / shift, CFG cut-off and step caching. Sample the av_latent of "
-    "MOVA Conditioning. Euler + MOVA Scheduler (official) + Random Noise equals the MOVA Sampler.",
+    "MOVA Conditioning (or MOVA Extend). Euler + MOVA Scheduler (official) + Random Noise equals the MOVA Sampler.",
     inputs=(
         Socket("high_noise_expert", VIDEO_EXPERT, "The high-noise video expert (video_dit)."),
         Socket("low_noise_expert", VIDEO_EXPERT, "The low-noise video expert (video_dit_2)."),
         Socket("audio_tower", AUDIO_TOWER, "Audio DiT + bridge from the MOVA Audio Tower Loader."),
-        Socket("conditioning", MOVA_CONDITIONING, "From MOVA Conditioning (the same node whose av_latent is sampled)."),
+        Socket("conditioning", MOVA_CONDITIONING, "From MOVA Conditioning or MOVA Extend (the same node whose av_latent is sampled)."),
         Widget("cfg", "FLOAT", default=5.0, min=1.0, max=30.0, step=0.1,
                tooltip="Text guidance scale (5.0 official). 1.0 skips the negative prompt and runs twice as fast."),
         Widget("shift", "FLOAT", default=5.0, min=0.01, max=100.0, step=0.1,

@@ -1102,6 +1102,43 @@ def test_native_keeps_the_given_sound(client, base):
 
 
 @needs_native
+def test_native_extension_keeps_the_overlap(client, base):
+    """MOVA Extend's av_latent on the native path: the first clip sampled natively, decoded and extended; a second
+    MOVA Guider on the extension's conditioning with the same stock noise, sampler and sigmas returns the overlap's
+    latent frames and audio steps as MOVA Extend gave them, and generates the rest."""
+    overlap = 9
+    prompt = _native(client, seed=36, sampler="dpmpp_2m")
+    cond, guider, sampler = (_node_key(prompt, t) for t in ("MovaConditioning", "MovaGuider", "SamplerCustomAdvanced"))
+    given = prompt[cond]["inputs"]
+    prompt |= {
+        "80": {"class_type": "MovaExtend", "inputs": {
+            k: given[k] for k in ("positive", "negative", "vae", "audio_vae")} | {
+            "images": [_node_key(prompt, "VAEDecode"), 0], "audio": [_node_key(prompt, "MovaAudioDecode"), 0],
+            "length": FRAMES, "overlap": overlap, "fps": FPS, "crossfade": 0.05}},
+        "81": {"class_type": "MovaGuider", "inputs": prompt[guider]["inputs"] | {"conditioning": ["80", 0]}},
+        "82": {"class_type": "SamplerCustomAdvanced", "inputs": prompt[sampler]["inputs"] | {
+            "guider": ["81", 0], "latent_image": ["80", 3]}},
+        "83": {"class_type": "LTXVSeparateAVLatent", "inputs": {"av_latent": ["80", 3]}},
+        "84": {"class_type": "LTXVSeparateAVLatent", "inputs": {"av_latent": ["82", 0]}},
+    }
+    for i, (source, part, name) in enumerate([("83", 0, "given_video"), ("83", 1, "given_audio"),
+                                              ("84", 0, "video"), ("84", 1, "audio")]):
+        prompt[str(85 + i)] = {"class_type": "SaveLatent", "inputs": {
+            "samples": [source, part], "filename_prefix": f"latents/extend_{name}"}}
+    outputs = {}
+    _run(client, prompt, outputs)
+    given_video, given_audio, video, audio = (_saved_latent(base, outputs, str(85 + i)) for i in range(4))
+    kept = (overlap - 1) // 4 + 1  # latent frames of the overlap
+    assert given_video[:, :, :kept].abs().sum() > 0 and torch.all(given_video[:, :, kept:] == 0)
+    assert torch.equal(video[:, :, :kept], given_video[:, :, :kept])
+    assert video[:, :, kept:].abs().sum() > 0 and torch.isfinite(video).all()
+    steps = (given_audio.abs().sum(dim=1) > 0)[0]  # audio latent steps MOVA Extend filled in (the rest is zero)
+    keep = int(steps.long().cumprod(0).sum())
+    assert keep > 0 and not steps[keep:].any()
+    assert torch.equal(audio[..., :keep], given_audio[..., :keep]) and audio[..., keep:].abs().sum() > 0
+
+
+@needs_native
 def test_native_cancel_stops_the_guider(client):
     """Cancel during SamplerCustomAdvanced stops the MOVA Guider between model calls."""
     prompt = _native(client, seed=34)
