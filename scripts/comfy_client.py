@@ -86,9 +86,11 @@ class ComfyClient:
 
 
 class WebSocket:
-    """Just enough of RFC 6455 to read ComfyUI's messages: text frames as dicts, binary frames skipped."""
+    """Just enough of RFC 6455 to read ComfyUI's messages: text frames as dicts; binary frames (previews) go to
+    ``on_binary`` when set, else are skipped."""
 
     def __init__(self, host: str, port: int, path: str, timeout: float):
+        self.on_binary = None
         try:
             self.sock = socket.create_connection((host, port), timeout=timeout)
         except OSError as exc:
@@ -122,7 +124,8 @@ class WebSocket:
         self.sock.sendall(bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked)
 
     def receive(self, timeout: float | None = None) -> dict | None:
-        """The next text message as a dict (None on a timeout); answers pings, skips binary previews."""
+        """The next text message as a dict (None on a timeout); answers pings, hands binary previews to
+        ``on_binary``."""
         message, text = b"", False
         while True:
             self.sock.settimeout(timeout)
@@ -149,6 +152,8 @@ class WebSocket:
             if first & 0x80:
                 if text:
                     return json.loads(message)
+                if self.on_binary is not None:
+                    self.on_binary(message)
                 message = b""
 
     def close(self) -> None:

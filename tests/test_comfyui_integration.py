@@ -10,6 +10,7 @@ application of MOVA LoRA patches weight by weight.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import subprocess
@@ -203,11 +204,14 @@ def _prompt(client, workflow: str, **params):
     return prompt
 
 
-def _run(client, prompt, outputs: dict | None = None):
-    """(SaveVideo files, sampler progress) of one prompt run; ``outputs`` receives every node's UI output."""
+def _run(client, prompt, outputs: dict | None = None, previews: list | None = None):
+    """(SaveVideo files, sampler progress) of one prompt run; ``outputs`` receives every node's UI output,
+    ``previews`` the binary preview messages."""
     from run_workflow import finished_history, wait
     from workflow_api import video_outputs
     ws = client.websocket()
+    if previews is not None:
+        ws.on_binary = previews.append
     progress = []
     receive = ws.receive
 
@@ -1057,6 +1061,17 @@ def test_native_parity_on_the_golden_release(client, base, golden_dir, golden_ca
           [rel_l2(o, r) for r, o in zip(reference, native)])
 
 
+def _check_previews(previews: list[bytes]) -> None:
+    """The sampler sent live previews (``--preview-method auto``): ComfyUI's binary messages of event 1 (a preview
+    image: 4 bytes event, 4 bytes format, the image), each a picture PIL opens, as for the stock samplers."""
+    from PIL import Image
+    images = [p for p in previews if int.from_bytes(p[:4], "big") == 1]
+    assert images, f"no preview among {len(previews)} binary messages"
+    for payload in images:
+        with Image.open(io.BytesIO(payload[8:])) as picture:
+            assert picture.size[0] > 0 and picture.size[1] > 0
+
+
 @needs_native
 @pytest.mark.parametrize("sampler,scheduler", [("res_multistep", "simple"), ("dpmpp_2m", "official")])
 def test_native_second_order_samplers_to_mp4(client, tmp_path, sampler, scheduler):
@@ -1065,9 +1080,10 @@ def test_native_second_order_samplers_to_mp4(client, tmp_path, sampler, schedule
     prompt = _native(client, seed=32, sampler=sampler, scheduler=scheduler)
     split = _node_key(prompt, "MovaSeparateAVLatent")
     prompt["60"] = {"class_type": "TestMovaLatentProbe", "inputs": {"video": [split, 0], "audio": [split, 1]}}
-    first, second = {}, {}
-    videos, _ = _run(client, prompt, first)
+    first, second, previews = {}, {}, []
+    videos, _ = _run(client, prompt, first, previews)
     _check_mp4(client.download(videos[0], tmp_path / f"{sampler}.mp4"))
+    _check_previews(previews)
     # again, through stock Split Sigmas (all of them): the sampler runs anew, Random Noise draws from the seed again
     sigmas = _node_key(prompt, "MovaScheduler")
     prompt["61"] = {"class_type": "SplitSigmas", "inputs": {"sigmas": [sigmas, 0], "step": STEPS}}
