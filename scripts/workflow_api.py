@@ -173,36 +173,39 @@ def set_parameters(prompt: dict, *, prompt_text: str | None = None, negative: st
     return prompt
 
 
+# MOVA Conditioning's media inputs: (input, loader class, the loader's file widget, message when the workflow has
+# no such loader, message when the workflow needs the file)
+MEDIA_INPUTS = (
+    ("end_image", "LoadImage", "image", "this workflow takes no last frame: use mova_flf2va.json with --end-image",
+     "this workflow ends on a given last frame: give --end-image"),
+    ("audio", "LoadAudio", "audio", "this workflow takes no sound: use mova_a2v.json with --audio",
+     "this workflow follows a sound: give --audio"),
+    ("video", "LoadVideo", "file", "this workflow takes no video: use mova_v2a.json with --video",
+     "this workflow writes a sound for a video: give --video"),
+)
+
+
+def _media_loader(prompt: dict, cond: dict, name: str, loader_class: str) -> dict | None:
+    """The loader node feeding MOVA Conditioning's ``name`` input (a video through Get Video Components)."""
+    source = _source(prompt, cond, name)
+    if source is not None and source[1]["class_type"] == "GetVideoComponents":
+        source = _source(prompt, source[1], "video")
+    return source[1] if source is not None and source[1]["class_type"] == loader_class else None
+
+
 def _set_media(prompt: dict, cond: dict, audio_name: str | None, video_name: str | None,
                end_image_name: str | None) -> None:
     """The last frame (Load Image), the sound (Load Audio) and the video (Load Video -> Get Video Components)
     MOVA Conditioning takes."""
-    end = _source(prompt, cond, "end_image")
-    loader = end[1] if end is not None and end[1]["class_type"] == "LoadImage" else None
-    if end_image_name is not None:
-        if loader is None:
-            raise WorkflowError("this workflow takes no last frame: use mova_flf2va.json with --end-image")
-        loader["inputs"]["image"] = end_image_name
-    elif loader is not None:
-        raise WorkflowError("this workflow ends on a given last frame: give --end-image")
-    audio = _source(prompt, cond, "audio")
-    loader = audio[1] if audio is not None and audio[1]["class_type"] == "LoadAudio" else None
-    if audio_name is not None:
-        if loader is None:
-            raise WorkflowError("this workflow takes no sound: use mova_a2v.json with --audio")
-        loader["inputs"]["audio"] = audio_name
-    elif loader is not None:
-        raise WorkflowError("this workflow follows a sound: give --audio")
-    video = _source(prompt, cond, "video")
-    if video is not None and video[1]["class_type"] == "GetVideoComponents":
-        video = _source(prompt, video[1], "video")
-    loader = video[1] if video is not None and video[1]["class_type"] == "LoadVideo" else None
-    if video_name is not None:
-        if loader is None:
-            raise WorkflowError("this workflow takes no video: use mova_v2a.json with --video")
-        loader["inputs"]["file"] = video_name
-    elif loader is not None:
-        raise WorkflowError("this workflow writes a sound for a video: give --video")
+    given = {"end_image": end_image_name, "audio": audio_name, "video": video_name}
+    for name, loader_class, widget, not_taken, needed in MEDIA_INPUTS:
+        loader = _media_loader(prompt, cond, name, loader_class)
+        if given[name] is not None:
+            if loader is None:
+                raise WorkflowError(not_taken)
+            loader["inputs"][widget] = given[name]
+        elif loader is not None:
+            raise WorkflowError(needed)
 
 
 def missing_models(prompt: dict, object_info: dict, skip: set[tuple[str, str]] = frozenset()) -> list[str]:

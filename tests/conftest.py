@@ -27,6 +27,9 @@ def _import_pack():
 
 _import_pack()
 
+# the real ComfyUI of the integration tests (tests/test_comfyui_*.py): its fixtures and helpers
+pytest_plugins = ["comfy_integration"]
+
 
 def golden_root() -> Path:
     """The golden set: $MOVA_GOLDEN_DIR when set (a folder with cases.json, or one holding tiny/), else our copy."""

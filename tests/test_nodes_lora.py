@@ -1,6 +1,6 @@
 """MOVA LoRA Loader's logic without ComfyUI: which weights of which part get which patch, the LoRA weights
 tuple in ComfyUI's adapter layout (W + s·(α/r)·B·A once applied), strengths, reports and refusals.
-(ComfyUI's own patch application is checked in test_comfyui_integration.py.)"""
+(ComfyUI's own patch application is checked in test_comfyui_lora.py.)"""
 
 import copy
 

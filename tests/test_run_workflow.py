@@ -1,6 +1,6 @@
 """The headless runner without a server: UI -> API conversion of the shipped workflows, parameters, the
 missing-model check, and a clear refusal when no server listens. (The real server run is in
-test_comfyui_integration.py.)"""
+tests/test_comfyui_*.py.)"""
 
 import json
 import socket
