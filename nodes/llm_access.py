@@ -314,13 +314,15 @@ def access_for(base_url: object, api_key_env: object, environ) -> Access:
 
 # -- keeping the key out of text ---------------------------------------------------------------------------------
 
-_KEY_RUN_STOP = set(" \t\r\n\"'`<>()[]{},;")
-
-
 def blank_key(text: str, key: str | None) -> str:
-    """``text`` with the key, and every run of characters that shares 8 characters in a row with it, as ***."""
+    """``text`` with the key, and every run of key-like characters (letters, digits and the key's own symbols)
+    that shares 8 characters in a row with it, as ***."""
     if not key or not text:
         return text
+    symbols = {c for c in key if not c.isalnum()}
+
+    def in_run(char: str) -> bool:
+        return char.isalnum() or char in symbols
     n = min(8, len(key))
     spans = []
     for gram in {key[i:i + n] for i in range(len(key) - n + 1)}:
@@ -332,9 +334,9 @@ def blank_key(text: str, key: str | None) -> str:
         return text
     widened = []
     for start, end in spans:
-        while start > 0 and text[start - 1] not in _KEY_RUN_STOP:
+        while start > 0 and in_run(text[start - 1]):
             start -= 1
-        while end < len(text) and text[end] not in _KEY_RUN_STOP:
+        while end < len(text) and in_run(text[end]):
             end += 1
         widened.append((start, end))
     widened.sort()
