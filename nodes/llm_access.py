@@ -52,6 +52,10 @@ def is_plain_name(text: str) -> bool:
 
 def _bad_character(text: str) -> str | None:
     for position, char in enumerate(text, start=1):
+        if char in "\r\n":
+            return f"a line break ({_code(char)}) at character {position}"
+        if char == "\t":
+            return f"a tab ({_code(char)}) at character {position}"
         if char.isspace():
             return f"a space ({_code(char)}) at character {position}"
         if unicodedata.category(char) in ("Cc", "Cf", "Cs", "Co", "Cn"):
@@ -263,7 +267,9 @@ def _pasted_key_message() -> str:
 def access_for(base_url: object, api_key_env: object, environ) -> Access:
     """The checked target, route and key for a request the workflow asks for; AccessError when the user's
     settings do not allow it. Reads only MOVA_LLM_HOSTS, MOVA_LLM_API_KEY and a variable MOVA_LLM_HOSTS names."""
-    legacy = api_key_env.strip() if isinstance(api_key_env, str) else ""
+    if api_key_env is not None and not isinstance(api_key_env, str):
+        raise AccessError(f"api_key_env must be text (best left empty), got {type(api_key_env).__name__}", auth=True)
+    legacy = (api_key_env or "").strip()
     if legacy and not is_plain_name(legacy):
         raise AccessError(_pasted_key_message(), auth=True)
     target = parse_base_url(base_url)

@@ -10,12 +10,13 @@ or bodies.
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
-from .llm_access import HOSTS_VAR, KEY_VAR, Access, AccessError, access_for, excerpt
+from .llm_access import HOSTS_VAR, KEY_VAR, Access, AccessError, access_for, excerpt, parse_base_url
 from .llm_http import HTTPFailure, exchange
 
 START_SERVERS = (
@@ -85,7 +86,6 @@ def endpoint(base_url: str, api_key_env: str = "", environ=None, timeout: float 
              should_stop: Callable[[], bool] | None = None) -> Endpoint:
     """The checked endpoint for ``base_url`` under the user's settings in ``environ`` (os.environ by default);
     raises EnhanceError (AuthError for key problems) before any connection."""
-    import os
     environ = os.environ if environ is None else environ
     try:
         access = access_for(base_url, api_key_env, environ)
@@ -97,7 +97,6 @@ def endpoint(base_url: str, api_key_env: str = "", environ=None, timeout: float 
 def normalise_base_url(url: str) -> str:
     """``url`` checked (http/https with a host) and trimmed to the part before /chat/completions."""
     try:
-        from .llm_access import parse_base_url
         return parse_base_url(url).url
     except AccessError as err:
         raise EnhanceError(str(err)) from None
@@ -256,7 +255,14 @@ def _content(message: dict) -> str:
 
 
 def _kind(value: object) -> str:
-    return "null" if value is None else f"a {type(value).__name__}"
+    """A JSON value's kind in words ("null", "a number", "an object"...)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return {dict: "an object", list: "a list", str: "a string"}.get(type(value), f"a {type(value).__name__}")
 
 
 def chat_completion(endpoint: Endpoint, payload: dict, *, image_sent: bool = False) -> ChatResult:

@@ -290,8 +290,9 @@ def exchange(target: Target, route: Route, method: str, headers: dict, body: byt
             state.abort()
             raise HTTPFailure("cancelled", "cancelled")
         if remaining() <= 0:
+            detail = _timeout_detail(state)  # before the abort: the worker moves on once its socket is shut
             state.abort()
-            raise HTTPFailure("timeout", _timeout_detail(state))
+            raise HTTPFailure("timeout", detail)
     if state.failure is not None:
         raise _failure(state.failure, state) from None
     return state.response
