@@ -119,8 +119,8 @@ def _enhance(point: Endpoint, idea: str, image_url: str | None, settings: Enhanc
     key = point.api_key
     warnings = []
     start = time.monotonic()
-    log.info("MOVA Prompt Enhance: asking %s at %s (%s)", blank_key(settings.model.strip(), key), point.base_url,
-             "with the first frame" if image_url else "text only")
+    log.info("MOVA Prompt Enhance: asking %s at %s (%s)", blank_key(settings.model.strip(), key),
+             blank_key(point.base_url, key), "with the first frame" if image_url else "text only")
     try:
         caption, extra = _ask(point, idea, image_url, settings)
     except NoVision as err:
