@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from comfyui_mova.nodes.llm_access import (HOSTS_VAR, KEY_VAR, AccessError, access_for, blank_key,
-                                           is_loopback_target, is_plain_name, parse_base_url)
+from comfyui_mova.nodes.llm_access import (HOSTS_VAR, KEY_VAR, access_for, blank_key, is_loopback_target,
+                                           is_plain_name, parse_base_url)
 from comfyui_mova.nodes.llm_client import AuthError, EnhanceError, ServerUnreachable, UnknownModel, endpoint
 from comfyui_mova.nodes.prompt_enhance import EnhanceSettings, enhance_prompt
 from fake_llm_server import VISION_MODEL, FakeLLMServer, ScriptedServer, completion, http_reply
@@ -265,10 +265,6 @@ def test_a_password_in_base_url_is_never_repeated():
 
 
 # -- hostile servers: nothing they echo brings the key back ----------------------------------------------------------
-
-def _echo_in_401(request, key):
-    return 401, {"error": {"message": f"Incorrect API key provided: {key}", "code": "invalid_api_key"}}
-
 
 HOSTILE = {
     "401 echoing the key": lambda r: (401, {"error": {"message": f"Incorrect API key provided: {KEY}"}}),
