@@ -201,6 +201,7 @@ NO_VISION = re.compile(
     r"(image|vision|multimodal)"
     r"|at most 0 image|not a multimodal model|vision (add-on|adapter) is not loaded",
     re.IGNORECASE)
+ERROR_TEXT_SEARCHED = 8192  # an error body is searched for these phrases only this far (a hostile one can be 16 MiB)
 MODEL_MISSING = re.compile(r"model.{0,120}(not found|does not exist|not exist|unknown|no such|not available|"
                            r"not loaded|invalid model|try pulling)|model_not_found|unknown model",
                            re.IGNORECASE)
@@ -290,11 +291,12 @@ def chat_completion(endpoint: Endpoint, payload: dict, *, image_sent: bool = Fal
                 fix = (f"the server needs an API key, and a host on this machine gets none unless you list it: set "
                        f"{HOSTS_VAR}={host} and {KEY_VAR}=<the key> before starting ComfyUI")
             raise AuthError(f"HTTP {reply.status} from {url} ({detail}): {fix}")
-        if image_sent and reply.status in (400, 415, 422, 500, 501) and NO_VISION.search(reply.text):
+        head = reply.text[:ERROR_TEXT_SEARCHED]
+        if image_sent and reply.status in (400, 415, 422, 500, 501) and NO_VISION.search(head):
             raise NoVision(f"model {payload.get('model')!r} cannot read images ({detail}): pick a vision model "
                            "(e.g. qwen2.5vl:7b or gemma3:12b in Ollama; for llama-server load the model's mmproj), "
                            "disconnect the image, or turn on retry_without_image")
-        if reply.status in (400, 404, 422) and MODEL_MISSING.search(reply.text):
+        if reply.status in (400, 404, 422) and MODEL_MISSING.search(head):
             raise _unknown_model(endpoint, str(payload.get("model")), detail)
         if reply.status == 404:
             raise EnhanceError(f"HTTP 404 from {url} ({detail}): the server has no chat endpoint there; base_url "

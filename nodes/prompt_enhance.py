@@ -16,11 +16,13 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 from .llm_access import blank_key
-from .llm_client import EnhanceError, Endpoint, NoVision, chat_completion, endpoint
+from .llm_client import BadReply, EnhanceError, Endpoint, NoVision, chat_completion, endpoint
 from .prompt_instructions import system_instructions, user_message
 from .prompt_reply import check_caption, clean_reply
 
 log = logging.getLogger(__name__)
+CHARS_PER_TOKEN = 16  # a token is rarely longer: a reply longer than max_tokens * 16 characters is no model's reply
+MIN_REPLY_CHARS = 65536
 
 
 @dataclass(frozen=True)
@@ -148,6 +150,11 @@ def _enhance(point: Endpoint, idea: str, image_url: str | None, settings: Enhanc
 def _ask(point: Endpoint, idea: str, image_url: str | None, settings: EnhanceSettings) -> tuple[str, list[str]]:
     payload = chat_payload(idea, image_url, settings)
     result = chat_completion(point, payload, image_sent=image_url is not None)
+    limit = max(MIN_REPLY_CHARS, int(settings.max_tokens) * CHARS_PER_TOKEN)
+    if len(result.content) > limit:
+        raise BadReply(f"the reply is {len(result.content)} characters long, more than {settings.max_tokens} tokens "
+                       "(max_tokens) can hold: the server ignored max_tokens or is not a chat model server; check "
+                       "base_url and model")
     caption = clean_reply(result.content)
     warnings = check_caption(caption, result.finish_reason, image_sent=image_url is not None,
                              max_tokens=settings.max_tokens)

@@ -38,6 +38,8 @@ _CANNOT_SEE = re.compile(
 def _drop_closed_blocks(text: str) -> str:
     """``text`` without <tag>…</tag> blocks (the first closing tag of the same name ends a block), in one pass
     over the tags: a hostile reply of many unclosed tags costs linear time, not quadratic as a regex would."""
+    if "</" not in text:  # nothing can close: nothing to drop
+        return text
     tags = list(_TAG.finditer(text))
     closes: dict[str, list[int]] = {}
     for index, tag in enumerate(tags):

@@ -249,3 +249,21 @@ def test_redirects_are_not_followed():
                                "set base_url to the address the server answers on \\(redirects are not followed"):
                 _ask(server.url)
         assert other.requests == []
+
+
+@pytest.mark.parametrize("status", [200, 500])
+def test_a_huge_hostile_body_is_handled_quickly(status):
+    """12 MB of words the error patterns look for (or of unclosed reasoning tags in a 200): handled in seconds,
+    not minutes after the timeout."""
+    if status == 200:
+        body = http_reply(200, completion("<think>" * 1_500_000 + "</think>"))
+    else:
+        body = http_reply(500, "image model not " * 750_000)
+    with ScriptedServer(_sends(body)) as server:
+        start = time.monotonic()
+        with pytest.raises(EnhanceError) as err:
+            enhance_prompt(IDEA, "data:image/png;base64,iVBORw0KGgo=", EnhanceSettings(server.url, VISION_MODEL,
+                           timeout=30), environ={})
+        assert time.monotonic() - start < 5
+    assert ("the reply is 10500008 characters long, more than 2048 tokens (max_tokens) can hold" if status == 200
+            else "HTTP 500") in str(err.value)
