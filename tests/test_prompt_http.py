@@ -267,3 +267,42 @@ def test_a_huge_hostile_body_is_handled_quickly(status):
         assert time.monotonic() - start < 5
     assert ("the reply is 10500008 characters long, more than 2048 tokens (max_tokens) can hold" if status == 200
             else "HTTP 500") in str(err.value)
+
+
+def test_https_to_a_plain_http_server_names_the_scheme():
+    with FakeLLMServer() as server:
+        with pytest.raises(ServerUnreachable, match="TLS failed talking to https://127.0.0.1:.*Check that base_url's "
+                           "scheme \\(http or https\\) matches the server"):
+            _ask(server.url.replace("http://", "https://"))
+        assert server.requests == []
+
+
+def test_a_certificate_that_does_not_verify_is_refused(tmp_path):
+    """A real TLS server on 127.0.0.1 with a self-signed certificate (openssl): refused, nothing sent over it."""
+    import shutil
+    import ssl
+    import subprocess
+    import threading
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed (it makes the test certificate)")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem")], check=True,
+                   capture_output=True)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve():
+        conn, _ = listener.accept()
+        try:
+            context.wrap_socket(conn, server_side=True).recv(1)
+        except (ssl.SSLError, OSError):
+            pass
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        with pytest.raises(ServerUnreachable, match="the server's TLS certificate is not valid for this host "
+                           "\\(self.signed certificate\\)"):
+            _ask(f"https://localhost:{port}/v1")
+    finally:
+        listener.close()
