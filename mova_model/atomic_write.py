@@ -73,9 +73,7 @@ def write_error(exc: OSError, target: str | os.PathLike, what: str = "", existed
 def exists_error(target: str | os.PathLike, what: str = "") -> FileExistsError:
     """The refusal to replace an existing ``target`` without overwrite (the message names it and the fix)."""
     label = f"{what} {target}" if what else str(target)
-    exc = FileExistsError(f"{label} already exists: choose another name, or allow overwriting to replace it.")
-    exc.filename = str(target)
-    return exc
+    return FileExistsError(f"{label} already exists: choose another name, or allow overwriting to replace it.")
 
 
 def _new_temp(folder: Path, name: str) -> Path:

@@ -55,9 +55,9 @@ def name_parts(name: str, what: str, example: str = "my_mova_lora", windows: boo
         kinds = ", ".join(f"U+{ord(c):04X}" for c in bad[:3])
         raise refuse(f"contains a control character or an unpaired surrogate ({kinds}): line breaks, tabs and the "
                      "like are refused in names, and a lone surrogate cannot be stored at all")
-    for flavour in (PurePosixPath(text), PureWindowsPath(text)):
-        if flavour.is_absolute() or flavour.anchor:
-            raise refuse("is an absolute path (it starts at a root, drive or server)")
+    windows_path = PureWindowsPath(text)  # 'C:\\x' and '\\\\server\\x' are refused on every system
+    if PurePosixPath(text).is_absolute() or windows_path.is_absolute() or (windows and windows_path.anchor):
+        raise refuse("is an absolute path (it starts at a root, drive or server)")
     parts = text.replace("\\", "/").split("/")
     if any(p == ".." for p in parts):
         raise refuse("goes up out of its folder ('..')")
@@ -94,15 +94,15 @@ def make_folder(folder: str | os.PathLike, what: str, base: str | os.PathLike | 
     """Create ``folder`` (and its parents); a message naming ``what`` when a file stands where a folder is
     needed or the system refuses (permission, read-only, a name it cannot store)."""
     folder = Path(folder)
-    for candidate in (folder, *folder.parents):
-        if candidate.exists() or candidate.is_symlink():
-            if not candidate.is_dir():
-                raise NameProblem(f"{what}: {candidate} is a file (or a broken link), not a folder: choose another "
-                                  "name, or move that file away.")
-            break
-        if base is not None and candidate == Path(base):
-            break
     try:
+        for candidate in (folder, *folder.parents):
+            if candidate.exists() or candidate.is_symlink():
+                if not candidate.is_dir():
+                    raise NameProblem(f"{what}: {candidate} is a file (or a broken link), not a folder: choose "
+                                      "another name, or move that file away.")
+                break
+            if base is not None and candidate == Path(base):
+                break
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise NameProblem(f"{what}: cannot create the folder {folder} ({exc.strerror or exc}): "
