@@ -107,7 +107,8 @@ def test_cache_name_from_any_folder_name(tmp_path, golden_dir, golden_cases):
     folder = write_toy_clips(tmp_path / ("クリップ" + "x" * 200), golden_cases)
     dataset, path, _ = build_dataset(toy_request(folder, golden_cases), toy_encoders(golden_dir, golden_cases),
                                      tmp_path / "cache")
-    assert path.name.startswith("x" * 63 + "_32x32") and len(path.name) < 120 and path.parent == tmp_path / "cache"
+    assert path.name.startswith("x" * 63 + f"_{golden_cases['width']}x{golden_cases['height']}x")
+    assert len(path.name) < 120 and path.parent == tmp_path / "cache"
     (tmp_path / "blocked").write_text("a file where the cache folder goes")
     with pytest.raises(ValueError, match=r"^MOVA Dataset's cache folder: .*blocked is a file \(or a broken link\), "
                                          r"not a folder"):
