@@ -12,6 +12,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from comfyui_mova.mova_model.latent_dataset import save_latent_dataset
 from comfyui_mova.mova_model.lora import read_lora
 from comfyui_mova.mova_model.lora_train import make_lora_set
 from comfyui_mova.mova_model.training import EXPERT_NAMES, LOW, TrainSettings, sample_indices, train_lora
@@ -20,7 +21,7 @@ from comfyui_mova.mova_model.training_guard import StepGuard, TrainingStopped
 from comfyui_mova.nodes.training_run import report
 from mova_testing import load_golden_towers
 from training_fixtures import build_toy_dataset
-from write_faults import leftovers
+from write_faults import NO_RLIMIT, leftovers, python
 
 FAST = dict(gradient_checkpointing=False, learning_rate=1e-2, rank=4, alpha=4.0, seed=3)
 
@@ -225,3 +226,40 @@ def test_every_checkpoint_damaged(golden_dir, toy, four_steps, tmp_path):
     assert message.endswith("step_000002.safetensors: its metadata field 'history' is missing). Choose another run "
                             "name to start a new LoRA, or move that folder away.")
     assert sorted(p.name for p in run.iterdir()) == ["step_000002.safetensors", "step_000004.safetensors"]
+
+
+@NO_RLIMIT
+def test_disk_full_while_writing_a_checkpoint(golden_dir, toy, four_steps, tmp_path):
+    """The run stops at the checkpoint it cannot write, naming it and the fix; the previous one stays whole."""
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(four_steps[0] / "step_000002.safetensors", run)
+    before = (run / "step_000002.safetensors").read_bytes()
+    data = save_latent_dataset(toy, tmp_path / "toy.safetensors")
+    result = python(f"""
+        import torch
+        from pathlib import Path
+        from comfyui_mova.mova_model.latent_dataset import load_latent_dataset
+        from comfyui_mova.mova_model.training import TrainSettings, train_lora
+        from comfyui_mova.mova_model.training_checkpoint import TrainingCheckpoints
+        from mova_testing import load_golden_towers
+        torch.set_num_threads(1)
+        dataset = load_latent_dataset({str(data)!r})
+        with torch.inference_mode():
+            towers = load_golden_towers(Path({str(golden_dir)!r}))
+        limit_file_size({len(before) + 16})  # the next checkpoint's longer history no longer fits
+        try:
+            train_lora(towers, dataset, TrainSettings(steps=4, checkpoint_every=2, **{FAST!r}),
+                       TrainingCheckpoints({str(run)!r}), on_step=lambda r, total: print("step", r.step))
+        except OSError as exc:
+            print(exc)
+    """)
+    assert result.returncode == 0, result.stderr
+    steps, message = result.stdout.splitlines()[:-1], result.stdout.splitlines()[-1]
+    assert steps == ["step 3"]  # step 4 ran, then its checkpoint failed before on_step
+    assert message == (f"could not write the training checkpoint {run / 'step_000004.safetensors'}: File too large; "
+                       "the file is larger than this system allows (a file-size limit, or a file system such as "
+                       "FAT32 that holds at most 4 GiB per file): raise the limit, or choose a folder on another file "
+                       "system. Nothing was saved; no partial file was left.")
+    assert sorted(p.name for p in run.iterdir()) == ["step_000002.safetensors"]
+    assert (run / "step_000002.safetensors").read_bytes() == before
