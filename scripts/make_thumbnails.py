@@ -31,6 +31,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import frontend  # noqa: E402
+from safe_files import write_text  # noqa: E402
 import workflow_layout  # noqa: E402
 
 THUMB = 640         # thumbnails are square: the template browser shows them in square cards
@@ -44,7 +45,7 @@ def file_digest(path: Path) -> str:
 
 
 def save_json(workflow: dict, path: Path) -> None:
-    path.write_text(json.dumps(workflow, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_text(path, json.dumps(workflow, indent=2, ensure_ascii=False) + "\n")
 
 
 def measure(page, workflow: dict) -> dict:
