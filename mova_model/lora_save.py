@@ -27,9 +27,9 @@ from pathlib import Path
 
 import torch
 
-from .atomic_write import atomic_write, write_bytes
+from .atomic_write import atomic_write
 from .lora import OFFICIAL_CONFIG, OFFICIAL_WEIGHTS, WEIGHTS_DIGEST, LoraFile, read_lora
-from .saving import file_digest, save_safetensors
+from .saving import file_digest, save_safetensors, save_torch
 
 SAVE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PART_ORDER = ("video_dit", "video_dit_2", "audio_dit", "dual_tower_bridge")
@@ -100,9 +100,7 @@ def save_official_folder(lora: LoraFile, folder: str | os.PathLike, overwrite: b
         # target_modules: the official inference script puts LoRA layers into these parts of the pipeline
         settings = {"rank": settings["rank"], "alpha": settings["alpha"], "target_modules": parts,
                     WEIGHTS_DIGEST: file_digest(tmp)}
-        config_bytes = io.BytesIO()
-        torch.save(settings, config_bytes)
-        write_bytes(config, config_bytes.getvalue(), overwrite, what="the official LoRA config")
+        save_torch(settings, config, overwrite, what="the official LoRA config")  # first: the weights commit the pair
     return weights
 
 
