@@ -53,8 +53,8 @@ def name_parts(name: str, what: str, example: str = "my_mova_lora", windows: boo
     bad = sorted({c for c in text if unicodedata.category(c) in ("Cc", "Cs")})
     if bad:
         kinds = ", ".join(f"U+{ord(c):04X}" for c in bad[:3])
-        raise refuse(f"contains a control character or an unpaired surrogate ({kinds}): line breaks, tabs and the "
-                     "like are refused in names, and a lone surrogate cannot be stored at all")
+        raise refuse(f"contains {kinds} (a line break, tab or other control character, or an unpaired "
+                     "surrogate), which a name may not hold")
     windows_path = PureWindowsPath(text)  # 'C:\\x' and '\\\\server\\x' are refused on every system
     if PurePosixPath(text).is_absolute() or windows_path.is_absolute() or (windows and windows_path.anchor):
         raise refuse("is an absolute path (it starts at a root, drive or server)")

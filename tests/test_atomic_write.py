@@ -139,8 +139,8 @@ def test_names_inside_their_folder(tmp_path):
         "\\\\server\\share": "is an absolute path (it starts at a root, drive or server)",
         "": "is empty",
         "a//b": "has an empty folder name ('//', a trailing '/', or a part made only of dots and spaces)",
-        "run\nname": "contains a control character or an unpaired surrogate (U+000A)",
-        "bad\ud800": "contains a control character or an unpaired surrogate (U+D800)",
+        "run\nname": "contains U+000A (a line break, tab or other control character, or an unpaired surrogate)",
+        "bad\ud800": "contains U+D800 (a line break, tab or other control character, or an unpaired surrogate)",
     }
     for bad, problem in refused.items():
         with pytest.raises(NameProblem) as caught:

@@ -22,7 +22,7 @@ def _tree(folder):
     ("sub/name", "--prefix 'sub/name' holds a folder separator"),
     ("C:\\x", "--prefix 'C:\\\\x' holds a folder separator"),
     ("..", "--prefix '..' goes up out of its folder ('..'): give a name inside the folder, e.g. 'mova_360p'"),
-    ("a\tb", "--prefix 'a\\tb' contains a control character or an unpaired surrogate (U+0009)"),
+    ("a\tb", "--prefix 'a\\tb' contains U+0009 (a line break, tab or other control character"),
     ("x" * 300, "--prefix: the name 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx'… is 348 bytes long; the file system "
                 "takes at most 255 bytes per name"),
 ])
