@@ -31,6 +31,7 @@ FPS_MODES = ("refuse", "resample")
 CACHE_VERSION = 1
 SHOWN = 8  # problem clips named in the error (all of them go to the log)
 STEM_CHARS = 64  # of the clip folder's name in the cache file's name
+LABELS = dict(TENSOR_LABELS)  # encoded tensor -> its name in messages
 
 
 @dataclass(frozen=True)
@@ -126,9 +127,6 @@ def cache_path(cache_dir: Path, request: DatasetRequest, fingerprint: str) -> Pa
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.folder.name)[:STEM_CHARS].strip("._") or "clips"
     size = f"{request.width}x{request.height}x{request.frames}_{request.fps:g}fps"
     return cache_dir / f"{stem}_{size}_{fingerprint[:12]}.safetensors"
-
-
-LABELS = dict(TENSOR_LABELS)
 
 
 def encode_clip(check, request: DatasetRequest, encoders: Encoders) -> dict[str, torch.Tensor]:
