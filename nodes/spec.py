@@ -524,7 +524,8 @@ DATASET_NODE = NodeSpec(
         Socket("clip", "CLIP", "The text encoder (umt5_xxl with Load CLIP, type wan): encodes each caption as CLIP "
                "Text Encode does."),
         Widget("folder", "STRING", default="mova_clips",
-               tooltip="The clip folder: a folder inside ComfyUI/input or a full path. Each clip (mp4, mov, mkv, webm, "
+               tooltip="The clip folder: a folder inside ComfyUI/input (or a full path inside a folder listed in the "
+               "environment variable MOVA_DATASET_FOLDERS). Each clip (mp4, mov, mkv, webm, "
                "avi) needs a sound track and a caption in a .txt file of the same name."),
         Widget("width", "INT", default=640, min=16, max=4096, step=16,
                tooltip="Training width in pixels, a multiple of 16: clips are centre-cropped and resized to it "

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from comfy_fixtures import PROBED, STRENGTHS, lora_node, loaders, original, probe_node, probed
-from comfy_integration import FPS, HEIGHT, INTEGRATION, TRAIN_FRAMES, WIDTH, cancel_during, node_key, run_prompt
+from comfy_integration import (FPS, HEIGHT, INTEGRATION, TRAIN_FRAMES, WIDTH, cancel_during, node_key, refusal,
+                               run_prompt)
 from comfy_server import PACK
 
 pytestmark = INTEGRATION
@@ -171,3 +172,16 @@ def test_run_and_file_names_from_the_widgets(client, base):
     assert outputs[node_key(prompt, "MovaSaveLora")]["text"][0].startswith(f"saved {saved}")
     assert sorted(p.name for p in (runs / "猫の歌").iterdir()) == ["step_000002.safetensors"]
     assert (runs / "taken").read_text() == "a file where the run folder goes"
+
+
+def test_clip_folders_a_workflow_may_not_name(client, base):
+    """MOVA Dataset's folder outside ComfyUI/input (a full path elsewhere, '..') is refused at queue time, naming
+    the widget and the fix, before any clip is read."""
+    for folder, message in (("/etc", "is outside ComfyUI/input: a workflow may only read clips from there"),
+                            ("../models", "goes up out of its folder ('..')")):
+        prompt = _train_prompt(client, "refused", steps=2, filename="unused")
+        key = node_key(prompt, "MovaDataset")
+        prompt[key]["inputs"]["folder"] = folder
+        errors = refusal(client, prompt)
+        assert any(f"MOVA Dataset's folder '{folder}' {message}" in e for e in errors[key]), errors
+    assert not (base / "output" / "mova_training" / "refused").exists()

@@ -14,7 +14,7 @@ from comfyui_mova.nodes import spec
 
 PACK = Path(comfyui_mova.__file__).parent
 PLAIN_MODULES = ("spec", "handles", "model_files", "condition", "sampling", "audio_decode", "lora_patches",
-                 "llm_client", "llm_access", "llm_http", "prompt_reply", "prompt_image", "prompt_instructions", "prompt_enhance",
+                 "clip_folder", "llm_client", "llm_access", "llm_http", "prompt_reply", "prompt_image", "prompt_instructions", "prompt_enhance",
                  "prompt_builder", "clips", "dataset", "training_run", "loss_plot", "text", "keyframes",
                  "audio_input", "video_input", "conditioning_modes", "extend", "av_latent", "native_setup")
 
