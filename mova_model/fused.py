@@ -94,6 +94,11 @@ def _kernel(name: str, fn):
     return _compiled[name]
 
 
+def run_kernel(name: str, fn, *args):
+    """``fn(*args)`` through its compiled kernel (compiled on first use; eager where compiling fails)."""
+    return _run(name, fn, *args)
+
+
 def _run(name: str, fn, *args):
     kernel = _kernel(name, fn) if _state["kernels"] else None
     if kernel is None:
