@@ -17,7 +17,8 @@ attention kernel (``--kernel``; the profiler's kernel names are printed). In ord
 3. attention kernels at the video self-attention's shape (time, rel. L2 vs SDPA): picks the pack's
    fastest exact and fastest approximate attention;
 4. interleaved timing, round after round until ``--rounds`` or the budget: official eager, pack eager
-   (same kernel), pack eager with the fused kernels (``compile=kernels``), pack's fastest exact configuration (fused ops, every block, audio block and bridge
+   (same kernel; and both again with ``--also-kernel``, default FlashAttention-3 where installed, the kernel
+   the official code picks first), pack eager with the fused kernels (``compile=kernels``), pack's fastest exact configuration (fused ops, every block, audio block and bridge
    conditioner compiled, fastest exact attention), pack's fastest approximate one (the same with fp8
    weights multiplied in fp8 and the fastest attention, 8-bit included), each with its quality cost;
 5. a table: s/step (median/min/max over rounds; a step is one CFG step = two joint forwards), % of the
@@ -32,6 +33,7 @@ import gc
 import importlib.metadata
 import json
 import math
+import re
 import statistics
 import sys
 import time
@@ -191,21 +193,22 @@ class Run:
         if self.cuda:
             torch.cuda.synchronize(self.device)
 
-    def sdpa_context(self):
-        if self.kernel != "cudnn":
+    def sdpa_context(self, kernel: str | None = None):
+        if (kernel or self.kernel) != "cudnn":
             return nullcontext()
         from torch.nn.attention import SDPBackend, sdpa_kernel
         return sdpa_kernel(SDPBackend.CUDNN_ATTENTION)
 
-    def pack_backend(self) -> str:
-        return {"cudnn": "sdpa_cudnn", "flash3": "flash3", "sdpa": "sdpa"}[self.kernel]
+    def pack_backend(self, kernel: str | None = None) -> str:
+        return {"cudnn": "sdpa_cudnn", "flash3": "flash3", "sdpa": "sdpa"}[kernel or self.kernel]
 
     # -- the two sides ---------------------------------------------------------------------------------
-    def official_forward(self, parts, runner, x, a, ctx, fps):
-        official_mova.force_official_attention(self.official, "flash3" if self.kernel == "flash3" else "sdpa",
-                                               attn.flash3_function() if self.kernel == "flash3" else None)
+    def official_forward(self, parts, runner, x, a, ctx, fps, kernel: str | None = None):
+        kernel = kernel or self.kernel
+        official_mova.force_official_attention(self.official, "flash3" if kernel == "flash3" else "sdpa",
+                                               attn.flash3_function() if kernel == "flash3" else None)
         t = torch.tensor([900.0], device=self.device)
-        with self.sdpa_context():
+        with self.sdpa_context(kernel):
             return official_mova.official_step(self.official, runner, parts, x, a, ctx, t, fps)
 
     def pack_forward(self, parts, x, a, ctx, fps, backend=None, dtype=BF16, kernels=False):
@@ -405,6 +408,17 @@ class Run:
             ("pack eager", lambda x, a, c: self.pack_forward(eager, x, a, c, fps),
              f"fused eager ops, attention {self.pack_backend()} (the same kernel)"),
         ]
+        for kernel in self.args.also_kernel:
+            if kernel == self.kernel or not attn.is_available(self.pack_backend(kernel), self.device):
+                self.record["skipped"].append(f"kernel {kernel} on both: not available here")
+                continue
+            configs += [
+                (f"official eager [{kernel}]", lambda x, a, c, k=kernel: self.official_forward(official, runner, x, a,
+                                                                                             c, fps, k),
+                 f"official code as is, attention {kernel}"),
+                (f"pack eager [{kernel}]", lambda x, a, c, k=kernel: self.pack_forward(eager, x, a, c, fps,
+                                                                                     self.pack_backend(k)),
+                 f"fused eager ops, attention {self.pack_backend(kernel)}")]
         configs.append(("pack fused kernels", lambda x, a, c: self.pack_forward(eager, x, a, c, fps, kernels=True),
                         f"eager blocks with the fused kernels (compile=kernels), attention {self.pack_backend()}"))
         compiled = pack_parts(config, states)
@@ -479,8 +493,14 @@ class Run:
                        pct_of_gemm_rate=round(100 * flops / (med * rec["gemm_tflops"] * 1e12), 1))
             if rec.get("peak_tflops"):
                 res["pct_of_peak"] = round(100 * flops / (med * rec["peak_tflops"] * 1e12), 1)
-            if base:
-                res["vs_official"] = round(med / statistics.median(base), 3)
+            own = re.search(r"\[(\w+)\]$", res["name"])  # a pair timed with another kernel: its own official
+            ref_steps = results.get(f"official eager [{own.group(1)}]", {}).get("s_step") if own else base
+            if ref_steps:
+                res["vs_official"] = round(med / statistics.median(ref_steps), 3)
+        officials = [statistics.median(r["s_step"]) for n, r in results.items() if n.startswith("official") and r["s_step"]]
+        for res in results.values():
+            if "median" in res and officials:
+                res["vs_fastest_official"] = round(res["median"] / min(officials), 3)
         self.save()
 
 
@@ -521,10 +541,14 @@ def print_table(rec: dict) -> None:
               f"video {err.get('video', float('nan')):.1e} audio {err.get('audio', float('nan')):.1e}")
     by = {r["name"]: r for r in rec.get("configurations", []) if "median" in r}
     checks = [("pack eager / official eager (same kernel)", by.get("pack eager", {}).get("vs_official")),
+              ("pack eager / official eager (same kernel)", by.get("pack eager [flash3]", {}).get("vs_official")),
               ("pack fastest exact / official eager", by.get("pack fastest exact", {}).get("vs_official"))]
     if "H100" in rec["device"] and "full" in str(rec.get("size")):
         checks += [("360p H100 fastest exact s/step", by.get("pack fastest exact", {}).get("median")),
                    ("360p H100 fastest approximate s/step", by.get("pack fastest approximate", {}).get("median"))]
+    fastest = by.get("pack fastest exact", {}).get("vs_fastest_official")
+    if fastest is not None and len([n for n in by if n.startswith("official")]) > 1:
+        checks.append(("pack fastest exact / official eager", fastest))
     for name, value in checks:
         if value is not None:
             verdict = "met" if value <= TARGETS[name] else "missed"
@@ -540,6 +564,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--kernel", choices=("auto", "cudnn", "flash3", "sdpa"), default="auto",
                         help="attention kernel forced on both sides (auto: cuDNN's on a GPU, SDPA on the CPU)")
+    parser.add_argument("--also-kernel", nargs="*", default=["flash3"], choices=("cudnn", "flash3", "sdpa"),
+                        help="time official eager and pack eager with this kernel too, where it is installed "
+                        "(default flash3: the kernel the official code picks first)")
     parser.add_argument("--height", type=int, default=352)
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--frames", type=int, default=None, help="video frames (193; --quick: 9)")
