@@ -157,6 +157,9 @@ class Run:
         if self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.cuda = self.device.type == "cuda"
+        if not self.cuda:  # inductor's CPU kernels (the official compiled modulate and RoPE) show in the profiler
+            import torch._inductor.config as inductor_config
+            inductor_config.cpp.enable_kernel_profile = True
         self.kernel = args.kernel if args.kernel != "auto" else ("cudnn" if self.cuda else "sdpa")
         self.official = official_mova.load_official(args.official)
         name = torch.cuda.get_device_name(self.device) if self.cuda else f"cpu ({torch.get_num_threads()} threads)"
@@ -346,7 +349,7 @@ class Run:
             with torch.no_grad(), self.sdpa_context(), attn.use_attention_backend(self.pack_backend(), self.device):
                 run()
                 self.sync()
-                with torch.profiler.profile(activities=activities) as prof:
+                with torch.profiler.profile(activities=activities, record_shapes=True) as prof:
                     run()
                     self.sync()
             events = prof.key_averages()
