@@ -12,7 +12,7 @@ attention kernel (``--kernel``; the profiler's kernel names are printed). In ord
 
 1. bf16 noise (mid size, cheap): official bf16, pack bf16 and pack float32 against the official float32
    forward — the pack's bf16 drift is measured against the official run's own bf16 noise;
-2. parity at the timed size: official vs pack forward, rel. L2 and finiteness (stops when broken); the
+2. parity at the timed size: official vs pack forward, rel. L2 and finiteness (non-finite stops the run); the
    kernels one video block launches on each side (profiler);
 3. attention kernels at the video self-attention's shape (time, rel. L2 vs SDPA): picks the pack's
    fastest exact and fastest approximate attention;
@@ -288,11 +288,14 @@ class Run:
         self.note(f"parity (bf16, pack vs official, one forward): video {parity['video']:.2e}, audio "
                   f"{parity['audio']:.2e}, finite {parity['finite']}; first official forward {official_s:.1f} s")
         self.save()
-        if not parity["finite"] or max(parity["video"], parity["audio"]) > args.parity_bound:
-            rec["stopped"] = f"parity broken (bound {args.parity_bound}): nothing timed"
+        if not parity["finite"]:
+            rec["stopped"] = "a forward gave non-finite values: nothing timed"
             self.note(rec["stopped"])
             self.save()
             return rec
+        if max(parity["video"], parity["audio"]) > args.parity_bound:  # random deep nets amplify rounding
+            rec["parity_warning"] = f"rel. L2 above {args.parity_bound}: look before trusting the timings"
+            self.note("WARNING: " + rec["parity_warning"])
 
         exact, approx = self.attention_kernels(config, nv)
         configs = self.configurations(config, states, official, runner, eager, exact, approx)
@@ -470,21 +473,28 @@ class Run:
                        2 * results[n].get("warmup_s", 10) for n, _ in active)
             if r > 0 and self.skip(f"timing round {r + 1}", need * 1.1):
                 break
-            for name, fn in active:
+            for name, fn in list(active):
                 gc.collect()
                 if self.cuda:
                     torch.cuda.empty_cache()
                     torch.cuda.reset_peak_memory_stats(self.device)
                 self.sync()
                 t0 = time.perf_counter()
-                for ctx in ctxs:  # CFG: conditional and unconditional pass
-                    fn(x, a, ctx)
-                self.sync()
+                try:
+                    for ctx in ctxs:  # CFG: conditional and unconditional pass
+                        fn(x, a, ctx)
+                    self.sync()
+                except Exception as exc:  # out of memory, a kernel that fails: the others go on
+                    results[name]["error"] = f"round {r + 1}: {type(exc).__name__}: {str(exc)[:300]}"
+                    active.remove((name, fn))
+                    continue
                 results[name]["s_step"].append(round(time.perf_counter() - t0, 3))
                 if self.cuda:
                     peak = torch.cuda.max_memory_allocated(self.device) / GIB
                     results[name]["vram_peak_gib"] = round(max(results[name]["vram_peak_gib"], peak), 2)
             self.note(f"round {r + 1}: " + ", ".join(f"{n} {results[n]['s_step'][-1]:.3f} s" for n, _ in active))
+            if not active:
+                break
             self.save()
         base = results["official eager"]["s_step"]
         for res in results.values():
@@ -581,7 +591,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--budget-s", type=float, default=None,
                         help="rows that would not end within this are skipped (default 480; --quick: 1200)")
     parser.add_argument("--parity-bound", type=float, default=0.1,
-                        help="rel. L2 of pack vs official (bf16) above which nothing is timed")
+                        help="rel. L2 of pack vs official (bf16) above which a warning is recorded (non-finite stops)")
     parser.add_argument("--no-fp8", action="store_true", help="leave out the fp8 (approximate) configuration")
     parser.add_argument("--no-noise-check", action="store_true", help="leave out the mid-size bf16 noise check")
     parser.add_argument("--json", default=None, help="write the record here (after every stage)")
