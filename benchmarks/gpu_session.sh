@@ -3,6 +3,8 @@
 #   1. benchmarks/vs_official.py: the official MOVA code and the pack side by side, full size, 360p / 193 frames;
 #   2. benchmarks/comfyui_gpu.py: ComfyUI v0.8.0 on the GPU running mova_i2va.json and mova_i2va_native.json.
 # Needs .gpu_carry/ (benchmarks/prepare_gpu_carry.sh). Writes at most 8 files to $OUT (the tool's limit).
+# MOVA_GPU_DRY=1: the same plumbing on a CPU (vs_official --quick, ComfyUI --cpu at tiny size, the carried
+# wheels left off the path: they are for CPython 3.12); MOVA_PYTHON: the Python to use (default python3).
 set -u
 T0=$(date +%s)
 TOTAL=${MOVA_GPU_SECONDS:-530}      # the whole session, leaving the 600 s call limit some air
@@ -12,19 +14,25 @@ mkdir -p "$OUT" /tmp/site /tmp/official
 export PYTHONUNBUFFERED=1
 tar -xJf .gpu_carry/site.tar.xz -C /tmp/site || exit 3
 tar -xzf .gpu_carry/official-mova.tar.gz -C /tmp/official || exit 3
-export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+PY=${MOVA_PYTHON:-python3}
+VS_ARGS=() COMFY_ARGS=()
+if [ -n "${MOVA_GPU_DRY:-}" ]; then
+  VS_ARGS=(--quick --no-fp8 --rounds 1) COMFY_ARGS=(--cpu --size tiny)
+else
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
 nvidia-smi > "$OUT/nvidia_smi.txt" 2>&1
-python3 -c "import torch, fa3_fwd_interface; print('torch', torch.__version__, torch.cuda.get_device_name(), 'fa3-fwd loads')" \
+"$PY" -c "import torch, fa3_fwd_interface; print('torch', torch.__version__, torch.cuda.get_device_name(), 'fa3-fwd loads')" \
   || echo "fa3-fwd does not load here: FlashAttention-3 rows are skipped"
-timeout $((VS_BUDGET + 60)) python3 benchmarks/vs_official.py --official /tmp/official --budget-s "$VS_BUDGET" \
-  --json "$OUT/vs_official.json" > "$OUT/vs_official.log" 2>&1
+timeout $((VS_BUDGET + 60)) "$PY" benchmarks/vs_official.py --official /tmp/official --budget-s "$VS_BUDGET" \
+  "${VS_ARGS[@]}" --json "$OUT/vs_official.json" > "$OUT/vs_official.log" 2>&1
 echo "vs_official.py: exit $? after $(($(date +%s) - T0)) s"
 grep -v "Warning\|warn(" "$OUT/vs_official.log" | tail -40
 LEFT=$((TOTAL - ($(date +%s) - T0)))
 if [ "$LEFT" -gt 90 ]; then
-  timeout "$LEFT" python3 benchmarks/comfyui_gpu.py --comfyui-archive .gpu_carry/comfyui-v0.8.0.tar.gz \
-    --work /tmp/mova_comfy --out "$OUT" --budget-s $((LEFT - 60)) --json "$OUT/comfyui_gpu.json" \
-    > "$OUT/comfyui_gpu.log" 2>&1
+  timeout "$LEFT" "$PY" benchmarks/comfyui_gpu.py --comfyui-archive .gpu_carry/comfyui-v0.8.0.tar.gz \
+    --work /tmp/mova_comfy --out "$OUT" --budget-s $((LEFT - 60)) "${COMFY_ARGS[@]}" \
+    --json "$OUT/comfyui_gpu.json" > "$OUT/comfyui_gpu.log" 2>&1
   echo "comfyui_gpu.py: exit $? after $(($(date +%s) - T0)) s"
   grep "^{\|workflows made\|did not start\|Error" "$OUT/comfyui_gpu.log" | cut -c1-600 | tail -12
 else
