@@ -18,8 +18,9 @@ attention kernel (``--kernel``; the profiler's kernel names are printed). In ord
    fastest exact and fastest approximate attention;
 4. interleaved timing, round after round until ``--rounds`` or the budget: official eager, pack eager
    (same kernel; and both again with ``--also-kernel``, default FlashAttention-3 where installed, the kernel
-   the official code picks first), pack eager with the fused kernels (``compile=kernels``), pack's fastest exact configuration (fused ops, every block, audio block and bridge
-   conditioner compiled, fastest exact attention), pack's fastest approximate one (the same with fp8
+   the official code picks first), pack eager with the fused kernels (``compile=kernels``), the pack's
+   fastest exact configuration (fused ops, every block, audio block and bridge conditioner compiled,
+   fastest exact attention), the pack's fastest approximate one (the same with fp8
    weights multiplied in fp8 and the fastest attention, 8-bit included), each with its quality cost;
 5. a table: s/step (median/min/max over rounds; a step is one CFG step = two joint forwards), % of the
    step's FLOPs at the GPU's bf16 peak and at a measured GEMM rate, peak VRAM, and pack/official.
@@ -32,7 +33,6 @@ import datetime
 import gc
 import importlib.metadata
 import json
-import math
 import re
 import statistics
 import sys
@@ -48,16 +48,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import official_mova  # noqa: E402
 from hot_path import count_ops  # noqa: E402
 from memory_modes import mid_config  # noqa: E402
+from shared_weights import build_states, inputs, pack_float32, pack_parts, rel_l2, step_flops  # noqa: E402
 
 from mova_model import attention as attn  # noqa: E402
-from mova_model import fused, sizes  # noqa: E402
-from mova_model.bridge import DualTowerBridge  # noqa: E402
+from mova_model import fused  # noqa: E402
 from mova_model.compiled import compile_blocks  # noqa: E402
-from mova_model.configs import MOVA_360P, DACConfig  # noqa: E402
-from mova_model.dit import WanDiT  # noqa: E402
+from mova_model.configs import MOVA_360P  # noqa: E402
 from mova_model.joint import joint_forward  # noqa: E402
-from mova_model.ops import enable_fp8_matmul  # noqa: E402
-from mova_model.quantize import quantize_fp8_  # noqa: E402
 
 GIB = 1024 ** 3
 BF16 = torch.bfloat16
@@ -65,86 +62,6 @@ BF16 = torch.bfloat16
 PEAKS = {"H100": 989.0, "H200": 989.0, "H800": 989.0, "A100": 312.0, "L40S": 362.0, "4090": 165.0}
 TARGETS = {"pack eager / official eager (same kernel)": 0.85, "pack fastest exact / official eager": 0.7,
            "360p H100 fastest exact s/step": 8.0, "360p H100 fastest approximate s/step": 5.5}
-
-
-# -- sizes and FLOPs -------------------------------------------------------------------------------------
-
-def step_flops(config, video_tokens: int, audio_tokens: int, text_tokens: int) -> float:
-    """Multiply-add FLOPs (2 per MAC) of one CFG step = two joint forwards: every GEMM and attention product of
-    the blocks and bridge, plus text/patch embeddings and heads (5.53e15 for 360p, 193 frames)."""
-    def tower(c, n):
-        d, f = c.dim, c.ffn_dim
-        per_block = (4 * 2 * n * d * d + 4 * n * n * d            # self-attention: q k v o, QK^T and PV
-                     + 2 * 2 * n * d * d + 2 * 2 * text_tokens * d * d + 4 * n * text_tokens * d  # cross-attention
-                     + 2 * 2 * n * d * f)                          # FFN
-        extras = 2 * text_tokens * (c.text_dim * d + d * d) + 2 * n * d * (c.in_dim + c.out_dim) * math.prod(c.patch_size)
-        return c.num_layers * per_block + extras
-
-    v, a, b = config.video, config.audio, config.bridge
-    nv, na, dv, da = video_tokens, audio_tokens, v.dim, a.dim
-    bridge = len(b.interaction_layers) * (
-        2 * 2 * nv * dv * dv + 2 * 2 * na * da * dv + 4 * nv * na * dv     # audio -> video
-        + 2 * 2 * na * da * da + 2 * 2 * nv * dv * da + 4 * na * nv * da)  # video -> audio
-    return 2.0 * (tower(v, nv) + tower(a, na) + bridge)
-
-
-# -- weights -------------------------------------------------------------------------------------------
-
-def random_state(module: torch.nn.Module, device, gen: torch.Generator) -> dict:
-    """Random bf16 tensors for every parameter of ``module`` (built on the meta device): matrices N(0, 1/fan_in),
-    norm scales 1 + N(0, 0.1^2), biases N(0, 0.02^2), modulation tables N(0, 1/dim) (as the official init)."""
-    state = {}
-    for name, p in module.state_dict(keep_vars=True).items():
-        t = torch.empty(p.shape, device=device, dtype=torch.float32)
-        if p.dim() >= 2 and "modulation" not in name:
-            t.normal_(0.0, 1.0 / math.sqrt(math.prod(p.shape[1:])), generator=gen)
-        elif "modulation" in name:
-            t.normal_(0.0, 1.0 / math.sqrt(p.shape[-1]), generator=gen)
-        elif "norm" in name:
-            t.normal_(1.0, 0.1, generator=gen)
-        else:
-            t.normal_(0.0, 0.02, generator=gen)
-        state[name] = t.to(BF16)
-        del t
-    return state
-
-
-def pack_parts(config, states: dict, fp8: bool = False) -> dict:
-    """The pack's video expert, audio DiT and bridge given the tensors of ``states`` (shared; with ``fp8``
-    the blocks' Linear weights are quantised into new fp8 tensors, the shared bf16 ones are untouched)."""
-    with torch.device("meta"):
-        parts = {"video": WanDiT(config.video, dtype=BF16), "audio": WanDiT(config.audio, dtype=BF16),
-                 "bridge": DualTowerBridge(config.bridge, dtype=BF16)}
-    for name, module in parts.items():
-        module.load_state_dict(states[name], strict=True, assign=True)
-        module.eval().requires_grad_(False)
-        if fp8:
-            quantize_fp8_(module)
-            enable_fp8_matmul(module, True)
-    return parts
-
-
-def build_states(config, device, seed: int) -> dict:
-    gen = torch.Generator(device).manual_seed(seed)
-    with torch.device("meta"):
-        shapes = {"video": WanDiT(config.video), "audio": WanDiT(config.audio), "bridge": DualTowerBridge(config.bridge)}
-    return {name: random_state(m, device, gen) for name, m in shapes.items()}
-
-
-def inputs(config, device, height, width, frames, fps, text_tokens, dtype=BF16, seed=1):
-    shapes = sizes.latent_shapes(1, height, width, frames, fps, DACConfig(), config.audio.in_dim)
-    gen = torch.Generator(device).manual_seed(seed)
-    make = lambda *s: torch.randn(*s, device=device, generator=gen).to(dtype)  # noqa: E731
-    x = make(1, 36, *shapes.video[2:])
-    a = make(*shapes.audio)
-    contexts = [make(1, text_tokens, config.video.text_dim) for _ in range(2)]
-    video_tokens = shapes.video[2] * (shapes.video[3] // 2) * (shapes.video[4] // 2)
-    return x, a, contexts, video_tokens, shapes.audio[2]
-
-
-def rel_l2(out: torch.Tensor, ref: torch.Tensor) -> float:
-    out, ref = out.double(), ref.double()
-    return float(torch.linalg.vector_norm(out - ref) / torch.linalg.vector_norm(ref))
 
 
 # -- the run -------------------------------------------------------------------------------------------
@@ -236,7 +153,7 @@ class Run:
             runner = official_mova.make_runner(self.official, official)
             runs[f"official {dtype}"] = self.official_forward(official, runner, x.to(dtype), a.to(dtype),
                                                               ctxs[0].to(dtype), self.args.fps)
-            pack = pack_parts(config, cast) if dtype == BF16 else _pack_float32(config, cast)
+            pack = pack_parts(config, cast) if dtype == BF16 else pack_float32(config, cast)
             runs[f"pack {dtype}"] = self.pack_forward(pack, x.to(dtype), a.to(dtype), ctxs[0].to(dtype), self.args.fps,
                                                       dtype=dtype)
             del official, runner, pack, cast
@@ -515,15 +432,6 @@ class Run:
             if "median" in res and officials:
                 res["vs_fastest_official"] = round(res["median"] / min(officials), 3)
         self.save()
-
-
-def _pack_float32(config, states):
-    with torch.device("meta"):
-        parts = {"video": WanDiT(config.video), "audio": WanDiT(config.audio), "bridge": DualTowerBridge(config.bridge)}
-    for name, module in parts.items():
-        module.load_state_dict(states[name], strict=True, assign=True)
-        module.eval().requires_grad_(False)
-    return parts
 
 
 def _version(package: str) -> str | None:

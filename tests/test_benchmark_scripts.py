@@ -7,13 +7,12 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
 import official_mova  # noqa: E402
-from vs_official import build_states, pack_parts, step_flops  # noqa: E402
+from shared_weights import step_flops  # noqa: E402
 
 from comfyui_mova.mova_model import sizes  # noqa: E402
 from comfyui_mova.mova_model.configs import MOVA_360P, DACConfig  # noqa: E402
@@ -38,7 +37,7 @@ import sys, torch
 sys.path[:0] = [sys.argv[2], sys.argv[3]]
 import official_mova
 from memory_modes import mid_config
-from vs_official import build_states, pack_parts
+from shared_weights import build_states, pack_parts
 official = official_mova.load_official(sys.argv[1])
 config = mid_config()
 states = build_states(config, "cpu", seed=0)
