@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue 23's GPU figures in one device call (under 9 minutes on one H100; see benchmarks/GPU_RUN.md):
 #   1. benchmarks/vs_official.py: the official MOVA code and the pack side by side, full size, 360p / 193 frames;
-#   2. benchmarks/comfyui_gpu.py: ComfyUI v0.8.0 on the GPU running mova_i2va.json and mova_i2va_native.json.
+#   2. benchmarks/comfyui_gpu.py: ComfyUI v0.8.0 on the GPU running mova_i2va.json and mova_i2va_native.json;
+#   3. the GPU-only unit tests (attention kernels against SDPA, the fp8 GEMM against the CPU math), if time is left.
 # Needs .gpu_carry/ (benchmarks/prepare_gpu_carry.sh). Writes at most 8 files to $OUT (the tool's limit).
 # MOVA_GPU_DRY=1: the same plumbing on a CPU (vs_official --quick, ComfyUI --cpu at tiny size, the carried
 # wheels left off the path: they are for CPython 3.12); MOVA_PYTHON: the Python to use (default python3).
@@ -37,5 +38,10 @@ if [ "$LEFT" -gt 90 ]; then
   grep "^{\|workflows made\|did not start\|Error" "$OUT/comfyui_gpu.log" | cut -c1-600 | tail -12
 else
   echo "comfyui_gpu.py skipped: ${LEFT} s left"
+fi
+LEFT=$((TOTAL - ($(date +%s) - T0)))
+if [ -z "${MOVA_GPU_DRY:-}" ] && [ "$LEFT" -gt 40 ]; then  # the GPU-only unit tests: FA3/Sage/cuDNN vs SDPA, fp8 GEMM
+  timeout "$LEFT" "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/test_speed.py tests/test_kernel_choice.py \
+    tests/test_offload.py 2>&1 | tail -8
 fi
 ls -l "$OUT"

@@ -54,3 +54,20 @@ def test_fused_quantisation_kernel_equals_the_eager_one():
         fq, fscale = quantize_per_token(x)
     assert fq.dtype == torch.float8_e4m3fn and torch.equal(fscale, scale)
     assert torch.equal(fq.float(), q.float())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_fp8_gemm_with_its_bias_equals_the_cpu_math():
+    """On a GPU with fp8 tensor cores the bias goes through _scaled_mm's epilogue where it is taken (or is added
+    right after): the result is the CPU's float32 emulation to bf16 rounding."""
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("no fp8 tensor cores")
+    gen = torch.Generator().manual_seed(8)
+    qw, sw = quantize_fp8(torch.randn(256, 512, generator=gen) * 0.05)
+    bias = (torch.randn(256, generator=gen) * 2).bfloat16()
+    x = torch.randn(64, 512, generator=gen).bfloat16()
+    cpu = scaled_fp8_linear(x, qw, sw, bias).float()
+    gpu = scaled_fp8_linear(x.cuda(), qw.cuda(), sw.cuda(), bias.cuda()).float().cpu()
+    assert bias_in_gemm(torch.device("cuda")) in (True, False)
+    assert float((gpu - cpu).norm() / cpu.norm()) < 1e-2
