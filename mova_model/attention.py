@@ -5,8 +5,10 @@ manager) or ``set_attention_backend``:
 
 - ``sdpa``: torch's scaled_dot_product_attention, torch picks the kernel (the default);
 - ``sdpa_cudnn`` / ``sdpa_flash``: the same call with torch held to its cuDNN or flash kernel;
-- ``flash3``: FlashAttention-3 (``flash_attn_interface``, Hopper GPUs);
-- ``sage``: SageAttention (``sageattention``; int8 QK, CUDA only);
+- ``flash3``: FlashAttention-3 (``flash_attn_interface`` from its 'hopper' build, or the forward-only
+  ``fa3_fwd_interface`` of the ``fa3-fwd`` wheel; Hopper GPUs, compute capability 9.x);
+- ``sage``: SageAttention (``sageattention``: version 1 is int8 QK in triton, version 2 adds CUDA kernels
+  with fp8 PV on Ada/Hopper; CUDA GPUs of compute capability 8.0 or newer);
 - ``auto``: the fastest of these that runs on the tensors' device (see ``AUTO_ORDER``);
 - any name a host registers with ``register_attention_backend`` (the ComfyUI layer registers
   ``comfy``, ComfyUI's own optimized attention).
@@ -40,10 +42,17 @@ def _sdpa_with(kernel: str) -> Backend:
     return run
 
 
-def _flash3(q, k, v):
-    from flash_attn_interface import flash_attn_func
+FLASH3_MODULES = ("flash_attn_interface", "fa3_fwd_interface")
 
-    out = flash_attn_func(q, k, v)
+
+def flash3_function():
+    """FlashAttention-3's ``flash_attn_func`` from the first of ``FLASH3_MODULES`` that is installed."""
+    module = next(m for m in FLASH3_MODULES if importlib.util.find_spec(m) is not None)
+    return importlib.import_module(module).flash_attn_func
+
+
+def _flash3(q, k, v):
+    out = flash3_function()(q, k, v)
     return out[0] if isinstance(out, tuple) else out
 
 
@@ -53,16 +62,41 @@ def _sage(q, k, v):
     return sageattn(q, k, v, tensor_layout="NHD", is_causal=False)
 
 
-# name -> (function, python module it needs or None, how to install it, runs on the CPU)
-_BACKENDS: dict[str, tuple[Backend, str | None, str, bool]] = {
+# name -> (function, python modules it needs (any one of them) or None, how to install it, runs on the CPU)
+_BACKENDS: dict[str, tuple[Backend, tuple[str, ...] | None, str, bool]] = {
     "sdpa": (_sdpa, None, "", True),
     "sdpa_cudnn": (_sdpa_with("CUDNN_ATTENTION"), None, "", False),
     "sdpa_flash": (_sdpa_with("FLASH_ATTENTION"), None, "", False),
-    "flash3": (_flash3, "flash_attn_interface",
+    "flash3": (_flash3, FLASH3_MODULES,
                "build FlashAttention-3 from the 'hopper' folder of Dao-AILab/flash-attention "
-               "(`cd hopper && python setup.py install`); it needs a Hopper GPU (H100/H200)", False),
-    "sage": (_sage, "sageattention", "`pip install sageattention` (it needs a CUDA GPU and triton)", False),
+               "(`cd hopper && python setup.py install`), or install the forward-only `fa3-fwd` wheel; "
+               "it needs a Hopper GPU (H100/H200)", False),
+    "sage": (_sage, ("sageattention",), "`pip install sageattention` (it needs a CUDA GPU and triton)", False),
 }
+# the GPUs a kernel runs on: (lowest, highest) CUDA compute capability, both included
+_CAPABILITY = {"flash3": ((9, 0), (9, 9)), "sage": ((8, 0), (99, 0)), "sdpa_cudnn": ((8, 0), (99, 0))}
+_GPU_NAMES = {"flash3": "Hopper GPUs (H100/H200, compute capability 9.x)",
+              "sage": "GPUs of compute capability 8.0 or newer (Ampere, Ada, Hopper, Blackwell)",
+              "sdpa_cudnn": "GPUs of compute capability 8.0 or newer"}
+
+
+def _installed(modules: tuple[str, ...] | None) -> bool:
+    return modules is None or any(importlib.util.find_spec(m) is not None for m in modules)
+
+
+def kernel_fits(name: str, capability: tuple[int, int] | None) -> bool:
+    """Whether backend ``name`` runs on a CUDA GPU of compute ``capability`` (None: not a CUDA device)."""
+    if capability is None or name not in _CAPABILITY:
+        return True
+    low, high = _CAPABILITY[name]
+    return low <= tuple(capability) <= high
+
+
+def _capability(device) -> tuple[int, int] | None:
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return None
+    return torch.cuda.get_device_capability(device)
 # What ``auto`` tries on a CUDA device, first that is importable wins; on other devices: sdpa.
 AUTO_ORDER = ("flash3", "sdpa")
 
@@ -91,12 +125,12 @@ def is_available(name: str, device: torch.device | str | None = None) -> bool:
         return True
     if name not in _BACKENDS:
         return False
-    _, module, _, cpu = _BACKENDS[name]
-    if module is not None and importlib.util.find_spec(module) is None:
+    _, modules, _, cpu = _BACKENDS[name]
+    if not _installed(modules):
         return False
     if device is not None and torch.device(device).type != "cuda" and not cpu:
         return False
-    return True
+    return device is None or kernel_fits(name, _capability(device))
 
 
 def resolve_attention_backend(name: str, device: torch.device | str | None = None) -> str:
@@ -113,13 +147,18 @@ def resolve_attention_backend(name: str, device: torch.device | str | None = Non
         hint = " ('comfy' exists only inside ComfyUI)" if name == "comfy" else ""
         raise ValueError(f"attention backend {name!r} is unknown{hint}; choose one of "
                          f"{', '.join(attention_backends())}")
-    _, module, install, cpu = _BACKENDS[name]
-    if module is not None and importlib.util.find_spec(module) is None:
-        raise RuntimeError(f"attention backend {name!r} needs the Python module {module!r}, which is not "
+    _, modules, install, cpu = _BACKENDS[name]
+    if not _installed(modules):
+        needs = " or ".join(repr(m) for m in modules)
+        raise RuntimeError(f"attention backend {name!r} needs the Python module {needs}, which is not "
                            f"installed: {install}; or choose 'auto' / 'sdpa'")
     if device is not None and torch.device(device).type != "cuda" and not cpu:
         raise RuntimeError(f"attention backend {name!r} runs on CUDA GPUs only, and the model runs on "
                            f"{torch.device(device)}; choose 'auto' or 'sdpa'")
+    capability = None if device is None else _capability(device)
+    if not kernel_fits(name, capability):
+        raise RuntimeError(f"attention backend {name!r} runs on {_GPU_NAMES[name]}; this GPU has compute "
+                           f"capability {capability[0]}.{capability[1]}: choose 'auto' or 'sdpa'")
     return name
 
 

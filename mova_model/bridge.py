@@ -12,8 +12,10 @@ from torch import nn
 from .attention import attention
 from .configs import BridgeConfig
 from .dit import Attention
+from .fused import rms_rope_half, scaled_residual
+from .layers import param_like
 from .ops import torch_ops
-from .rope import aligned_positions, apply_half_rope, bridge_rope
+from .rope import aligned_positions, bridge_rope
 
 
 class Conditioner(nn.Module):
@@ -29,11 +31,15 @@ class Conditioner(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, x_rope=None, y_rope=None) -> torch.Tensor:
         """x [B,Lx,C], y [B,Ly,Cy], ropes (cos, sin) [L,head_dim] -> update for x [B,Lx,C]."""
-        q, k, v = self.inner.project(x, self.y_norm(y))
-        if x_rope is not None:
-            q = apply_half_rope(q, *x_rope, self.num_heads)
-            k = apply_half_rope(k, *y_rope, self.num_heads)
-        return self.inner.o(attention(q, k, v, self.num_heads))
+        inner = self.inner
+        y = self.y_norm(y)
+        if x_rope is None:
+            q, k, v = inner.project(x, y)
+        else:  # norm and rotation in one step (one kernel with the fused kernels)
+            q, k, v = inner.q(x), inner.k(y), inner.v(y)
+            q = rms_rope_half(q, param_like(inner.norm_q.weight, q), inner.norm_q.eps, *x_rope, self.num_heads)
+            k = rms_rope_half(k, param_like(inner.norm_k.weight, k), inner.norm_k.eps, *y_rope, self.num_heads)
+        return inner.o(attention(q, k, v, self.num_heads))
 
 
 class DualTowerBridge(nn.Module):
@@ -72,4 +78,4 @@ class DualTowerBridge(nn.Module):
         key = str(layer)
         to_video = self.audio_to_video_conditioners[key](video, audio, video_rope, audio_rope)
         to_audio = self.video_to_audio_conditioners[key](audio, video, audio_rope, video_rope)
-        return video + scale * to_video, audio + scale * to_audio
+        return scaled_residual(video, to_video, scale), scaled_residual(audio, to_audio, scale)

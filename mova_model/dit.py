@@ -15,10 +15,11 @@ from torch import nn
 
 from .attention import attention
 from .configs import DiTConfig
-from .layers import RMSNorm, layer_norm, modulate, param_like, timestep_sinusoid
+from .fused import gated_residual, norm_modulate, rms_rope_interleaved
+from .layers import RMSNorm, param_like, timestep_sinusoid
 from .offload import iter_blocks
 from .ops import Fp8Linear, is_linear, torch_ops
-from .rope import apply_interleaved_rope, tower_rope_audio, tower_rope_video
+from .rope import tower_rope_audio, tower_rope_video
 
 
 def _casts_weights(layer: nn.Module) -> bool:
@@ -62,10 +63,12 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, rope=None) -> torch.Tensor:
         """x [B,L,C] -> [B,L,C]; ``rope`` (complex table [L, D/2]) rotates q and k (self-attention only)."""
-        q, k, v = self.project(x, x if context is None else context)
-        if rope is not None:
-            q = apply_interleaved_rope(q, rope, self.num_heads)
-            k = apply_interleaved_rope(k, rope, self.num_heads)
+        if rope is None:
+            q, k, v = self.project(x, x if context is None else context)
+        else:  # norm and rotation in one step (one kernel with the fused kernels)
+            q, k, v = self.q(x), self.k(x), self.v(x)
+            q = rms_rope_interleaved(q, param_like(self.norm_q.weight, q), self.norm_q.eps, rope, self.num_heads)
+            k = rms_rope_interleaved(k, param_like(self.norm_k.weight, k), self.norm_k.eps, rope, self.num_heads)
         return self.o(attention(q, k, v, self.num_heads))
 
 
@@ -90,11 +93,9 @@ class DiTBlock(nn.Module):
         """x [B,L,C], context [B,Lt,C], t_mod [B,6,C] -> [B,L,C]."""
         mod = param_like(self.modulation, t_mod) + t_mod
         shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = mod.chunk(6, dim=1)
-        h = modulate(layer_norm(x, self.eps), shift_sa, scale_sa)
-        x = x + gate_sa * self.self_attn(h, rope=rope)
+        x = gated_residual(x, gate_sa, self.self_attn(norm_modulate(x, shift_sa, scale_sa, self.eps), rope=rope))
         x = x + self.cross_attn(self.norm3(x), context)
-        h = modulate(layer_norm(x, self.eps), shift_ff, scale_ff)
-        return x + gate_ff * self.ffn(h)
+        return gated_residual(x, gate_ff, self.ffn(norm_modulate(x, shift_ff, scale_ff, self.eps)))
 
 
 class Head(nn.Module):
@@ -110,7 +111,7 @@ class Head(nn.Module):
     def forward(self, x: torch.Tensor, t_emb: torch.Tensor) -> torch.Tensor:
         """x [B,L,C], t_emb [B,C] -> [B,L,out*prod(patch)]; per-sample modulation (batch-safe)."""
         shift, scale = (param_like(self.modulation, t_emb) + t_emb[:, None, :]).chunk(2, dim=1)
-        return self.head(modulate(layer_norm(x, self.eps), shift, scale))
+        return self.head(norm_modulate(x, shift, scale, self.eps))
 
 
 class WanDiT(nn.Module):

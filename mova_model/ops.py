@@ -64,6 +64,7 @@ FP8_MAX = 448.0  # largest float8_e4m3fn value
 
 
 _FP8_GPUS: dict[int, bool] = {}  # CUDA device index -> has fp8 tensor cores (filled on first use)
+_BIAS_IN_GEMM: dict[int, bool] = {}  # CUDA device index -> _scaled_mm takes the bias with row-wise scales
 
 
 def fp8_tensor_cores(device: torch.device) -> bool:
@@ -76,12 +77,41 @@ def fp8_tensor_cores(device: torch.device) -> bool:
     return _FP8_GPUS[index]
 
 
-def quantize_per_token(x: torch.Tensor):
-    """x [M, K] -> (q [M, K] float8_e4m3fn, scale [M, 1] float32) with x ~= q * scale, one scale per row."""
+def bias_in_gemm(device: torch.device) -> bool:
+    """True where ``torch._scaled_mm`` adds a bf16 bias in its epilogue with row-wise scales (probed once per
+    GPU, outside any compiled region: ``enable_fp8_matmul`` asks first)."""
+    if not fp8_tensor_cores(device):
+        return False
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _BIAS_IN_GEMM:
+        a = torch.ones(16, 32, device=device).to(torch.float8_e4m3fn)
+        b = torch.ones(16, 32, device=device).to(torch.float8_e4m3fn)
+        ones = torch.ones(16, 1, device=device)
+        try:
+            out = torch._scaled_mm(a, b.t(), scale_a=ones, scale_b=ones.t().contiguous(), out_dtype=torch.bfloat16,
+                                   bias=torch.full((16,), 2.0, device=device, dtype=torch.bfloat16))
+            _BIAS_IN_GEMM[index] = bool((out.float() == 34.0).all())
+        except RuntimeError:
+            _BIAS_IN_GEMM[index] = False
+    return _BIAS_IN_GEMM[index]
+
+
+def _quantize_math(x: torch.Tensor):
     x = x.float()  # one float32 copy serves both passes (a bf16 amax also trips inductor's CPU codegen)
-    scale = x.abs().amax(dim=1, keepdim=True).clamp_(min=1e-12) / FP8_MAX
-    q = (x / scale).clamp_(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+    scale = x.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / FP8_MAX
+    q = (x / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
     return q, scale
+
+
+def quantize_per_token(x: torch.Tensor):
+    """x [M, K] -> (q [M, K] float8_e4m3fn, scale [M, 1] float32) with x ~= q * scale, one scale per row.
+    With the fused kernels on (``compile="kernels"``) one generated kernel per call; inside compiled blocks
+    inductor fuses it into the op that produced x."""
+    from .fused import fused_kernels_enabled, run_kernel
+
+    if fused_kernels_enabled() and not torch.compiler.is_compiling():
+        return run_kernel("quantize_per_token", _quantize_math, x)
+    return _quantize_math(x)
 
 
 def scaled_fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale_weight: torch.Tensor,
@@ -89,18 +119,24 @@ def scaled_fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale_weight: torch
     """x [..., in] @ (weight * scale_weight).T + bias in x's dtype, with the activations quantised to
     e4m3fn per token. On GPUs with fp8 tensor cores the product is one ``torch._scaled_mm`` (fp8
     operands, float32 accumulation); elsewhere the same quantised values are multiplied in float32,
-    so the CPU computes the same function (up to accumulation order)."""
+    so the CPU computes the same function (up to accumulation order). The bias is added to the float32
+    accumulator before the one rounding to x's dtype (inside the GEMM's epilogue where the GPU allows it)."""
     shape = x.shape
     # cuBLASLt takes only row-major activations (a token stream can arrive transposed from patchify)
     q, scale_x = quantize_per_token(x.reshape(-1, shape[-1]).contiguous())
     out_features = weight.shape[0]
     scale_w = scale_weight.to(device=x.device, dtype=torch.float32).reshape(1, 1).expand(1, out_features)
     if fp8_tensor_cores(x.device) and x.dtype in (torch.bfloat16, torch.float16):
-        out = torch._scaled_mm(q, weight.t(), scale_a=scale_x, scale_b=scale_w.contiguous(), out_dtype=x.dtype)
+        fused_bias = bias is not None and x.dtype == torch.bfloat16 and bias_in_gemm(x.device)
+        out = torch._scaled_mm(q, weight.t(), scale_a=scale_x, scale_b=scale_w.contiguous(), out_dtype=x.dtype,
+                               bias=bias.to(x.dtype) if fused_bias else None)
+        if bias is not None and not fused_bias:
+            out = out + bias.to(out.dtype)
     else:
-        out = ((q.float() * scale_x) @ weight.float().t() * scale_w).to(x.dtype)
-    if bias is not None:
-        out = out + bias.to(out.dtype)
+        out = (q.float() * scale_x) @ weight.float().t() * scale_w
+        if bias is not None:
+            out = out + bias.float()
+        out = out.to(x.dtype)
     return out.reshape(*shape[:-1], out_features)
 
 
@@ -109,7 +145,9 @@ def enable_fp8_matmul(model: nn.Module, enabled: bool = True) -> int:
     dtype (the default); returns how many layers it set."""
     layers = [m for m in model.modules() if isinstance(m, Fp8Linear)]
     for tensor in model.parameters():
-        fp8_tensor_cores(tensor.device)  # learn the device's capability outside any compiled region
+        if enabled:  # learn the device's abilities outside any compiled region
+            fp8_tensor_cores(tensor.device)
+            bias_in_gemm(tensor.device)
         break
     for layer in layers:
         layer.fp8_matmul = enabled

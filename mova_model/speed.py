@@ -1,7 +1,9 @@
 """Speed settings of a sampling run: compiled blocks and how fp8 weights multiply.
 
-``compile``: "off", "blocks" (torch.compile each transformer block, see ``compiled.py``) or
-"blocks-max-autotune" (the same with inductor's autotuning: slower to compile, sometimes faster).
+``compile``: "off", "blocks" (torch.compile each transformer block, see ``compiled.py``),
+"blocks-max-autotune" (the same with inductor's autotuning: slower to compile, sometimes faster) or
+"kernels" (only the fused element-wise kernels of ``fused.py``: RMS norm + RoPE and the AdaLN
+modulation, a few small graphs that compile in seconds; the blocks stay eager).
 ``fp8_compute``: "auto" (fp8 matmul where it pays: compiled blocks on a GPU with fp8 tensor cores;
 measured on an H200: eager fp8 matmul is slower than dequantising, compiled it is faster),
 "dequant" (fp8 weights dequantised to the activations' dtype, the reference path) or "fp8_matmul"
@@ -14,9 +16,11 @@ import torch
 from torch import nn
 
 from .compiled import compile_blocks
+from .fused import set_fused_kernels
 from .ops import Fp8Linear, enable_fp8_matmul, fp8_tensor_cores
 
-COMPILE_MODES = {"off": None, "blocks": "default", "blocks-max-autotune": "max-autotune-no-cudagraphs"}
+COMPILE_MODES = {"off": None, "blocks": "default", "blocks-max-autotune": "max-autotune-no-cudagraphs",
+                 "kernels": None}
 FP8_COMPUTE = ("auto", "dequant", "fp8_matmul")
 
 
@@ -31,7 +35,7 @@ def uses_fp8_matmul(compile: str, fp8_compute: str, device: torch.device) -> boo
     """Whether fp8 weights multiply in fp8 for these settings on ``device``."""
     if not fp8_tensor_cores(torch.device(device)):
         return False
-    return fp8_compute == "fp8_matmul" or (fp8_compute == "auto" and compile != "off")
+    return fp8_compute == "fp8_matmul" or (fp8_compute == "auto" and compile.startswith("blocks"))
 
 
 def apply_speed_options(models: list[nn.Module], compile: str, fp8_compute: str, device) -> list[str]:
@@ -44,7 +48,10 @@ def apply_speed_options(models: list[nn.Module], compile: str, fp8_compute: str,
         for model in models:
             enable_fp8_matmul(model, matmul)
         done.append(f"fp8 weights {'multiplied in fp8' if matmul else 'dequantised'} ({fp8_layers} layers)")
-    if compile != "off":
+    set_fused_kernels(compile == "kernels")
+    if compile == "kernels":
+        done.append("fused kernels compiled (RMS norm + RoPE, modulation)")
+    elif compile != "off":
         mode = COMPILE_MODES[compile]
         regions = compile_blocks(*models, mode=None if mode == "default" else mode)
         done.append(f"{regions} blocks compiled ({compile})")

@@ -29,7 +29,7 @@ SEED_MAX = 0xFFFFFFFFFFFFFFFF
 WEIGHT_DTYPES = ("default", "bf16", "fp16", "fp8_e4m3fn")
 AUDIO_VAE_DTYPES = ("default", "fp32", "bf16", "fp16")
 ATTENTION_CHOICES = ("auto", "sdpa", "sdpa_cudnn", "sdpa_flash", "flash3", "sage", "comfy")
-COMPILE_CHOICES = ("off", "blocks", "blocks-max-autotune")
+COMPILE_CHOICES = ("off", "blocks", "blocks-max-autotune", "kernels")
 FP8_COMPUTE_CHOICES = ("auto", "dequant", "fp8_matmul")
 FPS_MODES = ("refuse", "resample")
 LORA_SAVE_DTYPES = ("fp32", "bf16")
@@ -333,7 +333,8 @@ SAMPLER_OPTIONS_NODE = NodeSpec(
         Widget("compile", "COMBO", default="off", options=COMPILE_CHOICES,
                tooltip="torch.compile each transformer block (one compile per kind of block and size; the first "
                "step is slower). On an H200 it cut a 360p step from 11.6 s to 9.6 s. Works with block swap, "
-               "LoRA and fp8. Needs a working triton (GPU) or C++ compiler (CPU)."),
+               "LoRA and fp8. kernels: compile only the fused element-wise kernels (RMS norm + RoPE, modulation; "
+               "seconds to compile, blocks stay eager). Needs a working triton (GPU) or C++ compiler (CPU)."),
         Widget("fp8_compute", "COMBO", default="auto", options=FP8_COMPUTE_CHOICES,
                tooltip="How fp8 weights multiply. auto: in fp8 (scaled fp8 GEMM) when blocks are compiled on a GPU "
                "with fp8 tensor cores (Ada, Hopper and later), else dequantised to bf16. fp8_matmul forces fp8 "
