@@ -70,10 +70,10 @@ def write_release(models: Path, size: str) -> dict:
     import torch
     from safetensors.torch import save_file
 
-    from mova_model.bridge import DualTowerBridge
+    from mova_model.networks.bridge import DualTowerBridge
     from mova_model.configs import config_to_dict
-    from mova_model.dac import DAC
-    from mova_model.dit import WanDiT
+    from mova_model.networks.dac import DAC
+    from mova_model.networks.dit import WanDiT
 
     if size == "mid":
         from memory_modes import mid_config

@@ -23,12 +23,12 @@ from safetensors.torch import save_file
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mova_model import sizes  # noqa: E402
-from mova_model.bridge import DualTowerBridge  # noqa: E402
+from mova_model.sampling import sizes  # noqa: E402
+from mova_model.networks.bridge import DualTowerBridge  # noqa: E402
 from mova_model.configs import BridgeConfig, DACConfig, DiTConfig, config_to_dict  # noqa: E402
-from mova_model.dit import WanDiT  # noqa: E402
-from mova_model.joint import joint_forward  # noqa: E402
-from mova_model.sampler import MovaTowers, SamplingOptions, sample  # noqa: E402
+from mova_model.networks.dit import WanDiT  # noqa: E402
+from mova_model.sampling.joint import joint_forward  # noqa: E402
+from mova_model.sampling.sampler import MovaTowers, SamplingOptions, sample  # noqa: E402
 
 
 def build(args):
@@ -77,7 +77,7 @@ def write_sharded(model, folder: Path, shards: int) -> int:
 LOAD_CHILD = """
 import sys, torch
 sys.path.insert(0, {root!r})
-from mova_model.loading import load_component
+from mova_model.weights.loading import load_component
 def status(field):
     for line in open("/proc/self/status"):
         if line.startswith(field):

@@ -33,16 +33,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from memory_modes import host_rss_peak, mid_config, random_, reset_host_peak, weight_bytes  # noqa: E402
 
-from mova_model import sizes  # noqa: E402
-from mova_model.attention import attention_backends, is_available, use_attention_backend  # noqa: E402
-from mova_model.bridge import DualTowerBridge  # noqa: E402
-from mova_model.compiled import compile_blocks, uncompile_blocks  # noqa: E402
+from mova_model.sampling import sizes  # noqa: E402
+from mova_model.networks.attention import attention_backends, is_available, use_attention_backend  # noqa: E402
+from mova_model.networks.bridge import DualTowerBridge  # noqa: E402
+from mova_model.memory.compiled import compile_blocks, uncompile_blocks  # noqa: E402
 from mova_model.configs import MOVA_360P, DACConfig  # noqa: E402
-from mova_model.dit import WanDiT  # noqa: E402
-from mova_model.joint import joint_forward  # noqa: E402
-from mova_model.offload import disable_block_swap, enable_block_swap  # noqa: E402
-from mova_model.ops import enable_fp8_matmul  # noqa: E402
-from mova_model.quantize import quantize_fp8_  # noqa: E402
+from mova_model.networks.dit import WanDiT  # noqa: E402
+from mova_model.sampling.joint import joint_forward  # noqa: E402
+from mova_model.memory.offload import disable_block_swap, enable_block_swap  # noqa: E402
+from mova_model.networks.ops import enable_fp8_matmul  # noqa: E402
+from mova_model.weights.quantize import quantize_fp8_  # noqa: E402
 
 GIB = 1024 ** 3
 ROW_GROUPS = ("profile", "backends", "dequant", "matmul", "swap", "compile", "720p")
@@ -186,7 +186,7 @@ class Check:
         heads, d = self.config.video.num_heads, self.config.video.head_dim
         gen = torch.Generator(self.device).manual_seed(1)
         q, k, v = (torch.randn(1, tokens, heads * d, device=self.device, dtype=BF16, generator=gen) for _ in range(3))
-        from mova_model.attention import attention
+        from mova_model.networks.attention import attention
 
         reference = None
         for name in attention_backends()[1:]:

@@ -30,12 +30,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from memory_modes import mid_config, random_  # noqa: E402
 
-from mova_model import fused, sizes  # noqa: E402
-from mova_model.bridge import DualTowerBridge  # noqa: E402
-from mova_model.compiled import compile_blocks  # noqa: E402
+from mova_model.networks import fused  # noqa: E402
+from mova_model.sampling import sizes  # noqa: E402
+from mova_model.networks.bridge import DualTowerBridge  # noqa: E402
+from mova_model.memory.compiled import compile_blocks  # noqa: E402
 from mova_model.configs import DACConfig  # noqa: E402
-from mova_model.dit import WanDiT  # noqa: E402
-from mova_model.joint import joint_forward  # noqa: E402
+from mova_model.networks.dit import WanDiT  # noqa: E402
+from mova_model.sampling.joint import joint_forward  # noqa: E402
 
 # ops that only make views, metadata or empty buffers: no kernel on a GPU
 NO_KERNEL = {

@@ -23,13 +23,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mova_model import sizes  # noqa: E402
-from mova_model.bridge import DualTowerBridge  # noqa: E402
+from mova_model.sampling import sizes  # noqa: E402
+from mova_model.networks.bridge import DualTowerBridge  # noqa: E402
 from mova_model.configs import MOVA_360P, BridgeConfig, DACConfig, DiTConfig, MovaConfig  # noqa: E402
-from mova_model.dit import WanDiT  # noqa: E402
-from mova_model.joint import joint_forward  # noqa: E402
-from mova_model.offload import enable_block_swap  # noqa: E402
-from mova_model.quantize import quantize_fp8_  # noqa: E402
+from mova_model.networks.dit import WanDiT  # noqa: E402
+from mova_model.sampling.joint import joint_forward  # noqa: E402
+from mova_model.memory.offload import enable_block_swap  # noqa: E402
+from mova_model.weights.quantize import quantize_fp8_  # noqa: E402
 
 GIB = 1024 ** 3
 RESOLUTIONS = {"360p": (352, 640), "720p": (720, 1280)}

@@ -12,12 +12,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mova_model import sizes  # noqa: E402
-from mova_model.bridge import DualTowerBridge  # noqa: E402
+from mova_model.sampling import sizes  # noqa: E402
+from mova_model.networks.bridge import DualTowerBridge  # noqa: E402
 from mova_model.configs import DACConfig  # noqa: E402
-from mova_model.dit import WanDiT  # noqa: E402
-from mova_model.ops import enable_fp8_matmul  # noqa: E402
-from mova_model.quantize import quantize_fp8_  # noqa: E402
+from mova_model.networks.dit import WanDiT  # noqa: E402
+from mova_model.networks.ops import enable_fp8_matmul  # noqa: E402
+from mova_model.weights.quantize import quantize_fp8_  # noqa: E402
 
 BF16 = torch.bfloat16
 

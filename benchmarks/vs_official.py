@@ -50,11 +50,11 @@ from hot_path import count_ops  # noqa: E402
 from memory_modes import mid_config  # noqa: E402
 from shared_weights import build_states, inputs, pack_float32, pack_parts, rel_l2, step_flops  # noqa: E402
 
-from mova_model import attention as attn  # noqa: E402
-from mova_model import fused  # noqa: E402
-from mova_model.compiled import compile_blocks  # noqa: E402
+from mova_model.networks import attention as attn  # noqa: E402
+from mova_model.networks import fused  # noqa: E402
+from mova_model.memory.compiled import compile_blocks  # noqa: E402
 from mova_model.configs import MOVA_360P  # noqa: E402
-from mova_model.joint import joint_forward  # noqa: E402
+from mova_model.sampling.joint import joint_forward  # noqa: E402
 
 GIB = 1024 ** 3
 BF16 = torch.bfloat16

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ..mova_model.audio import trim_to_video
-from ..mova_model.known_regions import blend
+from ..mova_model.sampling.audio import trim_to_video
+from ..mova_model.sampling.known_regions import blend
 from .handles import AudioLatent, LoadedPart
 
 

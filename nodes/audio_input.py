@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from ..mova_model.configs import DACConfig
-from ..mova_model.sizes import VAE_TIME, audio_latent_length, audio_num_samples
+from ..mova_model.sampling.sizes import VAE_TIME, audio_latent_length, audio_num_samples
 from .handles import LoadedPart
 
 log = logging.getLogger(__name__)

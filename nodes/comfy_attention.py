@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import comfy.ldm.modules.attention as comfy_attention
 
-from ..mova_model.attention import register_attention_backend
+from ..mova_model.networks.attention import register_attention_backend
 
 FUSED = ("attention_pytorch", "attention_sage", "attention_flash", "attention_xformers")
 

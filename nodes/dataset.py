@@ -19,11 +19,11 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..mova_model.latent_dataset import LatentDataset, load_latent_dataset, read_dataset_metadata, save_latent_dataset
-from ..mova_model.latents import normalise_video_latents
-from ..mova_model.names import make_folder
-from ..mova_model.sizes import audio_num_samples, check_video_size
-from ..mova_model.training_guard import TENSOR_LABELS, listed, nonfinite_clips, nonfinite_values
+from ..mova_model.training.dataset import LatentDataset, load_latent_dataset, read_dataset_metadata, save_latent_dataset
+from ..mova_model.sampling.latents import normalise_video_latents
+from ..mova_model.files.names import make_folder
+from ..mova_model.sampling.sizes import audio_num_samples, check_video_size
+from ..mova_model.training.guard import TENSOR_LABELS, listed, nonfinite_clips, nonfinite_values
 from .clips import ClipError, find_clips, inspect_clip, read_clip
 from .condition import build_condition, condition_frames
 

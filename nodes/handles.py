@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..mova_model.bridge import DualTowerBridge
-from ..mova_model.dit import WanDiT
+from ..mova_model.networks.bridge import DualTowerBridge
+from ..mova_model.networks.dit import WanDiT
 
 HIGH_NOISE, LOW_NOISE = "high_noise", "low_noise"
 # LATENT dict key holding the audio half of MOVA's joint latent.

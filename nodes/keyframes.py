@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ..mova_model.sizes import VAE_TIME, check_video_size
+from ..mova_model.sampling.sizes import VAE_TIME, check_video_size
 from .condition import GREY, MASK_CHANNELS, WHITE
 
 

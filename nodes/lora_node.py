@@ -14,7 +14,7 @@ import folder_paths
 from comfy.weight_adapter import LoRAAdapter
 from comfy_api.latest import io, ui
 
-from ..mova_model.lora import LoraFile, read_lora
+from ..mova_model.lora.load import LoraFile, read_lora
 from . import spec
 from .comfy_io import schema, show_text
 from .handles import LoadedPart

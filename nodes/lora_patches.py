@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
-from ..mova_model.lora import LoraFile, LoraPatch, match_patches
+from ..mova_model.lora.load import LoraFile, LoraPatch, match_patches
 
 SLOTS = ("high_noise_expert", "low_noise_expert", "audio_tower")
 # LoRA component -> (the loader input it patches, the key prefix of its weights inside that part's patcher)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..mova_model.training import EXPERT_NAMES, StepRecord
+from ..mova_model.training.trainer import EXPERT_NAMES, StepRecord
 
 COLOURS = {0: (214, 96, 28), 1: (38, 110, 196)}   # high-noise: orange, low-noise: blue
 BACKGROUND, AXES, TEXT = (255, 255, 255), (60, 60, 60), (20, 20, 20)

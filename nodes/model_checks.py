@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterable
 
-from ..mova_model.checkpoint import CheckpointError, open_checkpoint
-from ..mova_model.detect import KIND_NAMES, describe, identify
+from ..mova_model.weights.checkpoint import CheckpointError, open_checkpoint
+from ..mova_model.weights.detect import KIND_NAMES, describe, identify
 
 log = logging.getLogger(__name__)
 

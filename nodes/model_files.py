@@ -13,10 +13,10 @@ from typing import Iterable
 
 import torch
 
-from ..mova_model.checkpoint import INDEX_NAME, CheckpointError, open_checkpoint
-from ..mova_model.detect import METADATA_EXPERT
-from ..mova_model.loading import load_component, stored_dtype
-from ..mova_model.ops import torch_ops
+from ..mova_model.weights.checkpoint import INDEX_NAME, CheckpointError, open_checkpoint
+from ..mova_model.weights.detect import METADATA_EXPERT
+from ..mova_model.weights.loading import load_component, stored_dtype
+from ..mova_model.networks.ops import torch_ops
 from .handles import HIGH_NOISE, LOW_NOISE, AudioTower, LoadedPart
 
 WEIGHT_DTYPES = {
@@ -126,7 +126,7 @@ def _part_dtype(model: torch.nn.Module) -> torch.dtype:
 def load_video_expert(path: Path, dtype: torch.dtype | None = None, operations=torch_ops,
                       device="cpu", fp8_layout: str | None = None) -> LoadedPart:
     """A MOVA video expert (WanDiT) from a file or component folder, with its role when the folder tells it.
-    ``fp8_layout``: the fp8 keys ``operations`` take (see mova_model.loading)."""
+    ``fp8_layout``: the fp8 keys ``operations`` take (see mova_model.weights.loading)."""
     model = _load(path, "video_dit", dtype, operations, device, fp8_layout)
     stored = _part_dtype(model)
     return LoadedPart(model, compute_dtype_for(stored), str(path), role=expert_role(Path(path)))

@@ -3,7 +3,7 @@
 SamplerCustomAdvanced calls ``guider.sample(noise, latent, sampler, sigmas, denoise_mask, callback, ...)`` with the
 joint latent in core's audio-video form (nested video and audio, nested noise masks). The guider normalises the
 video, packs both parts into one tensor as core does for nested latents, and hands the stock sampler itself as
-the model: each call unpacks the latents, runs ``mova_model.denoiser.JointDenoiser`` (experts, audio tower and
+the model: each call unpacks the latents, runs ``mova_model.sampling.denoiser.JointDenoiser`` (experts, audio tower and
 bridge, guidance, kept regions) and packs the prediction. Experts load through ComfyUI's memory manager as in the
 MOVA Sampler. The samplers read ComfyUI's flow-matching model sampling (CONST, MOVA's shift) from it, and the
 preview shows the video's middle frame.
@@ -22,12 +22,12 @@ import comfy.samplers
 import comfy.utils
 import torch
 
-from ..mova_model.attention import use_attention_backend
-from ..mova_model.denoiser import JointDenoiser, prepare_speed
-from ..mova_model.known_regions import KnownLatents, blend
-from ..mova_model.latents import denormalise_video_latents, normalise_video_latents
-from ..mova_model.release import ReleaseSettings
-from ..mova_model.scheduler import make_schedule
+from ..mova_model.networks.attention import use_attention_backend
+from ..mova_model.sampling.denoiser import JointDenoiser, prepare_speed
+from ..mova_model.sampling.known_regions import KnownLatents, blend
+from ..mova_model.sampling.latents import denormalise_video_latents, normalise_video_latents
+from ..mova_model.weights.release import ReleaseSettings
+from ..mova_model.sampling.scheduler import make_schedule
 from .av_latent import is_nested, require_nested_latents
 from .comfy_io import show_text
 from .expert_memory import expert_loader

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from ..mova_model.memory import check_fits, sampling_bytes
-from ..mova_model.sampler import MovaTowers
+from ..mova_model.memory.estimate import check_fits, sampling_bytes
+from ..mova_model.sampling.sampler import MovaTowers
 from .handles import LoadedPart, MovaConditioning
 from .sampling import matching_towers
 

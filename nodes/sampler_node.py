@@ -10,7 +10,7 @@ import comfy.utils
 import latent_preview
 from comfy_api.latest import io, ui
 
-from ..mova_model.attention import resolve_attention_backend
+from ..mova_model.networks.attention import resolve_attention_backend
 from . import spec
 from .comfy_io import schema, show_text
 from .expert_memory import expert_loader

@@ -7,14 +7,14 @@ from typing import Callable
 
 import torch
 
-from ..mova_model.attention import resolve_attention_backend
+from ..mova_model.networks.attention import resolve_attention_backend
 from ..mova_model.configs import DiTConfig, SchedulerConfig
-from ..mova_model.known_regions import KnownLatents, blend
-from ..mova_model.latents import denormalise_video_latents, normalise_video_latents
-from ..mova_model.memory import check_fits, forward_bytes, sampling_bytes
-from ..mova_model.release import ReleaseSettings, read_release_settings, release_root
-from ..mova_model.sampler import MovaTowers, SamplingOptions, make_noise, sample
-from ..mova_model.speed import check_speed_options
+from ..mova_model.sampling.known_regions import KnownLatents, blend
+from ..mova_model.sampling.latents import denormalise_video_latents, normalise_video_latents
+from ..mova_model.memory.estimate import check_fits, forward_bytes, sampling_bytes
+from ..mova_model.weights.release import ReleaseSettings, read_release_settings, release_root
+from ..mova_model.sampling.sampler import MovaTowers, SamplingOptions, make_noise, sample
+from ..mova_model.memory.speed import check_speed_options
 from .av_latent import is_av_latent, split_av_latent
 from .handles import (HIGH_NOISE, LATENT_AUDIO_KEY, LOW_NOISE, NOISE_MASK_KEY, AudioLatent, LoadedPart,
                       MovaConditioning, SamplerSettings)

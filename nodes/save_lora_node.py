@@ -8,8 +8,8 @@ from pathlib import Path
 import folder_paths
 from comfy_api.latest import io, ui
 
-from ..mova_model.lora import LoraFile
-from ..mova_model.lora_save import PART_ORDER, SAVE_DTYPES, save_lora_safetensors, save_official_folder
+from ..mova_model.lora.load import LoraFile
+from ..mova_model.lora.save import PART_ORDER, SAVE_DTYPES, save_lora_safetensors, save_official_folder
 from . import spec
 from .comfy_io import schema
 from .training_run import lora_save_paths

@@ -10,7 +10,7 @@ import comfy.utils
 import folder_paths
 from comfy_api.latest import io, ui
 
-from ..mova_model.training import EXPERT_NAMES, StepRecord, TrainSettings
+from ..mova_model.training.trainer import EXPERT_NAMES, StepRecord, TrainSettings
 from . import spec
 from .comfy_io import schema, show_text
 from .handles import LoadedPart

@@ -8,12 +8,12 @@ from typing import Callable
 
 import torch
 
-from ..mova_model.latent_dataset import LatentDataset
-from ..mova_model.lora import OFFICIAL_CONFIG, OFFICIAL_WEIGHTS, LoraFile, lora_from_tensors
-from ..mova_model.names import NameProblem, make_folder, path_inside
-from ..mova_model.sampler import MovaTowers
-from ..mova_model.training import EXPERT_NAMES, StepRecord, TrainResult, TrainSettings, train_lora
-from ..mova_model.training_checkpoint import TrainingCheckpoints
+from ..mova_model.training.dataset import LatentDataset
+from ..mova_model.lora.load import OFFICIAL_CONFIG, OFFICIAL_WEIGHTS, LoraFile, lora_from_tensors
+from ..mova_model.files.names import NameProblem, make_folder, path_inside
+from ..mova_model.sampling.sampler import MovaTowers
+from ..mova_model.training.trainer import EXPERT_NAMES, StepRecord, TrainResult, TrainSettings, train_lora
+from ..mova_model.training.checkpoints import TrainingCheckpoints
 from .handles import LoadedPart
 from .sampling import activation_bytes, check_roles
 

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from ..mova_model.sizes import VAE_TIME
+from ..mova_model.sampling.sizes import VAE_TIME
 from .condition import fit_frame
 
 

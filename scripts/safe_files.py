@@ -1,4 +1,4 @@
-"""The pack's one way of writing a file (``mova_model/atomic_write.py``: a unique temporary file beside the target,
+"""The pack's one way of writing a file (``mova_model/files/atomic_write.py``: a unique temporary file beside the target,
 fsync, rename), loaded by path for the scripts here, which run with the standard library only (no torch)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
-_PATH = Path(__file__).resolve().parents[1] / "mova_model" / "atomic_write.py"
+_PATH = Path(__file__).resolve().parents[1] / "mova_model" / "files" / "atomic_write.py"
 _NAME = "mova_atomic_write"
 
 if _NAME not in sys.modules:

@@ -25,7 +25,8 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(TESTS))
 import conftest  # noqa: E402,F401  (imports the pack as comfyui_mova)
-from comfyui_mova.mova_model import joint, loading  # noqa: E402
+from comfyui_mova.mova_model.sampling import joint  # noqa: E402
+from comfyui_mova.mova_model.weights import loading  # noqa: E402
 from mova_testing import rel_l2  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 

@@ -21,7 +21,8 @@ def golden_scheduler(golden_cases):
 
 def load_golden_towers(golden_dir, dtype=torch.float32, device="cpu"):
     """The golden tiny release as MovaTowers (high and low expert, audio DiT, bridge), freshly loaded."""
-    from comfyui_mova.mova_model import loading, sampler
+    from comfyui_mova.mova_model.weights import loading
+    from comfyui_mova.mova_model.sampling import sampler
     ckpt = golden_dir / "checkpoint"
     load = lambda kind, folder: loading.load_component(ckpt, kind, dtype=dtype, device=device, component=folder)  # noqa: E731
     return sampler.MovaTowers([load("video_dit", "video_dit"), load("video_dit", "video_dit_2")],

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from comfyui_mova.mova_model.atomic_write import WriteError, atomic_write, write_bytes
-from comfyui_mova.mova_model.names import NameProblem, make_folder, name_parts, path_inside
+from comfyui_mova.mova_model.files.atomic_write import WriteError, atomic_write, write_bytes
+from comfyui_mova.mova_model.files.names import NameProblem, make_folder, name_parts, path_inside
 from write_faults import NO_RLIMIT, PREAMBLE, leftovers, open_folder, python, start_together, unprivileged
 
 
@@ -44,7 +44,7 @@ def test_a_failing_writer_leaves_the_old_file(tmp_path):
 def test_disk_full_names_the_file_and_keeps_the_old_one(tmp_path):
     target = write_bytes(tmp_path / "file.bin", b"old")
     run = python(f"""
-        from comfyui_mova.mova_model.atomic_write import write_bytes
+        from comfyui_mova.mova_model.files.atomic_write import write_bytes
         limit_file_size(1000)
         for name in ("file.bin", "fresh.bin"):
             try:
@@ -83,7 +83,7 @@ def test_ctrl_c_while_writing_keeps_the_old_file(tmp_path):
     script = PREAMBLE + f"""
 import time
 from pathlib import Path
-from comfyui_mova.mova_model.atomic_write import atomic_write
+from comfyui_mova.mova_model.files.atomic_write import atomic_write
 try:
     with atomic_write({str(target)!r}) as tmp:
         tmp.write_bytes(b"half of the new")
@@ -108,7 +108,7 @@ def test_three_processes_writing_one_file_at_once(tmp_path):
     writer's whole pattern (never a mix, never cut short)."""
     target = tmp_path / "shared.bin"
     codes = [f"""
-        from comfyui_mova.mova_model.atomic_write import write_bytes
+        from comfyui_mova.mova_model.files.atomic_write import write_bytes
         for _ in range(10):
             write_bytes({str(target)!r}, bytes([{i}]) * (4 << 20))
             data = open({str(target)!r}, "rb").read()

@@ -14,7 +14,7 @@ sys.path.insert(0, str(BENCHMARKS))
 import official_mova  # noqa: E402
 from shared_weights import step_flops  # noqa: E402
 
-from comfyui_mova.mova_model import sizes  # noqa: E402
+from comfyui_mova.mova_model.sampling import sizes  # noqa: E402
 from comfyui_mova.mova_model.configs import MOVA_360P, DACConfig  # noqa: E402
 
 

@@ -9,8 +9,8 @@ import struct
 import pytest
 import torch
 
-from comfyui_mova.mova_model import loading
-from comfyui_mova.mova_model.checkpoint import CheckpointError, open_checkpoint
+from comfyui_mova.mova_model.weights import loading
+from comfyui_mova.mova_model.weights.checkpoint import CheckpointError, open_checkpoint
 
 
 def _write(path, header, data: bytes = b""):

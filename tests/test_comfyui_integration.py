@@ -298,7 +298,7 @@ def test_video_latent_through_stock_latent_nodes(client, base):
                    "47": node("SaveLatent", samples=["46", 0], filename_prefix="latents/mova_replaced")}
     outputs = {}
     run_prompt(client, prompt, outputs)
-    from comfyui_mova.mova_model.sizes import VAE_TIME, latent_shapes
+    from comfyui_mova.mova_model.sampling.sizes import VAE_TIME, latent_shapes
     from tiny_release import DAC_16K
     full, cut = saved_latent(base, outputs, "40"), saved_latent(base, outputs, "42")
     assert tuple(full.shape) == latent_shapes(1, HEIGHT, WIDTH, FRAMES, FPS, DAC_16K, DAC_16K.latent_dim).video

@@ -99,7 +99,7 @@ def test_native_parity_on_the_golden_release(client, base, golden_dir, golden_ca
     finally:
         for link in links:
             link.unlink()
-    from comfyui_mova.mova_model.sizes import VAE_SPACE, VAE_TIME
+    from comfyui_mova.mova_model.sampling.sizes import VAE_SPACE, VAE_TIME
     reference, native = probed_latents(outputs, "81"), probed_latents(outputs, "82")
     assert reference[0].shape[2:] == ((c["num_frames"] - 1) // VAE_TIME + 1, c["height"] // VAE_SPACE,
                                       c["width"] // VAE_SPACE)

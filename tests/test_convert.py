@@ -15,12 +15,14 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from comfyui_mova.mova_model import convert, joint, loading
-from comfyui_mova.mova_model.checkpoint import CheckpointError, open_checkpoint
+from comfyui_mova.mova_model import convert
+from comfyui_mova.mova_model.sampling import joint
+from comfyui_mova.mova_model.weights import loading
+from comfyui_mova.mova_model.weights.checkpoint import CheckpointError, open_checkpoint
 from comfyui_mova.mova_model.configs import DiTConfig, config_to_dict
-from comfyui_mova.mova_model.detect import METADATA_CONFIG, METADATA_EXPERT, METADATA_KIND, detect_config
-from comfyui_mova.mova_model.dit import WanDiT
-from comfyui_mova.mova_model.safetensors_stream import RawReader, StreamWriter, TensorSpec
+from comfyui_mova.mova_model.weights.detect import METADATA_CONFIG, METADATA_EXPERT, METADATA_KIND, detect_config
+from comfyui_mova.mova_model.networks.dit import WanDiT
+from comfyui_mova.mova_model.files.safetensors_stream import RawReader, StreamWriter, TensorSpec
 from conftest import PACK_ROOT
 from mova_testing import rel_l2
 from test_fp8 import FP8_VS_BF16_BOUND, STEP_CASES

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from comfyui_mova.mova_model.configs import DACConfig, config_from_dict
-from comfyui_mova.mova_model.dac import DAC, fuse_weight_norm
+from comfyui_mova.mova_model.networks.dac import DAC, fuse_weight_norm
 
 from mova_testing import GOLDEN_TOL, rel_l2
 

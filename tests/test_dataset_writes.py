@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from comfyui_mova.mova_model.latent_dataset import save_latent_dataset
+from comfyui_mova.mova_model.training.dataset import save_latent_dataset
 from comfyui_mova.nodes.dataset import build_dataset, cache_path, dataset_fingerprint, check_clips
 from training_fixtures import toy_encoders, toy_request, write_toy_clips
 from write_faults import NO_RLIMIT, python

@@ -1,13 +1,13 @@
-"""MOVA as a denoiser for stock samplers (mova_model/denoiser.py), on the golden tiny model: Euler over the official
+"""MOVA as a denoiser for stock samplers (mova_model/sampling/denoiser.py), on the golden tiny model: Euler over the official
 step sigmas is MOVA Sampler's run with every guidance option, kept regions and step caching; other sigma lists get
 timestep = 1000·σ and the audio's own schedule through the shift map."""
 
 import pytest
 import torch
 
-from comfyui_mova.mova_model import sampler, scheduler
-from comfyui_mova.mova_model.denoiser import JointDenoiser
-from comfyui_mova.mova_model.known_regions import KnownLatents
+from comfyui_mova.mova_model.sampling import sampler, scheduler
+from comfyui_mova.mova_model.sampling.denoiser import JointDenoiser
+from comfyui_mova.mova_model.sampling.known_regions import KnownLatents
 from mova_testing import golden_scheduler, load_golden_towers, rel_l2
 
 STEPS = 6  # not a divisor of 1000: the official stepping snaps to the training grid

@@ -13,11 +13,12 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from comfyui_mova.mova_model import joint, loading
-from comfyui_mova.mova_model.checkpoint import CheckpointError, open_checkpoint
-from comfyui_mova.mova_model.detect import detect_config
-from comfyui_mova.mova_model.ops import Fp8Linear, torch_ops
-from comfyui_mova.mova_model.quantize import (dequantize, is_fp8_target, quantize_fp8, quantize_fp8_,
+from comfyui_mova.mova_model.sampling import joint
+from comfyui_mova.mova_model.weights import loading
+from comfyui_mova.mova_model.weights.checkpoint import CheckpointError, open_checkpoint
+from comfyui_mova.mova_model.weights.detect import detect_config
+from comfyui_mova.mova_model.networks.ops import Fp8Linear, torch_ops
+from comfyui_mova.mova_model.weights.quantize import (dequantize, is_fp8_target, quantize_fp8, quantize_fp8_,
                                               rounding_bound)
 from mova_testing import rel_l2
 
@@ -276,7 +277,7 @@ def test_lazily_created_comfy_layers_load(golden_dir, tmp_path):
 def _comfy_quant_file(golden_dir, path, per_layer=True):
     """A video expert in ComfyUI's comfy_quant layout: Linear weights fp8 + X.weight_scale, and the format either
     as per-layer X.comfy_quant tensors or as the file's _quantization_metadata table; keys under diffusion_model."""
-    from comfyui_mova.mova_model.quantize import comfy_quant_entry
+    from comfyui_mova.mova_model.weights.quantize import comfy_quant_entry
     model = loading.load_component(golden_dir / "checkpoint", "video_dit", dtype=torch.float32)
     state, layers = {}, {}
     linears = {n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
@@ -315,7 +316,7 @@ def test_comfy_quant_file_loads_like_the_scaled_fp8_one(golden_dir, tmp_path, pe
 
 
 def test_unknown_quant_format_is_named(golden_dir, tmp_path):
-    from comfyui_mova.mova_model.quantize import QUANT_CONF_SUFFIX
+    from comfyui_mova.mova_model.weights.quantize import QUANT_CONF_SUFFIX
     path = tmp_path / "nvfp4.safetensors"
     state = _comfy_quant_file(golden_dir, path)
     state["blocks.0.ffn.0" + QUANT_CONF_SUFFIX] = torch.tensor(list(b'{"format": "nvfp4"}'), dtype=torch.uint8)

@@ -1,13 +1,14 @@
-"""The fused hot path (mova_model/fused.py): the fused eager forms and the fused kernels compute the reference
+"""The fused hot path (mova_model/networks/fused.py): the fused eager forms and the fused kernels compute the reference
 formulas (float32 to rounding, the golden set unchanged), run fewer kernels, keep the float32 RoPE round trip
 out of memory, and are reached through the speed option ``compile="kernels"``."""
 
 import pytest
 import torch
 
-from comfyui_mova.mova_model import fused, joint
-from comfyui_mova.mova_model.rope import apply_half_rope, apply_interleaved_rope, tower_rope_video
-from comfyui_mova.mova_model.speed import apply_speed_options, check_speed_options
+from comfyui_mova.mova_model.networks import fused
+from comfyui_mova.mova_model.sampling import joint
+from comfyui_mova.mova_model.networks.rope import apply_half_rope, apply_interleaved_rope, tower_rope_video
+from comfyui_mova.mova_model.memory.speed import apply_speed_options, check_speed_options
 from mova_testing import GOLDEN_TOL, load_golden_towers, rel_l2
 
 

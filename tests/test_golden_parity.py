@@ -6,7 +6,10 @@ Every size comes from cases.json and the checkpoint configs; the folder from $MO
 import pytest
 import torch
 
-from comfyui_mova.mova_model import audio, configs, joint, loading, rope, sampler, scheduler
+from comfyui_mova.mova_model.sampling import audio, joint, sampler, scheduler
+from comfyui_mova.mova_model import configs
+from comfyui_mova.mova_model.weights import loading
+from comfyui_mova.mova_model.networks import rope
 from mova_testing import GOLDEN_TOL, rel_l2
 
 
@@ -100,7 +103,7 @@ def test_golden_expert_per_step(golden_cases, sched_config):
 def test_golden_audio_length(golden_cases, golden_dir):
     dac = loading.load_component(golden_dir / "checkpoint", "audio_vae", dtype=torch.float32)
     frames, fps = golden_cases["num_frames"], golden_cases["fps"]
-    from comfyui_mova.mova_model import sizes
+    from comfyui_mova.mova_model.sampling import sizes
     assert sizes.audio_num_samples(frames, fps, dac.config.sample_rate) == golden_cases["audio_num_samples"]
     assert sizes.audio_latent_length(frames, fps, dac.config) == golden_cases["audio_latent_length"]
     latent = torch.randn(1, dac.config.latent_dim, golden_cases["audio_latent_length"])

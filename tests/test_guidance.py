@@ -4,8 +4,8 @@ and step caching — each checked against real joint forwards of the tiny golden
 import pytest
 import torch
 
-from comfyui_mova.mova_model import joint, sampler, scheduler
-from comfyui_mova.mova_model.guidance import Guidance
+from comfyui_mova.mova_model.sampling import joint, sampler, scheduler
+from comfyui_mova.mova_model.sampling.guidance import Guidance
 from mova_testing import GOLDEN_TOL, golden_scheduler, load_golden_towers, rel_l2
 
 

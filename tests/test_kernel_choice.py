@@ -7,10 +7,10 @@ import importlib.util
 import pytest
 import torch
 
-from comfyui_mova.mova_model import attention as attn
-from comfyui_mova.mova_model import fused
-from comfyui_mova.mova_model.ops import bias_in_gemm, quantize_per_token, scaled_fp8_linear
-from comfyui_mova.mova_model.quantize import dequantize, quantize_fp8
+from comfyui_mova.mova_model.networks import attention as attn
+from comfyui_mova.mova_model.networks import fused
+from comfyui_mova.mova_model.networks.ops import bias_in_gemm, quantize_per_token, scaled_fp8_linear
+from comfyui_mova.mova_model.weights.quantize import dequantize, quantize_fp8
 
 
 @pytest.mark.parametrize("name, capability, fits", [

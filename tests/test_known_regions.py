@@ -5,9 +5,9 @@ holds with every guidance option and step caching."""
 import pytest
 import torch
 
-from comfyui_mova.mova_model import sampler, scheduler
-from comfyui_mova.mova_model.known_regions import KnownLatents
-from comfyui_mova.mova_model.layers import timestep_sinusoid
+from comfyui_mova.mova_model.sampling import sampler, scheduler
+from comfyui_mova.mova_model.sampling.known_regions import KnownLatents
+from comfyui_mova.mova_model.networks.layers import timestep_sinusoid
 from mova_testing import load_golden_towers
 
 STEPS = 4

@@ -7,10 +7,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from comfyui_mova.mova_model import configs, detect, loading
-from comfyui_mova.mova_model.checkpoint import CheckpointError, open_checkpoint
-from comfyui_mova.mova_model.dit import WanDiT
-from comfyui_mova.mova_model.joint import check_towers
+from comfyui_mova.mova_model import configs
+from comfyui_mova.mova_model.weights import detect, loading
+from comfyui_mova.mova_model.weights.checkpoint import CheckpointError, open_checkpoint
+from comfyui_mova.mova_model.networks.dit import WanDiT
+from comfyui_mova.mova_model.sampling.joint import check_towers
 
 
 def _merged_state(folder):

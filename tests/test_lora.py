@@ -6,9 +6,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from comfyui_mova.mova_model import loading
-from comfyui_mova.mova_model.checkpoint import CheckpointError
-from comfyui_mova.mova_model.lora import match_patches, merge_lora_, read_lora
+from comfyui_mova.mova_model.weights import loading
+from comfyui_mova.mova_model.weights.checkpoint import CheckpointError
+from comfyui_mova.mova_model.lora.load import match_patches, merge_lora_, read_lora
 
 
 @pytest.fixture
@@ -96,7 +96,7 @@ def test_pickles_with_code_are_refused(tmp_path):
 
 
 def test_merge_into_fp8_weights_requantises(golden_dir, tmp_path):
-    from comfyui_mova.mova_model.quantize import dequantize
+    from comfyui_mova.mova_model.weights.quantize import dequantize
     fp8 = loading.load_component(golden_dir / "checkpoint", "video_dit", dtype=torch.float8_e4m3fn, component="video_dit")
     layer = fp8.get_submodule(MODULES[0])
     before = dequantize(layer.weight, layer.scale_weight, torch.float32)

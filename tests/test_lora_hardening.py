@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from comfyui_mova.mova_model import loading
-from comfyui_mova.mova_model.checkpoint import CheckpointError
-from comfyui_mova.mova_model.lora import merge_lora_, read_lora
+from comfyui_mova.mova_model.weights import loading
+from comfyui_mova.mova_model.weights.checkpoint import CheckpointError
+from comfyui_mova.mova_model.lora.load import merge_lora_, read_lora
 
 MODULE = "video_dit.blocks.0.self_attn.q"
 

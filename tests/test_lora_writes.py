@@ -6,11 +6,11 @@ what the file system takes."""
 import pytest
 import torch
 
-from comfyui_mova.mova_model.checkpoint import CheckpointError
-from comfyui_mova.mova_model.lora import lora_from_tensors, read_lora
-from comfyui_mova.mova_model.lora_save import save_lora_safetensors, save_official_folder
-from comfyui_mova.mova_model.lora_train import make_lora_set
-from comfyui_mova.mova_model.names import NameProblem
+from comfyui_mova.mova_model.weights.checkpoint import CheckpointError
+from comfyui_mova.mova_model.lora.load import lora_from_tensors, read_lora
+from comfyui_mova.mova_model.lora.save import save_lora_safetensors, save_official_folder
+from comfyui_mova.mova_model.lora.adapters import make_lora_set
+from comfyui_mova.mova_model.files.names import NameProblem
 from comfyui_mova.nodes.training_run import lora_save_paths
 from mova_testing import load_golden_towers
 from write_faults import NO_RLIMIT, leftovers, python
@@ -47,8 +47,8 @@ def test_disk_full_while_replacing_a_lora_keeps_the_old_files(two_loras, tmp_pat
     before = {p: p.read_bytes() for p in (target, weights, config)}
     limit = (target.stat().st_size + source.stat().st_size) // 2  # more than the old file, less than the new one
     run = python(f"""
-        from comfyui_mova.mova_model.lora import read_lora
-        from comfyui_mova.mova_model.lora_save import save_lora_safetensors, save_official_folder
+        from comfyui_mova.mova_model.lora.load import read_lora
+        from comfyui_mova.mova_model.lora.save import save_lora_safetensors, save_official_folder
         lora = read_lora({str(source)!r})
         limit_file_size({limit})
         for save in (lambda: save_lora_safetensors(lora, {str(target)!r}, overwrite=True),
@@ -79,7 +79,7 @@ def test_a_pair_cut_apart_between_its_two_files_is_refused(two_loras, tmp_path):
     assert str(caught.value) == (
         f"{weights.with_name('lora_config.pt')} belongs to another lora_weights.pt than the one beside it (its "
         "weights_sha256 differs): a save of this pair was cut off between the two files. Save the LoRA again (MOVA "
-        "Save LoRA with overwrite, or python -m mova_model.lora_save LORA FOLDER --overwrite).")
+        "Save LoRA with overwrite, or python -m mova_model.lora.save LORA FOLDER --overwrite).")
     save_official_folder(new, tmp_path / "pair", overwrite=True)  # saved again: a matching pair
     assert _same(read_lora(weights), new)
     # a config without the digest (the official trainer's, or ours before it had one) still loads

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from comfyui_mova.mova_model import audio, joint, loading, sampler, sizes
+from comfyui_mova.mova_model.sampling import audio, joint, sampler, sizes
+from comfyui_mova.mova_model.weights import loading
 from comfyui_mova.mova_model.configs import DACConfig
 from mova_testing import load_golden_towers, rel_l2
 
@@ -142,9 +143,9 @@ def test_trim_refuses_audio_shorter_than_the_video():
 
 def test_full_size_presets_have_the_published_parameter_counts():
     """Built on the meta device (no memory): 14.29B per video expert, 1.42B audio DiT, 2.66B bridge."""
-    from comfyui_mova.mova_model.bridge import DualTowerBridge
+    from comfyui_mova.mova_model.networks.bridge import DualTowerBridge
     from comfyui_mova.mova_model.configs import MOVA_360P, MOVA_720P
-    from comfyui_mova.mova_model.dit import WanDiT
+    from comfyui_mova.mova_model.networks.dit import WanDiT
     assert MOVA_360P == MOVA_720P  # same architecture, different weights
     with torch.device("meta"):
         parts = {"video": WanDiT(MOVA_360P.video), "audio": WanDiT(MOVA_360P.audio),

@@ -9,10 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from comfyui_mova.mova_model import checkpoint as checkpoint_module
+from comfyui_mova.mova_model.weights import checkpoint as checkpoint_module
 from comfyui_mova.mova_model.configs import DiTConfig, config_from_dict
-from comfyui_mova.mova_model.detect import identify
-from comfyui_mova.mova_model.dit import WanDiT
+from comfyui_mova.mova_model.weights.detect import identify
+from comfyui_mova.mova_model.networks.dit import WanDiT
 from comfyui_mova.nodes import model_checks
 from comfyui_mova.nodes.model_checks import check_choice, check_lora, check_tower_fit, filter_choices, identify_path
 from comfyui_mova.nodes.model_files import list_choices

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from comfyui_mova.mova_model.configs import DAC_48K, DACConfig, config_from_dict
-from comfyui_mova.mova_model.latents import (
+from comfyui_mova.mova_model.sampling.latents import (
     WAN21_LATENT_MEAN, WAN21_LATENT_STD, denormalise_video_latents, normalise_video_latents,
 )
 from comfyui_mova.nodes.condition import (

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from comfyui_mova.mova_model.lora import merge_lora_, read_lora
+from comfyui_mova.mova_model.lora.load import merge_lora_, read_lora
 from comfyui_mova.nodes.lora_patches import SLOTS, comfy_lora_weights, lora_choices, plan_lora
 from comfyui_mova.nodes.model_files import load_audio_tower, load_video_expert
 from comfyui_mova.nodes.sampling import check_roles

@@ -7,8 +7,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from comfyui_mova.mova_model.bridge import DualTowerBridge
-from comfyui_mova.mova_model.checkpoint import CheckpointError
+from comfyui_mova.mova_model.networks.bridge import DualTowerBridge
+from comfyui_mova.mova_model.weights.checkpoint import CheckpointError
 from comfyui_mova.mova_model.configs import BridgeConfig, config_to_dict
 from comfyui_mova.nodes.handles import HIGH_NOISE, LOW_NOISE, AudioTower
 from comfyui_mova.nodes.model_files import (

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torchaudio.functional as AF
 
-from comfyui_mova.mova_model.latents import normalise_video_latents
+from comfyui_mova.mova_model.sampling.latents import normalise_video_latents
 from comfyui_mova.nodes.audio_decode import decode_to_audio
 from comfyui_mova.nodes.audio_input import codec_encode, fit_audio, longest_clip
 from comfyui_mova.nodes.condition import make_conditioning

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from comfyui_mova.mova_model.configs import DACConfig, config_from_dict
-from comfyui_mova.mova_model.latents import denormalise_video_latents
-from comfyui_mova.mova_model.release import read_release_settings, release_root
-from comfyui_mova.mova_model.sampler import MovaTowers, SamplingOptions, make_noise, sample
+from comfyui_mova.mova_model.sampling.latents import denormalise_video_latents
+from comfyui_mova.mova_model.weights.release import read_release_settings, release_root
+from comfyui_mova.mova_model.sampling.sampler import MovaTowers, SamplingOptions, make_noise, sample
 from comfyui_mova.nodes import spec
 from comfyui_mova.nodes.condition import empty_joint_latent
 from comfyui_mova.nodes.handles import LATENT_AUDIO_KEY, MovaConditioning, SamplerSettings

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from comfyui_mova.mova_model import joint, sampler
-from comfyui_mova.mova_model.offload import disable_block_swap, enable_block_swap
+from comfyui_mova.mova_model.sampling import joint, sampler
+from comfyui_mova.mova_model.memory.offload import disable_block_swap, enable_block_swap
 from mova_testing import load_golden_towers
 
 GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -8,10 +8,10 @@ import shutil
 import pytest
 import torch
 
-from comfyui_mova.mova_model.checkpoint import CheckpointError
+from comfyui_mova.mova_model.weights.checkpoint import CheckpointError
 from comfyui_mova.mova_model.configs import SchedulerConfig
-from comfyui_mova.mova_model.release import read_release_settings, release_root
-from comfyui_mova.mova_model.sampler import MovaTowers, SamplingOptions, make_noise, sample
+from comfyui_mova.mova_model.weights.release import read_release_settings, release_root
+from comfyui_mova.mova_model.sampling.sampler import MovaTowers, SamplingOptions, make_noise, sample
 from comfyui_mova.nodes.condition import empty_joint_latent
 from comfyui_mova.nodes.handles import LATENT_AUDIO_KEY, MovaConditioning
 from comfyui_mova.nodes.model_files import load_audio_tower, load_video_expert

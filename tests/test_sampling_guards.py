@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from comfyui_mova.mova_model.configs import AUDIO_DIT_1B, DAC_48K, VIDEO_DIT_A14B, DACConfig, config_from_dict
-from comfyui_mova.mova_model.memory import GIB, amount, check_fits, condition_bytes, largest_fit, sampling_bytes
-from comfyui_mova.mova_model.sampler import NonFiniteError, SamplingOptions, sample
+from comfyui_mova.mova_model.memory.estimate import GIB, amount, check_fits, condition_bytes, largest_fit, sampling_bytes
+from comfyui_mova.mova_model.sampling.sampler import NonFiniteError, SamplingOptions, sample
 from comfyui_mova.nodes.condition import make_conditioning
 from comfyui_mova.nodes.handles import MovaConditioning
 from comfyui_mova.nodes.model_files import load_audio_tower, load_video_expert

@@ -7,15 +7,16 @@ import importlib.util
 import pytest
 import torch
 
-from comfyui_mova.mova_model import attention as attn
-from comfyui_mova.mova_model import joint, loading
-from comfyui_mova.mova_model.compiled import compilable_regions, compile_blocks, uncompile_blocks
-from comfyui_mova.mova_model.lora import LoraPatch, merge_lora_
-from comfyui_mova.mova_model.offload import disable_block_swap, enable_block_swap
-from comfyui_mova.mova_model.ops import FP8_MAX, Fp8Linear, enable_fp8_matmul, quantize_per_token, scaled_fp8_linear
-from comfyui_mova.mova_model.quantize import dequantize, quantize_fp8
-from comfyui_mova.mova_model.sampler import SamplingOptions, make_noise, sample
-from comfyui_mova.mova_model.speed import apply_speed_options, check_speed_options, uses_fp8_matmul
+from comfyui_mova.mova_model.networks import attention as attn
+from comfyui_mova.mova_model.sampling import joint
+from comfyui_mova.mova_model.weights import loading
+from comfyui_mova.mova_model.memory.compiled import compilable_regions, compile_blocks, uncompile_blocks
+from comfyui_mova.mova_model.lora.load import LoraPatch, merge_lora_
+from comfyui_mova.mova_model.memory.offload import disable_block_swap, enable_block_swap
+from comfyui_mova.mova_model.networks.ops import FP8_MAX, Fp8Linear, enable_fp8_matmul, quantize_per_token, scaled_fp8_linear
+from comfyui_mova.mova_model.weights.quantize import dequantize, quantize_fp8
+from comfyui_mova.mova_model.sampling.sampler import SamplingOptions, make_noise, sample
+from comfyui_mova.mova_model.memory.speed import apply_speed_options, check_speed_options, uses_fp8_matmul
 from mova_testing import load_golden_towers, rel_l2
 
 CUDA = torch.cuda.is_available()

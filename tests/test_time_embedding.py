@@ -4,8 +4,8 @@ float32 (the official float32 autocast), then t_emb / t_mod cast to the compute 
 import pytest
 import torch
 
-from comfyui_mova.mova_model.loading import load_component
-from comfyui_mova.mova_model.layers import timestep_sinusoid
+from comfyui_mova.mova_model.weights.loading import load_component
+from comfyui_mova.mova_model.networks.layers import timestep_sinusoid
 
 
 @pytest.fixture(scope="module")

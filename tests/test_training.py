@@ -7,17 +7,17 @@ import copy
 import pytest
 import torch
 
-from comfyui_mova.mova_model import loading
+from comfyui_mova.mova_model.weights import loading
 from comfyui_mova.mova_model.configs import SchedulerConfig
-from comfyui_mova.mova_model.joint import joint_forward
-from comfyui_mova.mova_model.lora import lora_from_tensors, merge_lora_
-from comfyui_mova.mova_model.lora_train import attached, lora_targets, make_lora_set
-from comfyui_mova.mova_model.sampler import MovaTowers
-from comfyui_mova.mova_model.scheduler import shifted_sigmas
-from comfyui_mova.mova_model.training import (HIGH, LOW, TrainSettings, boundary_index, expert_for_step,
+from comfyui_mova.mova_model.sampling.joint import joint_forward
+from comfyui_mova.mova_model.lora.load import lora_from_tensors, merge_lora_
+from comfyui_mova.mova_model.lora.adapters import attached, lora_targets, make_lora_set
+from comfyui_mova.mova_model.sampling.sampler import MovaTowers
+from comfyui_mova.mova_model.sampling.scheduler import shifted_sigmas
+from comfyui_mova.mova_model.training.trainer import (HIGH, LOW, TrainSettings, boundary_index, expert_for_step,
                                               flow_matching_loss, prepare_networks, rotation, sample_timestep,
                                               step_generator, train_lora, training_grid)
-from comfyui_mova.mova_model.training_checkpoint import TrainingCheckpoints, read_checkpoint
+from comfyui_mova.mova_model.training.checkpoints import TrainingCheckpoints, read_checkpoint
 from mova_testing import load_golden_towers
 from training_fixtures import build_toy_dataset
 

@@ -12,12 +12,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from comfyui_mova.mova_model.latent_dataset import save_latent_dataset
-from comfyui_mova.mova_model.lora import read_lora
-from comfyui_mova.mova_model.lora_train import make_lora_set
-from comfyui_mova.mova_model.training import EXPERT_NAMES, LOW, TrainSettings, sample_indices, train_lora
-from comfyui_mova.mova_model.training_checkpoint import CheckpointDamaged, TrainingCheckpoints, read_checkpoint
-from comfyui_mova.mova_model.training_guard import StepGuard, TrainingStopped
+from comfyui_mova.mova_model.training.dataset import save_latent_dataset
+from comfyui_mova.mova_model.lora.load import read_lora
+from comfyui_mova.mova_model.lora.adapters import make_lora_set
+from comfyui_mova.mova_model.training.trainer import EXPERT_NAMES, LOW, TrainSettings, sample_indices, train_lora
+from comfyui_mova.mova_model.training.checkpoints import CheckpointDamaged, TrainingCheckpoints, read_checkpoint
+from comfyui_mova.mova_model.training.guard import StepGuard, TrainingStopped
 from comfyui_mova.nodes.training_run import report
 from mova_testing import load_golden_towers
 from training_fixtures import build_toy_dataset
@@ -239,9 +239,9 @@ def test_disk_full_while_writing_a_checkpoint(golden_dir, toy, four_steps, tmp_p
     result = python(f"""
         import torch
         from pathlib import Path
-        from comfyui_mova.mova_model.latent_dataset import load_latent_dataset
-        from comfyui_mova.mova_model.training import TrainSettings, train_lora
-        from comfyui_mova.mova_model.training_checkpoint import TrainingCheckpoints
+        from comfyui_mova.mova_model.training.dataset import load_latent_dataset
+        from comfyui_mova.mova_model.training.trainer import TrainSettings, train_lora
+        from comfyui_mova.mova_model.training.checkpoints import TrainingCheckpoints
         from mova_testing import load_golden_towers
         torch.set_num_threads(1)
         dataset = load_latent_dataset({str(data)!r})

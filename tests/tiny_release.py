@@ -12,10 +12,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from comfyui_mova.mova_model.bridge import DualTowerBridge
+from comfyui_mova.mova_model.networks.bridge import DualTowerBridge
 from comfyui_mova.mova_model.configs import BridgeConfig, DACConfig, DiTConfig, config_to_dict
-from comfyui_mova.mova_model.dac import DAC
-from comfyui_mova.mova_model.dit import WanDiT
+from comfyui_mova.mova_model.networks.dac import DAC
+from comfyui_mova.mova_model.networks.dit import WanDiT
 
 DAC_16K = DACConfig(encoder_dim=4, encoder_rates=(2, 4, 5, 8), latent_dim=8, decoder_dim=32,
                     decoder_rates=(8, 5, 4, 2), sample_rate=16000)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from clip_files import write_clip
-from comfyui_mova.mova_model import loading
+from comfyui_mova.mova_model.weights import loading
 from comfyui_mova.nodes.dataset import DatasetRequest, Encoders, build_dataset, module_fingerprint
 
 

@@ -24,13 +24,13 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 import conftest  # noqa: E402,F401  (imports the pack as comfyui_mova)
 
-from comfyui_mova.mova_model import joint, sampler, scheduler  # noqa: E402
-from comfyui_mova.mova_model.bridge import DualTowerBridge  # noqa: E402
+from comfyui_mova.mova_model.sampling import joint, sampler, scheduler  # noqa: E402
+from comfyui_mova.mova_model.networks.bridge import DualTowerBridge  # noqa: E402
 from comfyui_mova.mova_model.configs import (BridgeConfig, DACConfig, DiTConfig, SchedulerConfig,  # noqa: E402
                                               config_to_dict)
-from comfyui_mova.mova_model.dac import DAC  # noqa: E402
-from comfyui_mova.mova_model.dit import WanDiT  # noqa: E402
-from comfyui_mova.mova_model.sizes import audio_latent_length, audio_num_samples  # noqa: E402
+from comfyui_mova.mova_model.networks.dac import DAC  # noqa: E402
+from comfyui_mova.mova_model.networks.dit import WanDiT  # noqa: E402
+from comfyui_mova.mova_model.sampling.sizes import audio_latent_length, audio_num_samples  # noqa: E402
 
 DAC_CFG = DACConfig(encoder_dim=8, encoder_rates=(2, 2, 3), latent_dim=8, decoder_dim=24, decoder_rates=(3, 2, 2),
                     sample_rate=480)

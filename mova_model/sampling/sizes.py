@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .configs import DACConfig
+from ..configs import DACConfig
 
 VAE_SPACE, VAE_TIME, PATCH = 8, 4, 2
 VIDEO_LATENT_CHANNELS = 16

@@ -18,7 +18,7 @@ import json
 import torch
 from torch import nn
 
-from .ops import Fp8Linear
+from ..networks.ops import Fp8Linear
 
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 # safetensors dtype names of the fp8 formats we read.

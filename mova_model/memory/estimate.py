@@ -6,8 +6,8 @@ from __future__ import annotations
 import math
 from typing import Callable
 
-from .configs import DiTConfig
-from .sizes import PATCH, VAE_SPACE, VAE_TIME, VIDEO_LATENT_CHANNELS
+from ..configs import DiTConfig
+from ..sampling.sizes import PATCH, VAE_SPACE, VAE_TIME, VIDEO_LATENT_CHANNELS
 
 GIB = 1024 ** 3
 CONDITION_CHANNELS = VIDEO_LATENT_CHANNELS + 4

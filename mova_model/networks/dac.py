@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .configs import DACConfig
+from ..configs import DACConfig
 from .ops import torch_ops
 
 # Kernel size and dilations of the residual units used throughout the codec.

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .checkpoint import CheckpointError
-from .configs import SchedulerConfig
+from ..configs import SchedulerConfig
 
 MODEL_INDEX = "model_index.json"
 SCHEDULER_CONFIG = Path("scheduler") / "scheduler_config.json"

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointError, read_header
-from .quantize import dequantize, quantize_fp8
-from .saving import file_digest
+from ..weights.checkpoint import CheckpointError, read_header
+from ..weights.quantize import dequantize, quantize_fp8
+from ..files.saving import file_digest
 
 LORA_COMPONENTS = ("video_dit_2", "video_dit", "audio_dit", "dual_tower_bridge")  # longest prefix first
 OFFICIAL_WEIGHTS, OFFICIAL_CONFIG = "lora_weights.pt", "lora_config.pt"
@@ -107,7 +107,7 @@ def _read_raw(path: Path) -> tuple[dict, dict]:
             raise CheckpointError(
                 f"{config} belongs to another {path.name} than the one beside it (its {WEIGHTS_DIGEST} differs): a "
                 "save of this pair was cut off between the two files. Save the LoRA again (MOVA Save LoRA with "
-                "overwrite, or python -m mova_model.lora_save LORA FOLDER --overwrite).")
+                "overwrite, or python -m mova_model.lora.save LORA FOLDER --overwrite).")
     return data, dict(settings)
 
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .ops import is_linear
+from ..networks.ops import is_linear
 
 # LoRA components (the official key prefixes) in the order their parts are listed to users.
 COMPONENTS = ("video_dit", "video_dit_2", "audio_dit", "dual_tower_bridge")

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import torch
 
-from .dit import WanDiT
+from ..networks.dit import WanDiT
 from .joint import JointOutput
-from .layers import layer_norm, modulate, param_like
+from ..networks.layers import layer_norm, modulate, param_like
 
 
 def modulated_input(dit: WanDiT, x: torch.Tensor, timestep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from .saving import save_safetensors
+from ..files.saving import save_safetensors
 
 FORMAT = "mova-latent-dataset/1"
 TENSORS = ("video", "condition", "audio", "text")

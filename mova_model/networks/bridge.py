@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .attention import attention
-from .configs import BridgeConfig
+from ..configs import BridgeConfig
 from .dit import Attention
 from .fused import rms_rope_half, scaled_residual
 from .layers import param_like

@@ -14,10 +14,10 @@ from einops import rearrange
 from torch import nn
 
 from .attention import attention
-from .configs import DiTConfig
+from ..configs import DiTConfig
 from .fused import gated_residual, norm_modulate, rms_rope_interleaved
 from .layers import RMSNorm, param_like, timestep_sinusoid
-from .offload import iter_blocks
+from ..memory.offload import iter_blocks
 from .ops import Fp8Linear, is_linear, torch_ops
 from .rope import tower_rope_audio, tower_rope_video
 

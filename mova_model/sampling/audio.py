@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .dac import DAC
+from ..networks.dac import DAC
 from .sizes import audio_num_samples
 
 

@@ -23,10 +23,10 @@ import torch
 from torch import nn
 
 from .checkpoint import Checkpoint, CheckpointError, open_checkpoint
-from .dac import weight_from_norm
+from ..networks.dac import weight_from_norm
 from .detect import check_kind, detect_config
 from .fp8_files import KNOWN_DTYPES, aux_module, check_fp8_layout, is_aux, read_scales  # noqa: F401 (re-exported)
-from .ops import fp8_ops, torch_ops
+from ..networks.ops import fp8_ops, torch_ops
 from .quantize import (FP8_DTYPES, INPUT_SCALE_SUFFIX, LAYOUTS, MARKER_KEY, SCALE_SUFFIX, STORED_FP8, dequantize,
                        fp8_entries, is_fp8_target, quantize_fp8)
 
@@ -44,12 +44,12 @@ def stored_dtype(ckpt: Checkpoint) -> torch.dtype:
 def _build(kind: str, config, operations, dtype):
     with torch.device("meta"):
         if kind in ("video_dit", "audio_dit"):
-            from .dit import WanDiT
+            from ..networks.dit import WanDiT
             return WanDiT(config, operations=operations, dtype=dtype)
         if kind == "dual_tower_bridge":
-            from .bridge import DualTowerBridge
+            from ..networks.bridge import DualTowerBridge
             return DualTowerBridge(config, operations=operations, dtype=dtype)
-        from .dac import DAC
+        from ..networks.dac import DAC
         return DAC(config, operations=operations, dtype=dtype)
 
 
@@ -123,7 +123,7 @@ def _fp8_layout(model: nn.Module, layers: set[str], fp8_layout: str | None, ckpt
         if not hasattr(module, "scale_weight"):
             raise CheckpointError(
                 f"{ckpt.name} needs fp8 Linear layers, but operations.Linear ({type(module).__name__}) has no "
-                "scale_weight: pass operations=mova_model.ops.fp8_ops (in ComfyUI comfy.ops.scaled_fp8_ops(), or "
+                "scale_weight: pass operations=mova_model.networks.ops.fp8_ops (in ComfyUI comfy.ops.scaled_fp8_ops(), or "
                 "comfy.ops.mixed_precision_ops() with fp8_layout='comfy_quant'), or load with dtype=torch.bfloat16 "
                 "to dequantise the weights."
             )

@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from .checkpoint import CheckpointError, read_header
-from .saving import save_safetensors
-from .training_guard import nonfinite_values
+from ..weights.checkpoint import CheckpointError, read_header
+from ..files.saving import save_safetensors
+from .guard import nonfinite_values
 
 FORMAT = "mova-lora-checkpoint/1"
 NAME = re.compile(r"^step_(\d+)\.safetensors$")
@@ -132,7 +132,7 @@ class TrainingCheckpoints:
                              "another run name to start a new LoRA.")
         lora.load_state_dict(tensors)
         optimizer.load_state_dict(_optimizer_state(tensors, meta["param_groups"], len(meta["param_keys"])))
-        from .training import StepRecord  # circular at import time
+        from .trainer import StepRecord  # circular at import time
         history = [StepRecord(**r) for r in meta["history"]]
         for exc in damaged:
             self.notes.append(_set_aside(exc, path))

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .configs import SchedulerConfig
+from ..configs import SchedulerConfig
 
 
 def shifted_sigmas(num_steps: int, shift: float, config: SchedulerConfig) -> torch.Tensor:

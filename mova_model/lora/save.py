@@ -13,7 +13,7 @@ Every file is written through ``atomic_write``: an interrupted or failed save (d
 leaves the previous file as it was.
 
 Command line (from the pack folder), to make the official folder from a .safetensors LoRA:
-``python -m mova_model.lora_save my_lora.safetensors out_folder``
+``python -m mova_model.lora.save my_lora.safetensors out_folder``
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from pathlib import Path
 
 import torch
 
-from .atomic_write import atomic_write
-from .lora import OFFICIAL_CONFIG, OFFICIAL_WEIGHTS, WEIGHTS_DIGEST, LoraFile, read_lora
-from .saving import file_digest, save_safetensors, save_torch
+from ..files.atomic_write import atomic_write
+from .load import OFFICIAL_CONFIG, OFFICIAL_WEIGHTS, WEIGHTS_DIGEST, LoraFile, read_lora
+from ..files.saving import file_digest, save_safetensors, save_torch
 
 SAVE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PART_ORDER = ("video_dit", "video_dit_2", "audio_dit", "dual_tower_bridge")
@@ -106,7 +106,7 @@ def save_official_folder(lora: LoraFile, folder: str | os.PathLike, overwrite: b
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m mova_model.lora_save",
+        prog="python -m mova_model.lora.save",
         description="Write a MOVA LoRA (.safetensors or .pt) as the official folder: lora_weights.pt + lora_config.pt.")
     parser.add_argument("lora", help="the LoRA file (e.g. ComfyUI/models/loras/my_mova_lora.safetensors)")
     parser.add_argument("folder",

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from .compiled import compile_blocks
-from .fused import set_fused_kernels
-from .ops import Fp8Linear, enable_fp8_matmul, fp8_tensor_cores
+from ..networks.fused import set_fused_kernels
+from ..networks.ops import Fp8Linear, enable_fp8_matmul, fp8_tensor_cores
 
 COMPILE_MODES = {"off": None, "blocks": "default", "blocks-max-autotune": "max-autotune-no-cudagraphs",
                  "kernels": None}

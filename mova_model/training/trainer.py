@@ -23,14 +23,14 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .configs import SchedulerConfig
-from .joint import check_towers, joint_forward
-from .latent_dataset import LatentDataset
-from .lora_train import COMPONENTS, LoraSet, attached, make_lora_set, release_inference_tensors
-from .sampler import MovaTowers
-from .scheduler import shifted_sigmas
-from .training_checkpoint import TrainingCheckpoints
-from .training_guard import StepGuard, check_dataset_finite
+from ..configs import SchedulerConfig
+from ..sampling.joint import check_towers, joint_forward
+from .dataset import LatentDataset
+from ..lora.adapters import COMPONENTS, LoraSet, attached, make_lora_set, release_inference_tensors
+from ..sampling.sampler import MovaTowers
+from ..sampling.scheduler import shifted_sigmas
+from .checkpoints import TrainingCheckpoints
+from .guard import StepGuard, check_dataset_finite
 
 HIGH, LOW = 0, 1
 EXPERT_NAMES = {HIGH: "high-noise", LOW: "low-noise"}
