@@ -15,5 +15,5 @@ async def comfy_entrypoint():
     """Return the pack's ComfyExtension (called by ComfyUI)."""
     if not _HAS_COMFY:
         raise RuntimeError("comfy_api is not importable: load this pack from inside ComfyUI.")
-    from .nodes.extension import MovaExtension
+    from .nodes.comfy_extension import MovaExtension
     return MovaExtension()

@@ -1,4 +1,3 @@
-"""The ComfyUI node layer. ``spec``, ``handles``, ``model_files``, ``condition``, ``sampling``, ``text``,
-``audio_decode``, ``av_latent`` and ``native_setup`` are plain Python (tested without ComfyUI); ``*_node.py``,
-``loader_nodes``, ``native_guider``, ``expert_memory``, ``comfy_io`` and ``extension`` import ComfyUI and are loaded
-only inside it."""
+"""The ComfyUI node layer, in wings by feature: ``loaders``, ``conditioning``, ``sampling``, ``native``, ``prompts``,
+``training``, ``lora``. In every wing ``node.py`` holds the ComfyUI nodes and needs ComfyUI; ``comfy_*.py`` is other
+code that needs ComfyUI; every other module is plain Python, imported and tested without ComfyUI."""

@@ -8,9 +8,9 @@ import folder_paths
 from comfy_api.latest import io
 
 from . import spec
-from .lora_patches import lora_choices
-from .model_checks import filter_choices
-from .model_files import list_choices
+from .lora.patches import lora_choices
+from .loaders.model_checks import filter_choices
+from .loaders.model_files import list_choices
 
 CUSTOM_TYPES = {
     name: io.Custom(name)

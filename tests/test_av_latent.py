@@ -5,7 +5,8 @@ ComfyUI here: the plain-Python case). The NestedTensor form itself runs in the v
 import pytest
 import torch
 
-from comfyui_mova.nodes import av_latent, sampling
+from comfyui_mova.nodes import av_latent
+from comfyui_mova.nodes.sampling import run as sampling
 from comfyui_mova.nodes.handles import LATENT_AUDIO_KEY, NOISE_MASK_KEY, AudioLatent
 
 

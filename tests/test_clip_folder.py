@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from comfyui_mova.nodes.clip_folder import FOLDERS_ENV, ClipFolderError, resolve_clip_folder
+from comfyui_mova.nodes.training.clip_folder import FOLDERS_ENV, ClipFolderError, resolve_clip_folder
 
 
 def test_relative_folders_stay_inside_input(tmp_path):

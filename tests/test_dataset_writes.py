@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from comfyui_mova.mova_model.training.dataset import save_latent_dataset
-from comfyui_mova.nodes.dataset import build_dataset, cache_path, dataset_fingerprint, check_clips
+from comfyui_mova.nodes.training.dataset import build_dataset, cache_path, dataset_fingerprint, check_clips
 from training_fixtures import toy_encoders, toy_request, write_toy_clips
 from write_faults import NO_RLIMIT, python
 
@@ -81,7 +81,7 @@ def test_disk_full_while_writing_the_cache(tmp_path, golden_dir, golden_cases):
     cache = tmp_path / "cache"
     run = python(f"""
         from pathlib import Path
-        from comfyui_mova.nodes.dataset import build_dataset
+        from comfyui_mova.nodes.training.dataset import build_dataset
         from training_fixtures import toy_encoders, toy_request
         cases = {golden_cases!r}
         encoders = toy_encoders(Path({str(golden_dir)!r}), cases)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from comfyui_mova.nodes.condition import condition_frames, fit_frame, official_crop
+from comfyui_mova.nodes.conditioning.condition import condition_frames, fit_frame, official_crop
 
 REFERENCES = Path(__file__).resolve().parent / "data" / "first_frame" / "references.safetensors"
 

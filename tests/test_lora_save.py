@@ -12,10 +12,10 @@ from comfyui_mova.mova_model.lora.load import lora_from_tensors, read_lora
 from comfyui_mova.mova_model.lora.save import lora_tensors, main, save_lora_safetensors, save_official_folder
 from comfyui_mova.mova_model.lora.adapters import make_lora_set
 from comfyui_mova.mova_model.training.trainer import HIGH, LOW, StepRecord, TrainResult, TrainSettings
-from comfyui_mova.nodes.lora_patches import SLOTS, comfy_lora_weights, plan_lora
-from comfyui_mova.nodes.loss_plot import COLOURS, plot_losses
-from comfyui_mova.nodes.model_files import load_audio_tower, load_video_expert
-from comfyui_mova.nodes.training_run import lora_save_paths, report, run_folder
+from comfyui_mova.nodes.lora.patches import SLOTS, comfy_lora_weights, plan_lora
+from comfyui_mova.nodes.training.loss_plot import COLOURS, plot_losses
+from comfyui_mova.nodes.loaders.model_files import load_audio_tower, load_video_expert
+from comfyui_mova.nodes.training.run import lora_save_paths, report, run_folder
 
 RANK, ALPHA = 4, 6.0
 

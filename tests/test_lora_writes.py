@@ -11,7 +11,7 @@ from comfyui_mova.mova_model.lora.load import lora_from_tensors, read_lora
 from comfyui_mova.mova_model.lora.save import save_lora_safetensors, save_official_folder
 from comfyui_mova.mova_model.lora.adapters import make_lora_set
 from comfyui_mova.mova_model.files.names import NameProblem
-from comfyui_mova.nodes.training_run import lora_save_paths
+from comfyui_mova.nodes.training.run import lora_save_paths
 from mova_testing import load_golden_towers
 from write_faults import NO_RLIMIT, leftovers, python
 

@@ -13,9 +13,9 @@ from comfyui_mova.mova_model.weights import checkpoint as checkpoint_module
 from comfyui_mova.mova_model.configs import DiTConfig, config_from_dict
 from comfyui_mova.mova_model.weights.detect import identify
 from comfyui_mova.mova_model.networks.dit import WanDiT
-from comfyui_mova.nodes import model_checks
-from comfyui_mova.nodes.model_checks import check_choice, check_lora, check_tower_fit, filter_choices, identify_path
-from comfyui_mova.nodes.model_files import list_choices
+from comfyui_mova.nodes.loaders import model_checks
+from comfyui_mova.nodes.loaders.model_checks import check_choice, check_lora, check_tower_fit, filter_choices, identify_path
+from comfyui_mova.nodes.loaders.model_files import list_choices
 
 COMPONENTS = ("video_dit", "video_dit_2", "audio_dit", "dual_tower_bridge", "audio_vae")
 KIND = {"video_dit": "video_dit", "video_dit_2": "video_dit", "audio_dit": "audio_dit",

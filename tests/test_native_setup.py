@@ -1,4 +1,4 @@
-"""MOVA Guider's checks before a native run (nodes/native_setup.py), on the golden tiny release: the towers for a
+"""MOVA Guider's checks before a native run (nodes/native/checks.py), on the golden tiny release: the towers for a
 fitting latent; a clear error naming the fix for swapped experts, a latent of another size or another codec, and a
 size that cannot fit the device."""
 
@@ -7,10 +7,10 @@ import json
 import pytest
 
 from comfyui_mova.mova_model.configs import DACConfig, config_from_dict
-from comfyui_mova.nodes.condition import empty_joint_latent
+from comfyui_mova.nodes.conditioning.condition import empty_joint_latent
 from comfyui_mova.nodes.handles import LATENT_AUDIO_KEY, MovaConditioning
-from comfyui_mova.nodes.model_files import load_audio_tower, load_video_expert
-from comfyui_mova.nodes.native_setup import check_native_memory, check_native_setup
+from comfyui_mova.nodes.loaders.model_files import load_audio_tower, load_video_expert
+from comfyui_mova.nodes.native.checks import check_native_memory, check_native_setup
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,9 @@ import dataclasses
 import pytest
 import torch
 
-from comfyui_mova.nodes.audio_decode import decode_to_audio
+from comfyui_mova.nodes.sampling.audio_decode import decode_to_audio
 from comfyui_mova.nodes.handles import AudioLatent
-from comfyui_mova.nodes.model_files import load_audio_vae
+from comfyui_mova.nodes.loaders.model_files import load_audio_vae
 
 from mova_testing import GOLDEN_TOL, rel_l2
 

@@ -9,7 +9,7 @@ from comfyui_mova.mova_model.configs import DAC_48K, DACConfig, config_from_dict
 from comfyui_mova.mova_model.sampling.latents import (
     WAN21_LATENT_MEAN, WAN21_LATENT_STD, denormalise_video_latents, normalise_video_latents,
 )
-from comfyui_mova.nodes.condition import (
+from comfyui_mova.nodes.conditioning.condition import (
     build_condition, condition_frames, empty_joint_latent, fit_frame, make_conditioning, text_states,
 )
 from comfyui_mova.nodes.handles import LATENT_AUDIO_KEY, AudioLatent

@@ -6,12 +6,12 @@ import math
 import pytest
 import torch
 
-from comfyui_mova.nodes.audio_decode import decode_to_audio
-from comfyui_mova.nodes.audio_input import codec_encode
-from comfyui_mova.nodes.extend import crossfade_join, join_clips, overlap_samples, prepare_extension
+from comfyui_mova.nodes.sampling.audio_decode import decode_to_audio
+from comfyui_mova.nodes.conditioning.audio_input import codec_encode
+from comfyui_mova.nodes.conditioning.extend import crossfade_join, join_clips, overlap_samples, prepare_extension
 from comfyui_mova.nodes.handles import LATENT_AUDIO_KEY, NOISE_MASK_KEY, SamplerSettings
-from comfyui_mova.nodes.keyframes import keyframe_video
-from comfyui_mova.nodes.sampling import sample_joint
+from comfyui_mova.nodes.conditioning.keyframes import keyframe_video
+from comfyui_mova.nodes.sampling.run import sample_joint
 from test_nodes_condition import _cond, _pooling_encoder
 from test_nodes_modes import parts, vae  # noqa: F401  (fixtures)
 

@@ -9,9 +9,9 @@ import torch
 from safetensors.torch import save_file
 
 from comfyui_mova.mova_model.lora.load import merge_lora_, read_lora
-from comfyui_mova.nodes.lora_patches import SLOTS, comfy_lora_weights, lora_choices, plan_lora
-from comfyui_mova.nodes.model_files import load_audio_tower, load_video_expert
-from comfyui_mova.nodes.sampling import check_roles
+from comfyui_mova.nodes.lora.patches import SLOTS, comfy_lora_weights, lora_choices, plan_lora
+from comfyui_mova.nodes.loaders.model_files import load_audio_tower, load_video_expert
+from comfyui_mova.nodes.sampling.run import check_roles
 
 ALL_ON = {"video_dit": 1.0, "video_dit_2": 1.0, "audio_dit": 1.0, "dual_tower_bridge": 1.0}
 # (LoRA component, module) pairs: attention and FFN layers of each part, both bridge directions

@@ -11,7 +11,7 @@ from comfyui_mova.mova_model.networks.bridge import DualTowerBridge
 from comfyui_mova.mova_model.weights.checkpoint import CheckpointError
 from comfyui_mova.mova_model.configs import BridgeConfig, config_to_dict
 from comfyui_mova.nodes.handles import HIGH_NOISE, LOW_NOISE, AudioTower
-from comfyui_mova.nodes.model_files import (
+from comfyui_mova.nodes.loaders.model_files import (
     list_choices, load_audio_tower, load_audio_vae, load_video_expert, needs_fp8_layers, resolve_choice,
     weight_dtype,
 )

@@ -9,15 +9,15 @@ import torch
 import torchaudio.functional as AF
 
 from comfyui_mova.mova_model.sampling.latents import normalise_video_latents
-from comfyui_mova.nodes.audio_decode import decode_to_audio
-from comfyui_mova.nodes.audio_input import codec_encode, fit_audio, longest_clip
-from comfyui_mova.nodes.condition import make_conditioning
-from comfyui_mova.nodes.conditioning_modes import prepare_conditioning
+from comfyui_mova.nodes.sampling.audio_decode import decode_to_audio
+from comfyui_mova.nodes.conditioning.audio_input import codec_encode, fit_audio, longest_clip
+from comfyui_mova.nodes.conditioning.condition import make_conditioning
+from comfyui_mova.nodes.conditioning.modes import prepare_conditioning
 from comfyui_mova.nodes.handles import LATENT_AUDIO_KEY, NOISE_MASK_KEY, MovaConditioning, SamplerSettings
-from comfyui_mova.nodes.keyframes import fold_known_frames, keyframe_video, known_latent_frames
-from comfyui_mova.nodes.model_files import load_audio_tower, load_audio_vae, load_video_expert
-from comfyui_mova.nodes.sampling import sample_joint
-from comfyui_mova.nodes.video_input import fit_video, take_video
+from comfyui_mova.nodes.conditioning.keyframes import fold_known_frames, keyframe_video, known_latent_frames
+from comfyui_mova.nodes.loaders.model_files import load_audio_tower, load_audio_vae, load_video_expert
+from comfyui_mova.nodes.sampling.run import sample_joint
+from comfyui_mova.nodes.conditioning.video_input import fit_video, take_video
 from test_nodes_condition import _cond, _pooling_encoder
 
 

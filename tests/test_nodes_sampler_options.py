@@ -12,10 +12,10 @@ from comfyui_mova.mova_model.sampling.latents import denormalise_video_latents
 from comfyui_mova.mova_model.weights.release import read_release_settings, release_root
 from comfyui_mova.mova_model.sampling.sampler import MovaTowers, SamplingOptions, make_noise, sample
 from comfyui_mova.nodes import spec
-from comfyui_mova.nodes.condition import empty_joint_latent
+from comfyui_mova.nodes.conditioning.condition import empty_joint_latent
 from comfyui_mova.nodes.handles import LATENT_AUDIO_KEY, MovaConditioning, SamplerSettings
-from comfyui_mova.nodes.model_files import load_audio_tower, load_video_expert
-from comfyui_mova.nodes.sampling import (cache_report, make_settings, needs_negative, sample_joint,
+from comfyui_mova.nodes.loaders.model_files import load_audio_tower, load_video_expert
+from comfyui_mova.nodes.sampling.run import (cache_report, make_settings, needs_negative, sample_joint,
                                          sampling_options)
 
 STEPS = 6

@@ -9,10 +9,10 @@ import torch
 from comfyui_mova.mova_model.configs import DACConfig, config_from_dict
 from comfyui_mova.mova_model.sampling.latents import denormalise_video_latents
 from comfyui_mova.mova_model.sampling.sampler import MovaTowers, SamplingOptions, make_noise, sample
-from comfyui_mova.nodes.condition import empty_joint_latent
+from comfyui_mova.nodes.conditioning.condition import empty_joint_latent
 from comfyui_mova.nodes.handles import LATENT_AUDIO_KEY, MovaConditioning
-from comfyui_mova.nodes.model_files import load_audio_tower, load_video_expert
-from comfyui_mova.nodes.sampling import activation_bytes, sample_joint
+from comfyui_mova.nodes.loaders.model_files import load_audio_tower, load_video_expert
+from comfyui_mova.nodes.sampling.run import activation_bytes, sample_joint
 from mova_testing import golden_scheduler
 
 STEPS = 6
@@ -181,7 +181,7 @@ def test_activation_estimate_real_sizes():
 def test_experts_stay_together_only_when_they_fit():
     """Both experts, the tower and the activations against the device budget: one byte over and the sampler goes
     back to one expert at a time."""
-    from comfyui_mova.nodes.sampling import experts_fit_together
+    from comfyui_mova.nodes.sampling.run import experts_fit_together
     experts, tower, activations = (28 << 30, 28 << 30), 3 << 30, 5 << 30
     need = sum(experts) + tower + activations
     assert experts_fit_together(experts, tower, activations, need)

@@ -13,10 +13,12 @@ import comfyui_mova
 from comfyui_mova.nodes import spec
 
 PACK = Path(comfyui_mova.__file__).parent
-PLAIN_MODULES = ("spec", "handles", "model_files", "condition", "sampling", "audio_decode", "lora_patches",
-                 "clip_folder", "llm_client", "llm_access", "llm_http", "prompt_reply", "prompt_image", "prompt_instructions", "prompt_enhance",
-                 "prompt_builder", "clips", "dataset", "training_run", "loss_plot", "text", "keyframes",
-                 "audio_input", "video_input", "conditioning_modes", "extend", "av_latent", "native_setup")
+PLAIN_MODULES = ("spec", "handles", "loaders.model_files", "conditioning.condition", "sampling.run",
+                 "sampling.audio_decode", "lora.patches", "training.clip_folder", "prompts.llm_client",
+                 "prompts.llm_access", "prompts.llm_http", "prompts.reply", "prompts.image", "prompts.instructions",
+                 "prompts.enhance", "prompts.builder", "training.clips", "training.dataset", "training.run",
+                 "training.loss_plot", "conditioning.text", "conditioning.keyframes", "conditioning.audio_input",
+                 "conditioning.video_input", "conditioning.modes", "conditioning.extend", "av_latent", "native.checks")
 
 
 def _comfy_available() -> bool:
@@ -77,8 +79,8 @@ def test_every_input_has_a_tooltip_and_valid_default(node):
 
 def test_network_code_uses_the_standard_library_only():
     """The prompt enhancer talks HTTP with the standard library: no new runtime dependency."""
-    for name in ("llm_client", "llm_access", "llm_http", "prompt_enhance", "prompt_reply", "prompt_instructions"):
-        tree = ast.parse((PACK / "nodes" / f"{name}.py").read_text())
+    for name in ("llm_client", "llm_access", "llm_http", "enhance", "reply", "instructions"):
+        tree = ast.parse((PACK / "nodes" / "prompts" / f"{name}.py").read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
                 roots = [alias.name.split(".")[0] for alias in node.names]
@@ -104,13 +106,13 @@ def test_widget_problem_messages():
 
 
 def test_extension_lists_every_spec():
-    """extension.py (needs ComfyUI) registers a class for every spec, and each class uses its spec."""
-    tree = ast.parse((PACK / "nodes" / "extension.py").read_text())
+    """comfy_extension.py (needs ComfyUI) registers a class for every spec, and each class uses its spec."""
+    tree = ast.parse((PACK / "nodes" / "comfy_extension.py").read_text())
     listed = next(node.value for node in tree.body
                   if isinstance(node, ast.Assign) and node.targets[0].id == "NODE_CLASSES")
     classes = {elt.id for elt in listed.elts}
     assert classes == {node.node_id for node in spec.ALL_NODES}
-    sources = "".join(p.read_text() for p in (PACK / "nodes").glob("*_node*.py"))
+    sources = "".join(p.read_text() for p in (PACK / "nodes").rglob("*node*.py"))
     for node in spec.ALL_NODES:
         constant = next(name for name, value in vars(spec).items() if value is node)
         assert f"class {node.node_id}(io.ComfyNode)" in sources

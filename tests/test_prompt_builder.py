@@ -3,8 +3,8 @@
 import pytest
 
 from comfyui_mova.nodes import spec
-from comfyui_mova.nodes.prompt_builder import build_caption, speech_lines
-from comfyui_mova.nodes.prompt_reply import check_caption
+from comfyui_mova.nodes.prompts.builder import build_caption, speech_lines
+from comfyui_mova.nodes.prompts.reply import check_caption
 
 EMPTY_ROWS = [("", "", "")] * spec.SPEECH_LINES
 

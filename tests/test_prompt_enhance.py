@@ -11,12 +11,12 @@ import zlib
 import pytest
 import torch
 
-from comfyui_mova.nodes.llm_client import (EnhanceError, NoVision, ServerTimeout, ServerUnreachable, UnknownModel,
+from comfyui_mova.nodes.prompts.llm_client import (EnhanceError, NoVision, ServerTimeout, ServerUnreachable, UnknownModel,
                                            endpoint, list_models, normalise_base_url)
-from comfyui_mova.nodes.prompt_enhance import EnhanceSettings
-from comfyui_mova.nodes.prompt_enhance import enhance_prompt as _enhance_prompt
-from comfyui_mova.nodes.prompt_image import frame_pixels, image_data_url
-from comfyui_mova.nodes.prompt_instructions import system_instructions
+from comfyui_mova.nodes.prompts.enhance import EnhanceSettings
+from comfyui_mova.nodes.prompts.enhance import enhance_prompt as _enhance_prompt
+from comfyui_mova.nodes.prompts.image import frame_pixels, image_data_url
+from comfyui_mova.nodes.prompts.instructions import system_instructions
 from fake_llm_server import TEXT_MODEL, VISION_MODEL, FakeLLMServer, caption_for, completion
 
 IDEA = 'She sips her coffee and says "Of course it pours today." A tram bell rings.'

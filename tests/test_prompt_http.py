@@ -9,10 +9,10 @@ import time
 
 import pytest
 
-from comfyui_mova.nodes.llm_client import (BadReply, Cancelled, EnhanceError, ServerTimeout, ServerUnreachable,
+from comfyui_mova.nodes.prompts.llm_client import (BadReply, Cancelled, EnhanceError, ServerTimeout, ServerUnreachable,
                                            normalise_base_url)
-from comfyui_mova.nodes.llm_http import MAX_REPLY_BYTES
-from comfyui_mova.nodes.prompt_enhance import EnhanceSettings, enhance_prompt
+from comfyui_mova.nodes.prompts.llm_http import MAX_REPLY_BYTES
+from comfyui_mova.nodes.prompts.enhance import EnhanceSettings, enhance_prompt
 from fake_llm_server import (VISION_MODEL, FakeLLMServer, ScriptedServer, completion, http_reply,
                              wait_for_hangup)
 

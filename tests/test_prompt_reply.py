@@ -2,8 +2,8 @@
 
 import pytest
 
-from comfyui_mova.nodes.llm_client import BadReply, NoVision
-from comfyui_mova.nodes.prompt_reply import check_caption, clean_reply
+from comfyui_mova.nodes.prompts.llm_client import BadReply, NoVision
+from comfyui_mova.nodes.prompts.reply import check_caption, clean_reply
 
 CAPTION = ('A woman in a green raincoat waits under an awning.\n\nShe says, "Of course it pours today."\n\n'
            "The audio shows her voice over steady rain.")

@@ -9,10 +9,10 @@ import time
 
 import pytest
 
-from comfyui_mova.nodes.llm_access import (HOSTS_VAR, KEY_VAR, access_for, blank_key, is_loopback_target,
+from comfyui_mova.nodes.prompts.llm_access import (HOSTS_VAR, KEY_VAR, access_for, blank_key, is_loopback_target,
                                            is_plain_name, parse_base_url)
-from comfyui_mova.nodes.llm_client import AuthError, EnhanceError, ServerUnreachable, UnknownModel, endpoint
-from comfyui_mova.nodes.prompt_enhance import EnhanceSettings, enhance_prompt
+from comfyui_mova.nodes.prompts.llm_client import AuthError, EnhanceError, ServerUnreachable, UnknownModel, endpoint
+from comfyui_mova.nodes.prompts.enhance import EnhanceSettings, enhance_prompt
 from fake_llm_server import VISION_MODEL, FakeLLMServer, ScriptedServer, completion, http_reply
 
 KEY = "sk-test-Zq8Xw2Lm4Np6Rt0Vb1Yc3Hd5"

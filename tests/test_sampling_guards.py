@@ -11,11 +11,11 @@ import torch
 from comfyui_mova.mova_model.configs import AUDIO_DIT_1B, DAC_48K, VIDEO_DIT_A14B, DACConfig, config_from_dict
 from comfyui_mova.mova_model.memory.estimate import GIB, amount, check_fits, condition_bytes, largest_fit, sampling_bytes
 from comfyui_mova.mova_model.sampling.sampler import NonFiniteError, SamplingOptions, sample
-from comfyui_mova.nodes.condition import make_conditioning
+from comfyui_mova.nodes.conditioning.condition import make_conditioning
 from comfyui_mova.nodes.handles import MovaConditioning
-from comfyui_mova.nodes.model_files import load_audio_tower, load_video_expert
-from comfyui_mova.nodes.condition import empty_joint_latent
-from comfyui_mova.nodes.sampling import sample_joint
+from comfyui_mova.nodes.loaders.model_files import load_audio_tower, load_video_expert
+from comfyui_mova.nodes.conditioning.condition import empty_joint_latent
+from comfyui_mova.nodes.sampling.run import sample_joint
 from mova_testing import golden_scheduler, load_golden_towers
 
 NAN, INF = float("nan"), float("inf")

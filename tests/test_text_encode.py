@@ -6,9 +6,9 @@ import sys
 import pytest
 import torch
 
-from comfyui_mova.nodes import text
-from comfyui_mova.nodes.condition import text_states
-from comfyui_mova.nodes.text import (MAX_TOKENS, check_states, check_text_encoder, clean_prompt, cut_message,
+from comfyui_mova.nodes.conditioning import text
+from comfyui_mova.nodes.conditioning.condition import text_states
+from comfyui_mova.nodes.conditioning.text import (MAX_TOKENS, check_states, check_text_encoder, clean_prompt, cut_message,
                                      cut_tokens, dropped_words, literal_text, syntax_notes)
 
 

@@ -11,8 +11,8 @@ import torch
 from clip_files import write_clip
 from comfyui_mova.mova_model.training.dataset import load_latent_dataset
 from comfyui_mova.mova_model.sampling.sizes import audio_latent_length
-from comfyui_mova.nodes.clips import ClipError, find_clips, inspect_clip, read_clip, resample_indices
-from comfyui_mova.nodes.dataset import build_dataset, module_fingerprint, output_fingerprint
+from comfyui_mova.nodes.training.clips import ClipError, find_clips, inspect_clip, read_clip, resample_indices
+from comfyui_mova.nodes.training.dataset import build_dataset, module_fingerprint, output_fingerprint
 from training_fixtures import golden_dac, toy_encoders, toy_request, write_toy_clips
 
 

@@ -18,7 +18,7 @@ from comfyui_mova.mova_model.lora.adapters import make_lora_set
 from comfyui_mova.mova_model.training.trainer import EXPERT_NAMES, LOW, TrainSettings, sample_indices, train_lora
 from comfyui_mova.mova_model.training.checkpoints import CheckpointDamaged, TrainingCheckpoints, read_checkpoint
 from comfyui_mova.mova_model.training.guard import StepGuard, TrainingStopped
-from comfyui_mova.nodes.training_run import report
+from comfyui_mova.nodes.training.run import report
 from mova_testing import load_golden_towers
 from training_fixtures import build_toy_dataset
 from write_faults import NO_RLIMIT, leftovers, python

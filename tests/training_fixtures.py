@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from clip_files import write_clip
 from comfyui_mova.mova_model.weights import loading
-from comfyui_mova.nodes.dataset import DatasetRequest, Encoders, build_dataset, module_fingerprint
+from comfyui_mova.nodes.training.dataset import DatasetRequest, Encoders, build_dataset, module_fingerprint
 
 
 def pooling_video_encoder(frames: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,1 @@
+"""Loaders: MOVA Video Expert, Audio Tower and Audio VAE Loaders; finding the files and checking what they hold."""

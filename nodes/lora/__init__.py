@@ -1,0 +1,1 @@
+"""LoRA: MOVA LoRA Loader and MOVA Save LoRA."""

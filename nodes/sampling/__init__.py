@@ -1,0 +1,1 @@
+"""Sampling: MOVA Sampler, MOVA Sampler Options and MOVA Audio Decode."""

@@ -1,0 +1,1 @@
+"""Training: MOVA Dataset (clips -> cached latents) and MOVA Train LoRA."""
