@@ -10,7 +10,7 @@ model patcher, ops and attention ComfyUI used, s/step and peak memory (a script,
 Lays out ComfyUI (from ``--comfyui`` or by unpacking ``--comfyui-archive``), makes a base folder with this pack
 in custom_nodes, a random MOVA release (``--size mid``: video dim 512 x 8 layers, audio 256 x 6, the 48 kHz
 codec; ``tiny``: the test release's sizes), a random Wan 2.1 VAE written by ComfyUI's own class and a toy UMT5
-text encoder node (tests/comfy_text_nodes.py: UMT5-XXL has no small form), starts ``main.py`` without
+text encoder node (tests/support/comfy_text_nodes.py: UMT5-XXL has no small form), starts ``main.py`` without
 ``--cpu`` (with it for ``--cpu``), and runs ``mova_i2va.json`` (the pack's sampler) and ``mova_i2va_native.json``
 (ComfyUI's SamplerCustomAdvanced with the MOVA guider) at the given size. Each run's MP4 is checked with
 PyAV (frames, size, an audio stream). Python for ComfyUI: this one (``--python`` to change).
@@ -33,7 +33,7 @@ from pathlib import Path
 PACK = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PACK))
 sys.path.insert(0, str(PACK / "scripts"))
-sys.path.insert(0, str(PACK / "tests"))
+sys.path.insert(0, str(PACK / "tests" / "support"))
 
 WORKFLOWS = ("mova_i2va.json", "mova_i2va_native.json")
 # log lines worth keeping: how ComfyUI loaded and patched the model, its ops, its attention, memory mode
@@ -81,7 +81,7 @@ def write_release(models: Path, size: str) -> dict:
         parts = {"video_dit": (WanDiT, c.video), "video_dit_2": (WanDiT, c.video), "audio_dit": (WanDiT, c.audio),
                  "dual_tower_bridge": (DualTowerBridge, c.bridge), "audio_vae": (DAC, c.dac)}
     else:
-        import conftest  # noqa: F401  (imports the pack as comfyui_mova, as tests/tiny_release.py expects)
+        import mova_pack  # noqa: F401  (imports the pack as comfyui_mova, as tests/support/tiny_release.py expects)
         from tiny_release import FOLDERS
         parts = FOLDERS
     written = {}

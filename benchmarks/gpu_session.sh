@@ -41,7 +41,7 @@ else
 fi
 LEFT=$((TOTAL - ($(date +%s) - T0)))
 if [ -z "${MOVA_GPU_DRY:-}" ] && [ "$LEFT" -gt 40 ]; then  # the GPU-only unit tests: FA3/Sage/cuDNN vs SDPA, fp8 GEMM
-  timeout "$LEFT" "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/test_speed.py tests/test_kernel_choice.py \
-    tests/test_offload.py 2>&1 | tail -8
+  timeout "$LEFT" "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/unit/test_speed.py tests/unit/test_kernel_choice.py \
+    tests/unit/test_offload.py 2>&1 | tail -8
 fi
 ls -l "$OUT"

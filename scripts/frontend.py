@@ -1,6 +1,6 @@
 """Drive ComfyUI's real frontend in headless Chromium (playwright with Debian's chromium): open it, load a
 workflow as a user would, read what the frontend made of it, take screenshots. Used by scripts/make_thumbnails.py
-and tests/test_browser.py."""
+and tests/comfyui/test_browser.py."""
 
 from __future__ import annotations
 

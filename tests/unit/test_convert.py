@@ -23,9 +23,8 @@ from comfyui_mova.mova_model.configs import DiTConfig, config_to_dict
 from comfyui_mova.mova_model.weights.detect import METADATA_CONFIG, METADATA_EXPERT, METADATA_KIND, detect_config
 from comfyui_mova.mova_model.networks.dit import WanDiT
 from comfyui_mova.mova_model.files.safetensors_stream import RawReader, StreamWriter, TensorSpec
-from conftest import PACK_ROOT
-from mova_testing import rel_l2
-from test_fp8 import FP8_VS_BF16_BOUND, STEP_CASES
+from mova_pack import PACK_ROOT
+from mova_testing import FP8_VS_BF16_BOUND, STEP_CASES, rel_l2
 
 NAMES = {"high": "video_dit_high", "low": "video_dit_low", "audio": "audio_dit", "bridge": "dual_tower_bridge"}
 KINDS = {"high": "video_dit", "low": "video_dit", "audio": "audio_dit", "bridge": "dual_tower_bridge"}

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 COMFYUI = os.environ.get("COMFYUI_PATH")
-PACK = Path(__file__).resolve().parents[1]
+PACK = Path(__file__).resolve().parents[2]
 SCRIPTS = PACK / "scripts"
 PACK_FOLDER = "comfyui-mova"  # the folder name users clone into (the template browser lists it under this name)
 

@@ -2,7 +2,7 @@
 registers, refuses missing files at queue time, serves its templates, runs the shipped image-to-video workflows
 to MP4s (bf16, fp8, the converter's fp8 files in both layouts), stops on Cancel, keeps experts loaded between
 queues, and its latents pass through core's latent nodes. The server, its base folder and the helpers are in
-tests/comfy_integration.py; the other test_comfyui_*.py files cover LoRAs, prompts, training, the conditioning
+tests/support/comfy_integration.py; the other test_comfyui_*.py files cover LoRAs, prompts, training, the conditioning
 modes and the native sampling path.
 """
 

@@ -11,7 +11,7 @@ import pytest
 
 from comfyui_mova.nodes import spec
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = ROOT / "example_workflows"
 FILES = sorted(WORKFLOWS.glob("*.json"))
 sys.path.insert(0, str(ROOT / "scripts"))

@@ -3,7 +3,7 @@
 Run it with a checkout of OpenMOSS/MOVA (only its mova/datasets/transforms/custom.py is used; it needs numpy
 and Pillow, nothing else of MOVA):
 
-    python tests/data/first_frame/make_references.py /path/to/MOVA
+    python tests/support/data/first_frame/make_references.py /path/to/MOVA
 
 The pictures are made here from a seed (smooth gradients, hard edges and noise, so that the crop offsets
 and the resampling filter both show); each case stores the picture, the target size and the official

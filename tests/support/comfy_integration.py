@@ -1,10 +1,10 @@
-"""The real ComfyUI the integration tests (tests/test_comfyui_*.py) run against, and their helpers.
+"""The real ComfyUI the integration tests (tests/comfyui/test_comfyui_*.py) run against, and their helpers.
 
 A pytest plugin (tests/conftest.py loads it): the session fixtures ``base`` (a temporary ComfyUI base directory:
 this pack, tiny random models written here — a MOVA release, its fp8 conversions in both layouts, a random
 full-size Wan 2.1 VAE in ComfyUI's format, MOVA LoRAs — test-only nodes: a real ComfyUI CLIP at toy size with
 UMT5-XXL's tokenizer and model settings in place of Load CLIP (UMT5-XXL has no tiny form ComfyUI can load;
-tests/comfy_text_nodes.py) and probes (tests/comfy_fixtures.py), training clips and media for the conditioning
+tests/support/comfy_text_nodes.py) and probes (tests/support/comfy_fixtures.py), training clips and media for the conditioning
 modes), ``server`` (``main.py --cpu`` from COMFYUI_PATH on 127.0.0.1, one for the whole session) and ``client``;
 and the helpers the tests share: the shipped workflows as API prompts at the test size, running one to its
 outputs, checking an MP4, cancelling a run.
@@ -40,7 +40,7 @@ FP8_LAYOUTS = ("comfy_quant", "scaled_fp8")
 CONVERTED = {"MOVA-360p/video_dit": "video_dit_high", "MOVA-360p/video_dit_2": "video_dit_low",
              "MOVA-360p/audio_dit": "audio_dit", "MOVA-360p/dual_tower_bridge": "dual_tower_bridge"}
 TRAIN_FRAMES = 9
-RATE = 16000  # the tiny release's audio codec (tests/tiny_release.py)
+RATE = 16000  # the tiny release's audio codec (tests/support/tiny_release.py)
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ import re
 import tomllib
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # What ComfyUI's own requirements.txt lists (v0.3.64 to v0.8.0) among the packages this pack imports.
 COMFYUI_SHIPS = {"torch", "torchaudio", "torchvision", "numpy", "einops", "safetensors", "av", "pillow",
                  "comfyui-frontend-package", "transformers", "tokenizers", "sentencepiece", "aiohttp", "pyyaml",

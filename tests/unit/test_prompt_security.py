@@ -2,7 +2,7 @@
 anywhere the user did not approve outside the workflow: requests go to this machine's loopback or to hosts in
 MOVA_LLM_HOSTS, the key comes from MOVA_LLM_API_KEY (or the variable MOVA_LLM_HOSTS names for a host) and goes only
 to listed hosts, and no message, log line, caption or warning holds the key or a recognisable part of it. Real
-HTTP servers on 127.0.0.1 (tests/fake_llm_server.py) play the servers, honest and hostile."""
+HTTP servers on 127.0.0.1 (tests/support/fake_llm_server.py) play the servers, honest and hostile."""
 
 import logging
 import time

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
 import official_mova  # noqa: E402
@@ -56,7 +56,7 @@ def test_official_modules_take_the_shared_weights():
     """The official modules and the pack's, built from one state dict, hold its tensors (nothing copied). In a
     subprocess: the official import puts stand-ins for packages it names into sys.modules."""
     import subprocess
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     done = subprocess.run([sys.executable, "-c", SHARED, os.environ["MOVA_OFFICIAL_DIR"], str(BENCHMARKS), str(root)],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -1,8 +1,8 @@
-"""Writes a golden set laid out like tests/data/golden/tiny but with other sizes everywhere (head dims, layer
+"""Writes a golden set laid out like tests/support/data/golden/tiny but with other sizes everywhere (head dims, layer
 counts, channels, codec rate and hop, fps, frames, width, height, text length, seed, steps, shift, boundary),
 for checking that the test suite takes every size from the data:
 
-    python tests/tools/make_variant_golden.py /tmp/golden_variant
+    python tests/support/tools/make_variant_golden.py /tmp/golden_variant
     MOVA_GOLDEN_DIR=/tmp/golden_variant python -m pytest
 
 Its reference outputs come from THIS pack's implementation, not from the official code: the parity tests pass
@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests"))
-import conftest  # noqa: E402,F401  (imports the pack as comfyui_mova)
+ROOT = Path(__file__).resolve().parents[3]
+sys.path.insert(0, str(ROOT / "tests" / "support"))
+import mova_pack  # noqa: E402,F401  (imports the pack as comfyui_mova)
 
 from comfyui_mova.mova_model.sampling import joint, sampler, scheduler  # noqa: E402
 from comfyui_mova.mova_model.networks.bridge import DualTowerBridge  # noqa: E402

@@ -149,7 +149,7 @@ def test_official_metadata_for_the_same_clip_folder(tmp_path, golden_cases):
     import subprocess
     import sys
     from pathlib import Path
-    script = Path(__file__).resolve().parents[1] / "scripts" / "make_official_metadata.py"
+    script = Path(__file__).resolve().parents[2] / "scripts" / "make_official_metadata.py"
     folder = write_toy_clips(tmp_path / "clips", golden_cases)
     run = subprocess.run([sys.executable, str(script), str(folder)], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr

@@ -13,21 +13,7 @@ from comfyui_mova.nodes.conditioning.condition import (
     build_condition, condition_frames, empty_joint_latent, fit_frame, make_conditioning, text_states,
 )
 from comfyui_mova.nodes.handles import LATENT_AUDIO_KEY, AudioLatent
-
-
-def _cond(length=24, dim=4096, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return [[torch.randn(1, length, dim, generator=g), {"pooled_output": None}]]
-
-
-def _pooling_encoder(frames: torch.Tensor) -> torch.Tensor:
-    """A deterministic stand-in with the Wan 2.1 VAE's geometry ([F,H,W,3] -> [1,16,T,H/8,W/8]): each latent
-    frame is the 8x8 average of its first pixel frame, repeated over 16 channels scaled by the channel index."""
-    f, h, w, _ = frames.shape
-    first = frames[::4].mean(-1)  # [T,H,W]
-    pooled = torch.nn.functional.avg_pool2d(first[:, None], 8)[:, 0]  # [T,h,w]
-    scale = torch.arange(1, 17, dtype=torch.float32).view(16, 1, 1, 1)
-    return (pooled[None] * scale)[None]
+from mova_testing import pooling_encoder, text_cond
 
 
 @pytest.fixture(scope="module")
@@ -36,10 +22,10 @@ def golden_dac(golden_dir) -> DACConfig:
 
 
 def test_text_states():
-    states = text_states(_cond(), "positive")
+    states = text_states(text_cond(), "positive")
     assert states.shape == (1, 24, 4096) and states.dtype == torch.float32
     with pytest.raises(ValueError, match="2 conditionings.*one prompt"):
-        text_states(_cond() + _cond(), "positive")
+        text_states(text_cond() + text_cond(), "positive")
     with pytest.raises(ValueError, match="negative: expected a CONDITIONING"):
         text_states(None, "negative")
 
@@ -81,7 +67,7 @@ def test_condition_frames_white_default_and_grey_rest():
 
 def test_build_condition_layout():
     frames = condition_frames(None, 32, 16, 9)
-    raw = _pooling_encoder(frames)
+    raw = pooling_encoder(frames)
     cond = build_condition(raw, 32, 16, 9)
     assert cond.shape == (1, 20, 3, 2, 4)
     assert torch.all(cond[:, :4, 0] == 1) and torch.all(cond[:, :4, 1:] == 0)
@@ -130,7 +116,7 @@ def test_golden_sizes(golden_cases, golden_dac):
 
 def test_make_conditioning(golden_dac):
     image = torch.rand(1, 48, 48, 3)
-    cond, latent = make_conditioning(_cond(seed=1), _cond(seed=2), _pooling_encoder, image, 32, 32, 9, 24.0,
+    cond, latent = make_conditioning(text_cond(seed=1), text_cond(seed=2), pooling_encoder, image, 32, 32, 9, 24.0,
                                      golden_dac)
     assert cond.condition.shape == (1, 20, 3, 4, 4)
     assert latent["samples"].shape == (1, 16, 3, 4, 4)
@@ -147,10 +133,10 @@ def test_make_conditioning(golden_dac):
 def test_make_conditioning_bad_values(golden_dac, kwargs, message):
     args = dict(width=32, height=32, frames=9, fps=24.0) | kwargs
     with pytest.raises(ValueError, match=message):
-        make_conditioning(_cond(), _cond(), _pooling_encoder, None, args["width"], args["height"], args["frames"],
+        make_conditioning(text_cond(), text_cond(), pooling_encoder, None, args["width"], args["height"], args["frames"],
                           args["fps"], golden_dac)
 
 
 def test_make_conditioning_mixed_text_encoders(golden_dac):
     with pytest.raises(ValueError, match="different text encoders"):
-        make_conditioning(_cond(), _cond(dim=768), _pooling_encoder, None, 32, 32, 9, 24.0, golden_dac)
+        make_conditioning(text_cond(), text_cond(dim=768), pooling_encoder, None, 32, 32, 9, 24.0, golden_dac)

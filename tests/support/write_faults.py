@@ -16,15 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PACK_ROOT
+from mova_pack import PACK_ROOT
 
-TESTS = Path(__file__).resolve().parent
+SUPPORT = Path(__file__).resolve().parent
 NO_RLIMIT = pytest.mark.skipif(sys.platform == "win32", reason="RLIMIT_FSIZE is POSIX only")
 
 PREAMBLE = f"""
 import resource, signal, sys
-sys.path.insert(0, {str(TESTS)!r})
-import conftest  # the pack, imported the way ComfyUI imports it (as comfyui_mova)
+sys.path.insert(0, {str(SUPPORT)!r})
+import mova_pack  # the pack, imported the way ComfyUI imports it (as comfyui_mova)
 
 
 def limit_file_size(nbytes):

@@ -15,22 +15,9 @@ from comfyui_mova.nodes.conditioning.condition import make_conditioning
 from comfyui_mova.nodes.conditioning.modes import prepare_conditioning
 from comfyui_mova.nodes.handles import LATENT_AUDIO_KEY, NOISE_MASK_KEY, MovaConditioning, SamplerSettings
 from comfyui_mova.nodes.conditioning.keyframes import fold_known_frames, keyframe_video, known_latent_frames
-from comfyui_mova.nodes.loaders.model_files import load_audio_tower, load_audio_vae, load_video_expert
 from comfyui_mova.nodes.sampling.run import sample_joint
 from comfyui_mova.nodes.conditioning.video_input import fit_video, take_video
-from test_nodes_condition import _cond, _pooling_encoder
-
-
-@pytest.fixture(scope="module")
-def vae(golden_dir):
-    return load_audio_vae(golden_dir / "checkpoint" / "audio_vae")
-
-
-@pytest.fixture(scope="module")
-def parts(golden_dir):
-    ckpt = golden_dir / "checkpoint"
-    return (load_video_expert(ckpt / "video_dit"), load_video_expert(ckpt / "video_dit_2"),
-            load_audio_tower(ckpt / "audio_dit", ckpt / "dual_tower_bridge"))
+from mova_testing import pooling_encoder, text_cond
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +35,7 @@ def _sound(seconds: float, rate: int, channels: int = 2, seed: int = 0) -> dict:
 def _prepare(vae, size, **kwargs):
     width, height, frames, fps = size
     encode_audio = lambda wave: codec_encode(vae, wave)  # noqa: E731
-    return prepare_conditioning(_cond(seed=1), _cond(seed=2), _pooling_encoder, kwargs.pop("image", None), width,
+    return prepare_conditioning(text_cond(seed=1), text_cond(seed=2), pooling_encoder, kwargs.pop("image", None), width,
                                 height, frames, fps, vae.model.config, encode_audio=encode_audio, **kwargs)
 
 
@@ -76,7 +63,7 @@ def test_plain_image_path_equals_the_official_one(vae, size):
     width, height, frames, fps = size
     image = torch.rand(1, 40, 48, 3, generator=torch.Generator().manual_seed(3))
     for start in (image, None):
-        cond, latent = make_conditioning(_cond(seed=1), _cond(seed=2), _pooling_encoder, start, width, height,
+        cond, latent = make_conditioning(text_cond(seed=1), text_cond(seed=2), pooling_encoder, start, width, height,
                                          frames, fps, vae.model.config)
         new = _prepare(vae, size, image=start)
         assert torch.equal(new.conditioning.condition, cond.condition)
@@ -94,13 +81,13 @@ def test_first_and_last_frame(vae, size):
     assert torch.all(pixels[1:-1] == 0.5) and known.tolist() == [True] + [False] * (frames - 2) + [True]
     prepared = _prepare(vae, size, image=start, end_image=end)
     cond = prepared.conditioning.condition
-    assert torch.equal(cond[:, 4:], normalise_video_latents(_pooling_encoder(pixels)))
+    assert torch.equal(cond[:, 4:], normalise_video_latents(pooling_encoder(pixels)))
     assert torch.equal(cond[:, :4], fold_known_frames(known).expand(1, 4, *cond.shape[2:]))
     assert NOISE_MASK_KEY not in prepared.latent  # as ComfyUI's node: the condition only, nothing kept
     white_start = _prepare(vae, size, end_image=end).conditioning.condition  # no start image: white first frame
     pixels, _ = keyframe_video(frames, width, height, None, end[-1:])
     assert torch.all(pixels[0] == 1.0) and torch.equal(white_start[:, 4:],
-                                                       normalise_video_latents(_pooling_encoder(pixels)))
+                                                       normalise_video_latents(pooling_encoder(pixels)))
 
 
 # --- a given sound ---------------------------------------------------------------------------------------------
@@ -209,11 +196,11 @@ def test_video_to_audio_keeps_the_whole_video(vae, size):
     prepared = _prepare(vae, size, video=video, video_fps=fps)
     fitted = fit_video(video[:frames], width, height)
     assert torch.equal(prepared.video, video[:frames])  # for Create Video, at the video's own size
-    assert torch.equal(prepared.latent["samples"], _pooling_encoder(fitted))
+    assert torch.equal(prepared.latent["samples"], pooling_encoder(fitted))
     mask = prepared.latent[NOISE_MASK_KEY]
     assert mask.shape == (1, 1, prepared.latent["samples"].shape[2], 1, 1) and torch.all(mask == 0)
     pixels, _ = keyframe_video(frames, width, height, fitted[:1])  # the I2V condition: the video's first frame
-    assert torch.equal(prepared.conditioning.condition[:, 4:], normalise_video_latents(_pooling_encoder(pixels)))
+    assert torch.equal(prepared.conditioning.condition[:, 4:], normalise_video_latents(pooling_encoder(pixels)))
     assert "the last 3 are cut" in prepared.report[0]
 
 

@@ -1,4 +1,4 @@
-"""MOVA Prompt Enhance against a real HTTP server on 127.0.0.1 (tests/fake_llm_server.py): what the request
+"""MOVA Prompt Enhance against a real HTTP server on 127.0.0.1 (tests/support/fake_llm_server.py): what the request
 holds, the cleaned caption and every error of the chat itself. The key and host settings are in
 test_prompt_security.py, deadlines and the HTTP layer in test_prompt_http.py."""
 

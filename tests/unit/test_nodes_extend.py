@@ -12,8 +12,7 @@ from comfyui_mova.nodes.conditioning.extend import crossfade_join, join_clips, o
 from comfyui_mova.nodes.handles import LATENT_AUDIO_KEY, NOISE_MASK_KEY, SamplerSettings
 from comfyui_mova.nodes.conditioning.keyframes import keyframe_video
 from comfyui_mova.nodes.sampling.run import sample_joint
-from test_nodes_condition import _cond, _pooling_encoder
-from test_nodes_modes import parts, vae  # noqa: F401  (fixtures)
+from mova_testing import pooling_encoder, text_cond
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +33,7 @@ def _extend(vae, clip, length=None, overlap=5, crossfade=0.02, **kw):  # noqa: F
     encode_audio = lambda wave: codec_encode(vae, wave)  # noqa: E731
     args = dict(images=frames, audio=sound, length=length or frames.shape[0], overlap=overlap, fps=fps,
                 crossfade=crossfade) | kw
-    return prepare_extension(_cond(seed=5), _cond(seed=6), _pooling_encoder, encode_audio, vae.model.config,
+    return prepare_extension(text_cond(seed=5), text_cond(seed=6), pooling_encoder, encode_audio, vae.model.config,
                              args["images"], args["audio"], args["length"], args["overlap"], args["fps"],
                              args["crossfade"])
 
@@ -57,7 +56,7 @@ def test_extension_keeps_the_overlap(vae, clip):  # noqa: F811
     length, overlap = frames.shape[0], 5
     # video: the last 5 frames lead the condition; their 2 latent frames are kept (raw, as encoded)
     pixels, known = keyframe_video(length, frames.shape[2], frames.shape[1], frames[-overlap:])
-    encoded = _pooling_encoder(pixels)
+    encoded = pooling_encoder(pixels)
     assert torch.equal(cond.condition[:, :4, :2], torch.ones(1, 4, 2, *cond.condition.shape[3:]))
     assert torch.all(cond.condition[:, :4, 2:] == 0)
     mask = latent[NOISE_MASK_KEY]

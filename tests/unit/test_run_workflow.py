@@ -1,6 +1,6 @@
 """The headless runner without a server: UI -> API conversion of the shipped workflows, parameters, the
 missing-model check, and a clear refusal when no server listens. (The real server run is in
-tests/test_comfyui_*.py.)"""
+tests/comfyui/test_comfyui_*.py.)"""
 
 import json
 import socket
@@ -11,7 +11,7 @@ import pytest
 
 from comfyui_mova.nodes import spec
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import run_workflow  # noqa: E402

@@ -1,15 +1,14 @@
 """The first frame is fitted exactly as the official pipeline fits it (crop_and_resize: integer crop,
-PIL bicubic on 8-bit pixels): reference outputs made with the official code (tests/data/first_frame)."""
-
-from pathlib import Path
+PIL bicubic on 8-bit pixels): reference outputs made with the official code (tests/support/data/first_frame)."""
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from comfyui_mova.nodes.conditioning.condition import condition_frames, fit_frame, official_crop
+from mova_pack import DATA
 
-REFERENCES = Path(__file__).resolve().parent / "data" / "first_frame" / "references.safetensors"
+REFERENCES = DATA / "first_frame" / "references.safetensors"
 
 
 def _cases():

@@ -1,8 +1,8 @@
 """Every MOVA node's schema as plain JSON: ids, display names, inputs in order (name, type, widget settings),
-outputs. ``tests/data/node_schemas.json`` holds it as it was before the pack was reorganised (issue 22); a test
+outputs. ``tests/support/data/node_schemas.json`` holds it as it was before the pack was reorganised (issue 22); a test
 compares the pack's specs with it, so a move can never change what a saved workflow sees.
 
-    python tests/tools/node_schemas.py PACK_FOLDER OUT.json   # write the snapshot of the pack at PACK_FOLDER
+    python tests/support/tools/node_schemas.py PACK_FOLDER OUT.json   # write the snapshot of the pack at PACK_FOLDER
 
 Tooltips and descriptions are left out (wording may change); everything a saved workflow depends on is kept.
 """

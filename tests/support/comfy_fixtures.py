@@ -84,7 +84,7 @@ PROBED = {
     "tower:bridge.audio_to_video_conditioners.0.inner.k.weight": ("dual_tower_bridge",
                                                                    "audio_to_video_conditioners.0.inner.k"),
 }
-LORA_SHAPES = {  # (out, in) of the tiny release's weights (tests/tiny_release.py)
+LORA_SHAPES = {  # (out, in) of the tiny release's weights (tests/support/tiny_release.py)
     ("video_dit", "blocks.0.self_attn.q"): (64, 64), ("video_dit", "blocks.1.ffn.0"): (128, 64),
     ("video_dit_2", "blocks.0.self_attn.q"): (64, 64), ("audio_dit", "blocks.0.self_attn.q"): (32, 32),
     ("dual_tower_bridge", "audio_to_video_conditioners.0.inner.k"): (64, 32),

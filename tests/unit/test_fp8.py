@@ -20,14 +20,10 @@ from comfyui_mova.mova_model.weights.detect import detect_config
 from comfyui_mova.mova_model.networks.ops import Fp8Linear, torch_ops
 from comfyui_mova.mova_model.weights.quantize import (dequantize, is_fp8_target, quantize_fp8, quantize_fp8_,
                                               rounding_bound)
-from mova_testing import rel_l2
+from mova_pack import TESTS
+from mova_testing import FP8_VS_BF16_BOUND, STEP_CASES, rel_l2
 
-# Measured on the golden tiny model (bf16 compute, fp8 e4m3fn per-tensor scales): rel. L2 of fp8 vs bf16
-# 0.024-0.041 over the four joint-forward cases; the bound leaves about 2x margin.
-FP8_VS_BF16_BOUND = 0.08
-STEP_CASES = {"step_high": ("high", 850, 850, None), "step_low": ("low", 850, 850, None),
-              "step_split_t": ("high", 930, 610, None), "step_fps25": ("low", 400, 400, 25.0)}
-
+SUPPORT = TESTS / "support"
 
 def _towers(ckpt, dtype):
     load = lambda kind, folder: loading.load_component(ckpt, kind, dtype=dtype, component=folder)  # noqa: E731
@@ -228,7 +224,7 @@ def _converted_layouts(golden_dir, tmp_path):
 
 
 def _comfy_ops_check(comfy_root, python, out, *flags):
-    run = subprocess.run([python, str(Path(__file__).parent / "comfy_ops_check.py"), str(out), *flags],
+    run = subprocess.run([python, str(SUPPORT / "comfy_ops_check.py"), str(out), *flags],
                          cwd=comfy_root, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
     return json.loads(run.stdout.strip().splitlines()[-1])

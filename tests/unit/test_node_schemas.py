@@ -1,17 +1,17 @@
 """Every node's schema (ids, input names, types, order and widget settings, outputs) is the one saved workflows
-were made with: tests/data/node_schemas.json, written from the pack before it was reorganised (issue 22).
+were made with: tests/support/data/node_schemas.json, written from the pack before it was reorganised (issue 22).
 
 A deliberate change to a node (a new input, last) rewrites the snapshot from the code that has it:
-``python tests/tools/node_schemas.py . tests/data/node_schemas.json``, and the diff is reviewed with the change.
+``python tests/support/tools/node_schemas.py . tests/support/data/node_schemas.json``, and the diff is reviewed with the change.
 """
 
 import json
-from pathlib import Path
 
 from comfyui_mova.nodes.spec import ALL_NODES
+from mova_pack import DATA
 from tools.node_schemas import schemas
 
-SNAPSHOT = Path(__file__).resolve().parent / "data" / "node_schemas.json"
+SNAPSHOT = DATA / "node_schemas.json"
 
 
 def test_node_ids_and_menu_order_unchanged():

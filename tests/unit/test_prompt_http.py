@@ -1,4 +1,4 @@
-"""MOVA Prompt Enhance's requests against real misbehaving HTTP servers on 127.0.0.1 (tests/fake_llm_server.py's
+"""MOVA Prompt Enhance's requests against real misbehaving HTTP servers on 127.0.0.1 (tests/support/fake_llm_server.py's
 ScriptedServer): ``timeout`` bounds the whole exchange however slowly a server answers, Cancel stops a request
 within a second, every failure of the HTTP layer and every bad URL is an EnhanceError naming the problem and the
 fix, and URLs are checked before any connection."""

@@ -1,7 +1,7 @@
 """Run from a ComfyUI checkout (cwd) with ComfyUI's Python: loads converted MOVA files through every comfy.ops
 family this ComfyUI has and prints one JSON line comparing their joint forwards with plain torch layers.
 
-    python tests/comfy_ops_check.py OUT_DIR [lazy]
+    python tests/support/comfy_ops_check.py OUT_DIR [lazy]
 
 OUT_DIR holds the converter's fp8 files in two sub-folders, comfy_quant/ and scaled_fp8/ (the two key layouts).
 ``lazy`` first switches on what ComfyUI's dynamic VRAM switches on at start (``comfy.memory_management.
@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 OUT, LAZY = Path(sys.argv[1]), sys.argv[2:] == ["lazy"]
-TESTS = Path(__file__).resolve().parent
+SUPPORT = Path(__file__).resolve().parent
 sys.argv = [sys.argv[0], "--cpu"]
 sys.path.insert(0, ".")
 import comfy.options  # noqa: E402
@@ -23,8 +23,8 @@ comfy.options.enable_args_parsing()
 import comfy.ops  # noqa: E402
 import torch  # noqa: E402
 
-sys.path.insert(0, str(TESTS))
-import conftest  # noqa: E402,F401  (imports the pack as comfyui_mova)
+sys.path.insert(0, str(SUPPORT))
+import mova_pack  # noqa: E402  (imports the pack as comfyui_mova)
 from comfyui_mova.mova_model.sampling import joint  # noqa: E402
 from comfyui_mova.mova_model.weights import loading  # noqa: E402
 from mova_testing import rel_l2  # noqa: E402
@@ -39,7 +39,7 @@ def towers(layout, ops, **kw):
 
 
 def forward(parts):
-    g = load_file(str(conftest.golden_root() / "cases.safetensors"))
+    g = load_file(str(mova_pack.golden_root() / "cases.safetensors"))
     x = torch.cat([g["noise_video"], g["condition"]], 1).bfloat16()
     return joint.joint_forward(*parts, x, g["noise_audio"].bfloat16(), g["context_pos"].bfloat16(),
                                torch.tensor([850.0]), torch.tensor([850.0]), 24.0, dtype=torch.bfloat16)
