@@ -2,7 +2,7 @@
 
 The official code imports packages that cannot run here or are not needed for a float32 CPU run: yunchang
 (sequence parallelism), descript-audiotools (audio file helpers; only its base classes are touched), mmengine
-(config files and registries), bitsandbytes (8-bit optimizers) and ``kernels`` (which downloads FlashAttention
+(config files and registries), torchvision (one picture-to-tensor helper), bitsandbytes (8-bit optimizers) and ``kernels`` (which downloads FlashAttention
 at import time). ``install_stubs`` puts small stand-ins for the first three into ``sys.modules``, makes the last
 two unavailable, and puts the official checkout first on ``sys.path``. diffusers, transformers and accelerate
 must be installed (the official requirements; see tests/tools/README.md for the versions used).
@@ -56,15 +56,27 @@ def _unavailable(*_, **__):
     raise RuntimeError("a stand-in of the reference tools: sequence parallelism is not available here")
 
 
+def _pil_to_tensor(picture) -> torch.Tensor:
+    """A PIL picture as a uint8 tensor [C, H, W] (torchvision's pil_to_tensor)."""
+    import numpy as np
+    array = np.asarray(picture)
+    return torch.from_numpy(array.copy()).reshape(array.shape[0], array.shape[1], -1).permute(2, 0, 1)
+
+
 def install_stubs(official: str | Path) -> None:
     """Stand-ins for yunchang / audiotools / mmengine, no bitsandbytes and no kernels; ``official`` on sys.path."""
     official = Path(official).resolve()
     if not (official / "mova" / "diffusion" / "pipelines" / "mova_lora.py").is_file():
         raise SystemExit(f"{official} is not a checkout of OpenMOSS/MOVA (no mova/diffusion/pipelines/mova_lora.py)")
+    import diffusers  # noqa: F401  (they look for torchvision when imported: before its stand-in exists)
+    import transformers  # noqa: F401
     _module("yunchang", LongContextAttention=None, set_seq_parallel_pg=_unavailable)
     _module("yunchang.kernels", AttnType=_AttnType)
     audiotools = _module("audiotools", AudioSignal=type("AudioSignal", (), {}))
     audiotools.ml = _module("audiotools.ml", BaseModel=type("BaseModel", (torch.nn.Module,), {}))
+    torchvision = _module("torchvision")
+    torchvision.transforms = _module("torchvision.transforms")
+    torchvision.transforms.functional = _module("torchvision.transforms.functional", pil_to_tensor=_pil_to_tensor)
     mmengine = _module("mmengine")
     mmengine.registry = _module("mmengine.registry", Registry=_Registry)
     mmengine.config = _module("mmengine.config", Config=dict, DictAction=object)
