@@ -6,7 +6,13 @@ for checking that the test suite takes every size from the data:
     MOVA_GOLDEN_DIR=/tmp/golden_variant python -m pytest
 
 Its reference outputs come from THIS pack's implementation, not from the official code: the parity tests pass
-on it by construction. It checks size independence, not parity (the official golden set does that).
+on it by construction. It checks size independence, not parity (the official golden set does that). The
+official-LoRA tests need references from the official code for it; with a MOVA checkout at hand:
+
+    python tests/tools/make_official_lora_refs.py /path/to/MOVA --golden /tmp/golden_variant
+
+(without them those tests skip and say so). The configs carry the official classes' constructor flags and the
+release's model_index.json, so that the official code loads this set as it loads the release.
 """
 
 from __future__ import annotations
