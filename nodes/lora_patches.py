@@ -74,6 +74,12 @@ def plan_lora(lora: LoraFile, shapes: dict[str, dict[str, tuple[int, ...]]], str
     name = name or PurePosixPath(lora.path.replace("\\", "/")).name
     plan = LoraPlan(name=name, unknown=list(lora.unknown_keys))
     total = sum(len(p) for p in lora.patches.values())
+    if total == 0 and not lora.unknown_keys:
+        raise ValueError(
+            f"{plan.name} is empty: it holds no weights at all. MOVA's accelerate trainer writes such a "
+            "lora_weights.pt when it runs without FSDP (its save_lora_weights keeps no layer); its FSDP runs (the "
+            "8-GPU recipe) save the LoRA. Pick a checkpoint that holds the LoRA, or train it with MOVA Train LoRA."
+        )
     if total == 0:
         keys = ", ".join(lora.unknown_keys[:SHOWN]) or "none"
         raise ValueError(

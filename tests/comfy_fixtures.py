@@ -318,3 +318,37 @@ def probed_latents(outputs: dict, node: str) -> tuple[torch.Tensor, torch.Tensor
     found = json.loads(outputs[node]["latents"][0])
     return (torch.tensor(found["video"]).view(found["video_shape"]),
             torch.tensor(found["audio"]).view(found["audio_shape"]))
+
+
+GOLDEN_INPUTS_NODE = '''
+import json, sys
+from pathlib import Path
+from safetensors.torch import load_file
+
+def _pack(submodule):
+    """A module of the MOVA pack as ComfyUI imported it (its folder name is the package name)."""
+    return next(m for name, m in list(sys.modules.items()) if name.endswith("." + submodule) and "mova" in name.lower()
+                and hasattr(m, "__file__") and "custom_nodes" in str(m.__file__))
+
+class TestGoldenMovaInputs:
+    """Test only: a golden set's text states and I2V condition as MOVA conditioning, with the empty joint latent of
+    its size: what MOVA Conditioning would give with the golden text encoder and VAE."""
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"golden_dir": ("STRING", {"default": ""})}}
+    RETURN_TYPES = ("MOVA_CONDITIONING", "LATENT")
+    FUNCTION = "load"
+    CATEGORY = "testing"
+
+    def load(self, golden_dir):
+        handles, condition, configs = _pack("nodes.handles"), _pack("nodes.condition"), _pack("mova_model.configs")
+        golden = Path(golden_dir)
+        c = json.loads((golden / "cases.json").read_text())
+        t = load_file(str(golden / "cases.safetensors"))
+        cond = handles.MovaConditioning(t["context_pos"], t["context_neg"], t["condition"], c["width"], c["height"],
+                                        c["num_frames"], c["fps"])
+        dac = configs.config_from_dict(configs.DACConfig, c["audio_vae"])
+        return cond, condition.empty_joint_latent(c["width"], c["height"], c["num_frames"], c["fps"], dac)
+
+NODE_CLASS_MAPPINGS = {"TestGoldenMovaInputs": TestGoldenMovaInputs}
+'''

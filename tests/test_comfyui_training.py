@@ -97,6 +97,33 @@ def test_training_workflow_clips_to_a_lora_the_loader_applies(client, base):
         assert torch.allclose(values, probed(outputs, "20")[entry][1], atol=1e-6), entry
 
 
+def test_the_8gpu_recipe_trains_the_ffn_and_the_loader_applies_it_all(client, base):
+    """recipe 8-GPU: rank 16, alpha 16 (the rank/alpha widgets are not used), LoRA on every Linear of the blocks,
+    the FFN included; the saved file goes through the MOVA LoRA Loader with every factor placed."""
+    from safetensors import safe_open
+    prompt = _train_prompt(client, "i8gpu", steps=2, filename="mova/i8gpu_lora")
+    prompt[node_key(prompt, "MovaTrainLora")]["inputs"].update(recipe="8-GPU", rank=4, alpha=2.0)
+    outputs = {}
+    run_prompt(client, prompt, outputs)
+    text = outputs[node_key(prompt, "MovaTrainLora")]["text"][0]
+    assert "rank 16, alpha 16, layers: attention + FFN (8-GPU recipe)" in text, text
+    saved = base / "models" / "loras" / "mova" / "i8gpu_lora.safetensors"
+    with safe_open(str(saved), framework="pt") as f:
+        meta, keys = f.metadata(), list(f.keys())
+    assert (int(meta["rank"]), float(meta["alpha"])) == (16, 16.0)
+    modules = {k[: -len(".lora_A.weight")] for k in keys if k.endswith(".lora_A.weight")}
+    high = {m for m in modules if m.startswith("video_dit.")}
+    blocks = {m.split(".")[2] for m in high}
+    assert {f"video_dit.blocks.{b}.ffn.{i}" for b in blocks for i in (0, 2)} <= high
+    assert len(high) == 10 * len(blocks)  # q, k, v, o of self- and cross-attention, ffn.0 and ffn.2
+    outputs = {}
+    run_prompt(client, loaders() | {"10": lora_node(None, "mova/i8gpu_lora.safetensors", dict.fromkeys(STRENGTHS, 1.0)),
+                                    "20": probe_node(["10", 0], ["10", 2])}, outputs)
+    report = outputs["10"]["text"][0]
+    assert report.startswith(f"mova/i8gpu_lora.safetensors: high-noise expert {len(high)} weights at 1"), report
+    assert "skipped" not in report, report
+
+
 def test_training_continues_and_never_overwrites_a_lora(client, base):
     """Queued again with more steps, training continues from the last checkpoint; a taken file name stops the
     run at MOVA Save LoRA and the file is kept; another name then saves the continued LoRA."""
