@@ -100,6 +100,10 @@ def find_clips(folder: str | Path, notes: list[str] | None = None) -> tuple[list
             elif notes is not None:
                 notes.append(f"{path.name}: not a readable file and no caption: skipped")
             continue
+        if not has_caption and caption_file.is_symlink() and not caption_file.exists():
+            problems.append(f"{path.name}: its caption {caption_file.name} is a link to {caption_file.readlink()}, "
+                            "which does not exist: restore the caption file")
+            continue
         if not has_caption:
             problems.append(f"{path.name}: no caption (write it in {caption_file.name} beside the clip)")
             continue
