@@ -85,6 +85,9 @@ def find_clips(folder: str | Path, notes: list[str] | None = None) -> tuple[list
     that are dangling links or not files, videos of other types with a caption, no clips. ``notes`` receives what
     the node reports without stopping: captions read as Windows-1252 (captions.py) and captions without a clip."""
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ClipError(f"the clip folder {folder} is a file, not a folder: give the folder that holds the clips "
+                        "(video files with sound, each with a same-name .txt caption).")
     if not folder.is_dir():
         raise ClipError(f"the clip folder {folder} does not exist: put the clips (video files with sound, each "
                         "with a same-name .txt caption) in a folder inside ComfyUI/input, or give its full path.")

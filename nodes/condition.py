@@ -34,6 +34,9 @@ def text_states(conditioning, name: str, warnings: list[str] | None = None) -> t
     states = entry[0] if isinstance(entry, (list, tuple)) and entry else None
     if not isinstance(states, torch.Tensor) or states.dim() != 3:
         raise ValueError(f"{name}: expected text states [B,L,D] from MOVA Text Encode, got {type(states).__name__}")
+    if states.shape[0] < 1 or states.shape[1] < 1:
+        raise ValueError(f"{name} holds no text states (shape {tuple(states.shape)}): encode the prompt with MOVA Text "
+                         "Encode (an empty prompt gives states too)")
     if not bool(torch.isfinite(states).all()):
         raise ValueError(f"{name}: the text states hold NaN or infinite values (the text encoder overflowed, e.g. "
                          "in fp16): encode the prompt again with umt5_xxl_fp16 or the fp8_e4m3fn_scaled file.")

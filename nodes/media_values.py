@@ -20,6 +20,7 @@ PIXEL_SCALES = {torch.uint8: 255.0, torch.uint16: 65535.0} if hasattr(torch, "ui
 SAMPLE_SCALES = {torch.int16: (0.0, 32768.0), torch.int32: (0.0, 2147483648.0), torch.int8: (0.0, 128.0),
                  torch.uint8: (128.0, 128.0)}
 PIXEL_SLACK = 0.5     # float pixels beyond -0.5..1.5 are not 0..1 pixels
+EIGHT_BIT_LIKE = 16.0  # float pixels this bright are 0..255 values
 SAMPLE_LIMIT = 16.0   # float samples beyond +-16 (+24 dB over full scale) are not -1..1 samples
 
 
@@ -48,8 +49,9 @@ def image_pixels(image: torch.Tensor, name: str) -> torch.Tensor:
         if pixels.numel():
             low, high = float(pixels.min()), float(pixels.max())
             if low < -PIXEL_SLACK or high > 1 + PIXEL_SLACK:
-                hint = ("0..255 values: divide by 255" if high > 1 + PIXEL_SLACK else "-1..1 values: map them with "
-                        "(x + 1) / 2")
+                hint = ("0..255 values: divide them by 255" if high >= EIGHT_BIT_LIKE else
+                        "over-bright (HDR) values: clamp or tone-map them to 0..1" if high > 1 + PIXEL_SLACK else
+                        "-1..1 values: map them with (x + 1) / 2")
                 raise ValueError(f"{name} holds float pixels from {low:g} to {high:g}, an IMAGE's are 0..1; these "
                                  f"look like {hint} in the node that makes them")
     else:

@@ -104,6 +104,19 @@ def test_sounds_outside_the_domain_are_refused(vae, size, audio, message):  # no
         _prepare(vae, size, audio=audio)
 
 
+@pytest.mark.parametrize("dtype, values, expected", [
+    (torch.int16, [-32768, 0, 16384, 32767], [-1.0, 0.0, 0.5, 32767 / 32768]),
+    (torch.int32, [-2 ** 31, 0, 2 ** 30], [-1.0, 0.0, 0.5]),
+    (torch.int8, [-128, 0, 64], [-1.0, 0.0, 0.5]),
+    (torch.uint8, [0, 128, 192, 255], [-1.0, 0.0, 0.5, 127 / 128]),
+    (torch.float64, [-1.0, 0.25], [-1.0, 0.25]),
+])
+def test_sample_types_scale_to_full_scale(dtype, values, expected):
+    wave, rate = audio_waveform({"waveform": torch.tensor(values, dtype=dtype).view(1, 1, -1), "sample_rate": 300},
+                                "audio")
+    assert wave.dtype == torch.float32 and wave.flatten().tolist() == pytest.approx(expected) and rate == 300
+
+
 def test_numpy_and_tensor_sample_rates_are_accepted(vae, size):  # noqa: F811
     _, _, frames, fps = size
     rate = vae.model.config.sample_rate
@@ -174,7 +187,9 @@ def test_eight_bit_frames_extend_a_clip(vae, clip):  # noqa: F811
 
 @pytest.mark.parametrize("image, message", [
     (torch.rand(1, 3, 40, 48), r"start_image has 48 channels in its last dimension .*channels first \[B,C,H,W\]"),
-    (torch.rand(1, 40, 48, 3) * 255, r"start_image holds float pixels from .* to 25\d.*divide by 255"),
+    (torch.rand(1, 40, 48, 3) * 255, r"start_image holds float pixels from .* to 25\d.*divide them by 255"),
+    (torch.rand(1, 40, 48, 3) * 4, r"start_image holds float pixels from .* to 3.\d*.*over-bright \(HDR\) values: "
+     r"clamp or tone-map them to 0..1"),
     (torch.rand(1, 40, 48, 3) * 2 - 1, r"start_image holds float pixels from -0.9\d*.*\(x \+ 1\) / 2"),
     (torch.full((1, 40, 48, 3), float("nan")), r"start_image holds NaN or infinite pixels"),
     (torch.zeros(1, 40, 48, 3, dtype=torch.bool), r"start_image holds bool pixels: an IMAGE is float 0..1"),
@@ -185,6 +200,13 @@ def test_eight_bit_frames_extend_a_clip(vae, clip):  # noqa: F811
 def test_pictures_outside_the_domain_are_refused(vae, size, image, message):  # noqa: F811
     with pytest.raises(ValueError, match=message):
         _prepare(vae, size, image=image)
+
+
+def test_empty_text_states_are_refused(vae, size):  # noqa: F811
+    width, height, frames, fps = size
+    with pytest.raises(ValueError, match=r"positive holds no text states \(shape \(1, 0, 4096\)\): encode the prompt"):
+        make_conditioning([[torch.zeros(1, 0, 4096), {}]], _cond(), _pooling_encoder, None, width, height, frames, fps,
+                          vae.model.config)
 
 
 def test_end_image_and_video_errors_name_their_input(vae, size):  # noqa: F811
@@ -278,6 +300,12 @@ def test_long_caption_note_is_shortened():
 
 
 # --- the clip folder: nothing skipped silently -----------------------------------------------------------------
+
+def test_a_file_given_as_the_clip_folder_is_named(tmp_path):
+    (tmp_path / "clips.mp4").write_bytes(b"")
+    with pytest.raises(ClipError, match="clips.mp4 is a file, not a folder: give the folder that holds the clips"):
+        find_clips(tmp_path / "clips.mp4")
+
 
 def test_dangling_links_and_other_skipped_files_are_reported(tmp_path, golden_dir, golden_cases):
     """Clips that cannot be used stop the run with every problem named; files that are only not used (a caption
