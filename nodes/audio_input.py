@@ -25,7 +25,9 @@ def audio_waveform(audio, name: str) -> tuple[torch.Tensor, int]:
     """(waveform [C,T] float32 -1..1 on the CPU, sample rate) of a ComfyUI AUDIO: integer PCM scaled by its type, a
     numpy or tensor sample rate made an int (media_values.py); a clear error for anything else."""
     if not isinstance(audio, dict) or "waveform" not in audio or "sample_rate" not in audio:
-        raise ValueError(f"{name}: expected an AUDIO (from Load Audio or MOVA Audio Decode), got {type(audio).__name__}")
+        what = type(audio).__name__ if not isinstance(audio, dict) else \
+            f"a dict without {' and '.join(k for k in ('waveform', 'sample_rate') if k not in audio)}"
+        raise ValueError(f"{name}: expected an AUDIO (from Load Audio or MOVA Audio Decode), got {what}")
     wave, rate = audio["waveform"], audio["sample_rate"]
     if not isinstance(wave, torch.Tensor) or wave.dim() != 3:
         shape = tuple(wave.shape) if isinstance(wave, torch.Tensor) else type(wave).__name__

@@ -78,6 +78,7 @@ def fit_frame(image: torch.Tensor, width: int, height: int, name: str = "start_i
             f"{name} must be an IMAGE [B,H,W,3] with at least one pixel, got shape {shape}: connect Load Image"
             + (" (or leave start_image empty for a white first frame)" if name == "start_image" else "")
         )
+    image = image_pixels(image.cpu(), name)
     src_h, src_w = image.shape[0], image.shape[1]
     left, top, crop_w, crop_h = official_crop(src_w, src_h, width, height)
     if crop_w < 1 or crop_h < 1:
@@ -85,7 +86,7 @@ def fit_frame(image: torch.Tensor, width: int, height: int, name: str = "start_i
             f"{name} is {src_w}x{src_h}: too small to crop to the {width}x{height} aspect ratio; "
             "use a larger picture"
         )
-    rgb = image_pixels(image[top:top + crop_h, left:left + crop_w].cpu(), name)
+    rgb = image[top:top + crop_h, left:left + crop_w]
     pixels = (rgb.clamp(0, 1) * 255).round().to(torch.uint8).contiguous().numpy()
     fitted = Image.fromarray(pixels).resize((width, height), resample=Image.Resampling.BICUBIC)
     return torch.frombuffer(bytearray(fitted.tobytes()), dtype=torch.uint8).view(height, width, 3).float() / 255

@@ -37,12 +37,12 @@ def image_pixels(image: torch.Tensor, name: str) -> torch.Tensor:
     if channels > 4:
         raise ValueError(
             f"{name} has {channels} channels in its last dimension (shape {tuple(image.shape)}): an IMAGE is "
-            "[B,H,W,C], channels last, with 3 (RGB); this looks like channels first [B,C,H,W]: permute it "
-            "(e.g. image.permute(0, 2, 3, 1)) in the node that makes it")
+            "[B,H,W,C], channels last, with 3 (RGB); this looks like channels first [B,C,H,W] (permute it, e.g. "
+            "image.permute(0, 2, 3, 1), in the node that makes it) or a MASK [B,H,W] (use Convert Mask to Image)")
     if image.dtype in PIXEL_SCALES:
-        pixels = image.float() / PIXEL_SCALES[image.dtype]
+        pixels = image.detach().float() / PIXEL_SCALES[image.dtype]
     elif image.is_floating_point():
-        pixels = image.float()
+        pixels = image.detach().float()
         if pixels.numel() and not bool(torch.isfinite(pixels).all()):
             raise ValueError(f"{name} holds NaN or infinite pixels: connect a clean picture (the node that made it "
                              "failed)")
@@ -67,11 +67,11 @@ def waveform_samples(wave: torch.Tensor, name: str) -> torch.Tensor:
     naming ``name``, the problem and the fix otherwise."""
     if wave.dtype in SAMPLE_SCALES:
         offset, scale = SAMPLE_SCALES[wave.dtype]
-        return (wave.float() - offset) / scale
+        return (wave.detach().float() - offset) / scale
     if not wave.is_floating_point():
         raise ValueError(f"{name} holds {_kind(wave)} samples: an AUDIO waveform is float -1..1 (int16, int32, int8 "
                          "and unsigned 8-bit PCM are scaled too); convert it in the node that makes it")
-    samples = wave.float()
+    samples = wave.detach().float()
     if not bool(torch.isfinite(samples).all()):
         raise ValueError(f"{name} holds NaN or infinite samples: connect a clean sound")
     peak = float(samples.abs().max()) if samples.numel() else 0.0
