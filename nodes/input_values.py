@@ -1,10 +1,11 @@
-"""The numbers a MOVA node is given, checked at its boundary (plain Python; no ComfyUI import).
+"""The values a MOVA node is given, checked at its boundary (plain Python; no ComfyUI import).
 
 ComfyUI checks a typed-in widget against its range, but not NaN (every comparison with NaN is false), not a value
 that arrives through a connection, and not an input that the node's own ``validate_inputs`` takes. So every MOVA
 node's ``execute`` is wrapped in ``checked_inputs(spec)``: numpy scalars, 0-d tensors and other real numbers become
-Python numbers, and NaN, an infinity, a bool where a number goes or a value outside the widget's range stop the node
-with a message naming the input and the value to use, before any ``int()`` or weight sees it.
+Python numbers, and NaN, an infinity, a bool where a number goes, a value outside the widget's range, a non-text
+value where text goes or a choice the widget does not offer stop the node with a message naming the input and the
+value to use, before any ``int()`` or weight sees it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numbers
 
 from . import spec
 
-NUMBER_KINDS = ("INT", "FLOAT", "BOOLEAN")
+CHECKED_KINDS = ("INT", "FLOAT", "BOOLEAN", "STRING", "COMBO")
 
 
 def plain_number(value):
@@ -43,10 +44,11 @@ def _socket_problem(socket: spec.Socket, value) -> str | None:
 
 
 def checked_value(node: spec.NodeSpec, item: spec.Socket | spec.Widget, value):
-    """``value`` of ``node``'s input ``item`` as a plain Python number of the input's kind, or a ValueError naming
-    the node, the input, the problem and the fix."""
+    """``value`` of ``node``'s input ``item`` (numbers as plain Python numbers of the input's kind), or a ValueError
+    naming the node, the input, the problem and the fix."""
     kind = item.kind if isinstance(item, spec.Widget) else item.type
-    value = plain_number(value)
+    if kind in ("INT", "FLOAT", "BOOLEAN"):
+        value = plain_number(value)
     if kind == "FLOAT" and type(value) is int:
         value = float(value)
     problem = item.problem(value) if isinstance(item, spec.Widget) else _socket_problem(item, value)
@@ -60,19 +62,18 @@ def checked_value(node: spec.NodeSpec, item: spec.Socket | spec.Widget, value):
 
 
 def checked_values(node: spec.NodeSpec, values: dict) -> dict:
-    """``values`` (input name -> value) with every number input of ``node`` checked and made a plain Python number;
-    inputs that are absent or None (optional, unconnected) are left as they are."""
+    """``values`` (input name -> value) with every number, text and choice input of ``node`` checked (numbers made
+    plain Python numbers); inputs that are absent or None (optional, unconnected) are left as they are."""
     out = dict(values)
     for item in node.inputs:
         kind = item.kind if isinstance(item, spec.Widget) else item.type
-        if kind in NUMBER_KINDS and values.get(item.name) is not None:
+        if kind in CHECKED_KINDS and values.get(item.name) is not None:
             out[item.name] = checked_value(node, item, values[item.name])
     return out
 
 
 def checked_inputs(node: spec.NodeSpec):
-    """Decorator for a node's ``execute`` (below ``@classmethod``): its number inputs go through ``checked_values``
-    first."""
+    """Decorator for a node's ``execute`` (below ``@classmethod``): its inputs go through ``checked_values`` first."""
     def wrap(execute):
         signature = inspect.signature(execute)
         var_keyword = next((p.name for p in signature.parameters.values() if p.kind is p.VAR_KEYWORD), None)

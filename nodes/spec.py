@@ -98,8 +98,10 @@ class Widget:
         """What to set instead of a bad value: the widget's range and default."""
         if self.kind == "BOOLEAN":
             return "set it to true or false"
+        if self.kind == "COMBO":
+            return "pick one of the widget's choices"
         if self.kind not in ("INT", "FLOAT"):
-            return "set it from the widget"
+            return "give it text"
         low = "" if self.min is None else f" from {self.min:g}"
         high = "" if self.max is None else f" to {self.max:g}"
         whole = "a whole number" if self.kind == "INT" else "a number"

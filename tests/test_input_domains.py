@@ -199,3 +199,12 @@ def test_scheduler_output_is_checked_naming_the_scheduler():
 def test_release_scheduler_file_is_what_the_test_reads(golden_dir, scheduler):
     data = json.loads((golden_dir / "checkpoint" / "scheduler" / "scheduler_config.json").read_text())
     assert scheduler.shift == data["shift"] and scheduler.num_train_timesteps == data["num_train_timesteps"]
+
+
+def test_text_and_choices_are_checked_too():
+    with pytest.raises(ValueError, match=r"MOVA Scheduler: scheduler 'karras2' is not one of official, simple.*; pick "
+                                         r"one of the widget's choices"):
+        checked_values(spec.SCHEDULER, {"scheduler": "karras2"})
+    with pytest.raises(ValueError, match=r"MOVA Dataset: folder must be text, got 3; give it text"):
+        checked_values(spec.DATASET_NODE, {"folder": 3})
+    assert checked_values(spec.DATASET_NODE, {"folder": "clips"}) == {"folder": "clips"}
