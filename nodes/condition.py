@@ -12,7 +12,7 @@ from ..mova_model.latents import normalise_video_latents
 from ..mova_model.memory import check_fits, condition_bytes
 from ..mova_model.sizes import VAE_SPACE, VAE_TIME, VIDEO_LATENT_CHANNELS, check_video_size, latent_shapes
 from .handles import LATENT_AUDIO_KEY, AudioLatent, MovaConditioning
-from .media_values import image_pixels
+from .media_values import check_channels, image_pixels
 from .text import MAX_TOKENS
 
 MASK_CHANNELS = 4
@@ -67,6 +67,8 @@ def fit_frame(image: torch.Tensor, width: int, height: int, name: str = "start_i
     the crop) is used as is. ``name`` is the input, for the errors."""
     from PIL import Image
 
+    if isinstance(image, torch.Tensor):
+        check_channels(image, name)
     if isinstance(image, torch.Tensor) and image.dim() == 4:
         if image.shape[0] < 1:
             raise ValueError(f"{name} holds no image (a batch of 0, shape {tuple(image.shape)}): connect Load Image"

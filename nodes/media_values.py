@@ -28,17 +28,23 @@ def _kind(x: torch.Tensor) -> str:
     return str(x.dtype).removeprefix("torch.")
 
 
-def image_pixels(image: torch.Tensor, name: str) -> torch.Tensor:
-    """IMAGE [...,H,W,C] of any supported type -> float32 [...,H,W,3] in 0..1 (see the module's rule); a ValueError
-    naming ``name``, the problem and the fix otherwise."""
-    if not isinstance(image, torch.Tensor):
-        raise ValueError(f"{name}: expected an IMAGE (a tensor [B,H,W,3]), got {type(image).__name__}")
+def check_channels(image: torch.Tensor, name: str) -> None:
+    """Refuse an IMAGE with more than 4 channels last (a channels-first tensor or a MASK), showing its shape."""
     channels = image.shape[-1] if image.dim() else 0
     if channels > 4:
         raise ValueError(
             f"{name} has {channels} channels in its last dimension (shape {tuple(image.shape)}): an IMAGE is "
             "[B,H,W,C], channels last, with 3 (RGB); this looks like channels first [B,C,H,W] (permute it, e.g. "
             "image.permute(0, 2, 3, 1), in the node that makes it) or a MASK [B,H,W] (use Convert Mask to Image)")
+
+
+def image_pixels(image: torch.Tensor, name: str) -> torch.Tensor:
+    """IMAGE [...,H,W,C] of any supported type -> float32 [...,H,W,3] in 0..1 (see the module's rule); a ValueError
+    naming ``name``, the problem and the fix otherwise."""
+    if not isinstance(image, torch.Tensor):
+        raise ValueError(f"{name}: expected an IMAGE (a tensor [B,H,W,3]), got {type(image).__name__}")
+    check_channels(image, name)
+    channels = image.shape[-1] if image.dim() else 0
     if image.dtype in PIXEL_SCALES:
         pixels = image.detach().float() / PIXEL_SCALES[image.dtype]
     elif image.is_floating_point():
