@@ -67,7 +67,7 @@ def fit_frame(image: torch.Tensor, width: int, height: int, name: str = "start_i
     the crop) is used as is. ``name`` is the input, for the errors."""
     from PIL import Image
 
-    if isinstance(image, torch.Tensor):
+    if isinstance(image, torch.Tensor) and image.dim() in (3, 4):
         check_channels(image, name)
     if isinstance(image, torch.Tensor) and image.dim() == 4:
         if image.shape[0] < 1:
