@@ -6,6 +6,7 @@ weight adapter and adds it to a clone of the part's ModelPatcher.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
@@ -94,6 +95,9 @@ def plan_lora(lora: LoraFile, shapes: dict[str, dict[str, tuple[int, ...]]], str
         fitted += len(fits)
         plan.misses += [f"{component}.{m}" for m in misses]
         strength = float(strengths.get(component, 0.0))
+        if not math.isfinite(strength):
+            raise ValueError(f"the {NAMES[component]}'s LoRA strength is {strength}, not a finite number: set it to "
+                             "a number from -10 to 10 (1.0 as trained, 0 leaves the part untouched)")
         plan.strengths[component] = strength
         plan.applied[component] = len(fits) if strength != 0.0 else 0
         if fits and strength != 0.0:

@@ -32,7 +32,7 @@ from .av_latent import is_nested, require_nested_latents
 from .comfy_io import show_text
 from .expert_memory import expert_loader
 from .handles import LoadedPart, MovaConditioning, SamplerSettings
-from .native_setup import check_native_memory, check_native_setup
+from .native_setup import check_native_memory, check_native_setup, check_native_sigmas
 from .sampling import activation_bytes, cache_report, needs_negative, sampling_options
 
 log = logging.getLogger(__name__)
@@ -170,6 +170,7 @@ class JointGuider:
                seed=None):
         """The joint latent (NestedTensor: raw video, audio) sampled from ``noise`` along ``sigmas``."""
         nested = require_nested_latents()
+        check_native_sigmas(sigmas)
         if sigmas.shape[-1] <= 1:
             return latent_image
         p = self.parts

@@ -7,6 +7,7 @@ never reorder or rename (that breaks users' saved graphs).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,6 +81,8 @@ class Widget:
         if self.kind in ("INT", "FLOAT"):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 return f"{self.name} must be a number, got {value!r}"
+            if isinstance(value, float) and not math.isfinite(value):
+                return f"{self.name} is {value}, not a finite number"
             if self.kind == "INT" and value != int(value):
                 return f"{self.name} must be a whole number, got {value!r}"
             if self.min is not None and value < self.min:
@@ -92,6 +95,20 @@ class Widget:
         if self.options is not None and value not in self.options:
             return f"{self.name} {value!r} is not one of {', '.join(self.options)}"
         return None
+
+    def fix(self) -> str:
+        """What to set instead of a bad value: the widget's range and default."""
+        if self.kind == "BOOLEAN":
+            return "set it to true or false"
+        if self.kind == "COMBO":
+            return "pick one of the widget's choices"
+        if self.kind not in ("INT", "FLOAT"):
+            return "give it text"
+        low = "" if self.min is None else f" from {self.min:g}"
+        high = "" if self.max is None else f" to {self.max:g}"
+        whole = "a whole number" if self.kind == "INT" else "a number"
+        default = "" if self.default is None else f" (default {self.default:g})"
+        return f"set it to {whole}{low}{high}{default}"
 
 
 @dataclass(frozen=True)

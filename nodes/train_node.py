@@ -14,6 +14,7 @@ from ..mova_model.training import EXPERT_NAMES, StepRecord, TrainSettings
 from . import spec
 from .comfy_io import schema, show_text
 from .handles import LoadedPart
+from .input_values import checked_inputs
 from .loss_plot import plot_losses
 from .training_run import parts_from_switches, recipe_settings, report, run_folder, train_parts, training_memory
 
@@ -26,6 +27,7 @@ class MovaTrainLora(io.ComfyNode):
         return schema(spec.TRAIN_LORA, hidden=[io.Hidden.unique_id])
 
     @classmethod
+    @checked_inputs(spec.TRAIN_LORA)
     def execute(cls, high_noise_expert: LoadedPart, low_noise_expert: LoadedPart, audio_tower: LoadedPart, dataset,
                 run_name: str, steps: int, rank: int, alpha: float, learning_rate: float, batch_size: int,
                 grad_accumulation: int, seed: int, train_high_noise: bool, train_low_noise: bool, train_audio: bool,

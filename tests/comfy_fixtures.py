@@ -223,6 +223,40 @@ class TestWanConcatProbe:
 NODE_CLASS_MAPPINGS = {"TestWanConcatProbe": TestWanConcatProbe}
 '''
 
+INTEGER_MEDIA_NODE = '''
+import os
+import wave
+
+import av
+import folder_paths
+import numpy as np
+import torch
+
+class TestMovaIntegerMedia:
+    """Test only: a video's frames as 8-bit pixels (uint8 [N,H,W,3]) with its frame rate as a numpy float, and a
+    WAV's samples as stored (int16 [1,C,T]) with a numpy sample rate: what some video and audio nodes hand over."""
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"video": ("STRING", {"default": "clip.mp4"}),
+                             "audio": ("STRING", {"default": "speech.wav"})}}
+    RETURN_TYPES = ("IMAGE", "FLOAT", "AUDIO")
+    FUNCTION = "load"
+    CATEGORY = "testing"
+
+    def load(self, video, audio):
+        root = folder_paths.get_input_directory()
+        with av.open(os.path.join(root, video)) as container:
+            stream = container.streams.video[0]
+            fps = np.float32(stream.average_rate)
+            frames = torch.stack([torch.from_numpy(f.to_ndarray(format="rgb24")) for f in container.decode(stream)])
+        with wave.open(os.path.join(root, audio), "rb") as source:
+            pcm = np.frombuffer(source.readframes(source.getnframes()), dtype="<i2").reshape(-1, source.getnchannels())
+            rate = np.int64(source.getframerate())
+        return (frames, fps, {"waveform": torch.from_numpy(pcm.T.copy())[None], "sample_rate": rate})
+
+NODE_CLASS_MAPPINGS = {"TestMovaIntegerMedia": TestMovaIntegerMedia}
+'''
+
 SPEECH_RATE, SPEECH_SECONDS = 44100, 1.5
 VIDEO_FRAMES, VIDEO_SIZE, VIDEO_FPS = 27, (48, 40), 24
 

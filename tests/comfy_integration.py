@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from comfy_fixtures import (CONCAT_PROBE_NODE, GOLDEN_INPUTS_NODE, LATENT_PROBE_NODE, PROBE_NODE, write_mode_media,
-                            write_test_loras)
+from comfy_fixtures import (CONCAT_PROBE_NODE, GOLDEN_INPUTS_NODE, INTEGER_MEDIA_NODE, LATENT_PROBE_NODE, PROBE_NODE,
+                            write_mode_media, write_test_loras)
 from comfy_server import COMFYUI, PACK, comfy_server, new_base, write_wan_vae
 
 # every integration test module: pytestmark = INTEGRATION
@@ -56,6 +56,7 @@ def base(tmp_path_factory) -> Path:
     (root / "custom_nodes" / "test_concat_probe.py").write_text(CONCAT_PROBE_NODE)
     (root / "custom_nodes" / "test_latent_probe.py").write_text(LATENT_PROBE_NODE)
     (root / "custom_nodes" / "test_golden_inputs.py").write_text(GOLDEN_INPUTS_NODE)
+    (root / "custom_nodes" / "test_integer_media.py").write_text(INTEGER_MEDIA_NODE)
     models = root / "models"
     write_release(models / "diffusion_models" / "MOVA-360p",
                   ("video_dit", "video_dit_2", "audio_dit", "dual_tower_bridge"))
