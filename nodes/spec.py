@@ -7,6 +7,7 @@ never reorder or rename (that breaks users' saved graphs).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,8 @@ COMPILE_CHOICES = ("off", "blocks", "blocks-max-autotune", "kernels")
 FP8_COMPUTE_CHOICES = ("auto", "dequant", "fp8_matmul")
 FPS_MODES = ("refuse", "resample")
 LORA_SAVE_DTYPES = ("fp32", "bf16")
+# MOVA Train LoRA's recipes: custom (q, k, v, o with the rank / alpha widgets) and the two official trainers' recipes
+LORA_RECIPES = ("custom", "low-resource", "8-GPU")
 GIVEN_MODALITY_CHOICES = ("renoised", "clean")
 
 
@@ -78,6 +81,8 @@ class Widget:
         if self.kind in ("INT", "FLOAT"):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 return f"{self.name} must be a number, got {value!r}"
+            if isinstance(value, float) and not math.isfinite(value):
+                return f"{self.name} is {value}, not a finite number"
             if self.kind == "INT" and value != int(value):
                 return f"{self.name} must be a whole number, got {value!r}"
             if self.min is not None and value < self.min:
@@ -90,6 +95,20 @@ class Widget:
         if self.options is not None and value not in self.options:
             return f"{self.name} {value!r} is not one of {', '.join(self.options)}"
         return None
+
+    def fix(self) -> str:
+        """What to set instead of a bad value: the widget's range and default."""
+        if self.kind == "BOOLEAN":
+            return "set it to true or false"
+        if self.kind == "COMBO":
+            return "pick one of the widget's choices"
+        if self.kind not in ("INT", "FLOAT"):
+            return "give it text"
+        low = "" if self.min is None else f" from {self.min:g}"
+        high = "" if self.max is None else f" to {self.max:g}"
+        whole = "a whole number" if self.kind == "INT" else "a number"
+        default = "" if self.default is None else f" (default {self.default:g})"
+        return f"set it to {whole}{low}{high}{default}"
 
 
 @dataclass(frozen=True)
@@ -548,7 +567,8 @@ DATASET_NODE = NodeSpec(
 
 def _switch(name: str, what: str) -> Widget:
     return Widget(name, "BOOLEAN", default=True,
-                  tooltip=f"Train a LoRA on {what}'s attention projections (q, k, v, o). Off: it stays frozen.")
+                  tooltip=f"Train a LoRA on {what} (the recipe's layers: q, k, v, o, or with 8-GPU also the FFN). "
+                  "Off: it stays frozen.")
 
 
 TRAIN_LORA = NodeSpec(
@@ -569,9 +589,12 @@ TRAIN_LORA = NodeSpec(
         Widget("steps", "INT", default=200, min=1, max=1000000,
                tooltip="Optimizer steps in all (a continued run counts the steps it already has). Each step trains "
                "one expert, alternating."),
-        Widget("rank", "INT", default=8, min=1, max=256, tooltip="LoRA rank (8 in the official trainers)."),
+        Widget("rank", "INT", default=8, min=1, max=256,
+               tooltip="LoRA rank, used with recipe custom (the official recipes set their own: 8 in the low-resource "
+               "trainer, 16 in the 8-GPU trainer)."),
         Widget("alpha", "FLOAT", default=8.0, min=0.01, max=1024.0, step=0.01,
-               tooltip="LoRA alpha: the update is scaled by alpha / rank (8 in the official trainers)."),
+               tooltip="LoRA alpha: the update is scaled by alpha / rank. Used with recipe custom (the official "
+               "recipes set their own: 8 in the low-resource trainer, 16 in the 8-GPU trainer)."),
         Widget("learning_rate", "FLOAT", default=0.0001, min=0.000001, max=1.0, step=0.000001, round=0.000001,
                tooltip="AdamW learning rate (0.0001 official), constant; weight decay 0.01 and gradient clipping "
                "at 1.0 as in the official trainers."),
@@ -596,6 +619,13 @@ TRAIN_LORA = NodeSpec(
         Widget("offload_activations", "BOOLEAN", default=True,
                tooltip="Keep the activations saved for the backward pass in system RAM instead of VRAM (as the "
                "official low-resource trainer does): much less VRAM for long clips, some time for the copies."),
+        Widget("recipe", "COMBO", default="custom", options=LORA_RECIPES,
+               tooltip="Which layers get a LoRA, and its rank and alpha. Default custom: q, k, v, o of every "
+               "attention (the low-resource trainer's layers) with the rank and alpha widgets; at their defaults "
+               "(8, 8) this is exactly the official low-resource recipe. low-resource: the official one-GPU "
+               "recipe (q, k, v, o; rank 8, alpha 8). 8-GPU: the official accelerate (8-GPU) recipe, also what "
+               "MOVA's LoRA inference script loads: every Linear of the blocks, the FFN included, and of the bridge "
+               "(rank 16, alpha 16). The official recipes ignore the rank and alpha widgets."),
     ),
     outputs=(
         Socket("lora", LORA, "The trained LoRA: for MOVA Save LoRA, or straight into a MOVA LoRA Loader's lora input."),

@@ -6,8 +6,8 @@ The update is computed in the activations' dtype, so gradients reach the float32
 Adapters are attached as forward hooks for the duration of a training run and removed afterwards: the
 networks' state dicts, their ComfyUI patchers and inference results are untouched.
 
-Targets follow MOVA's official low-resource trainer: the attention projections q, k, v, o of every block
-of the towers (self- and cross-attention) and of every bridge conditioner.
+Targets follow one of the official recipes' layer selections (``lora_recipes``): the low-resource trainer's
+q, k, v, o of every attention (the default), or the 8-GPU trainer's every Linear of the blocks (FFN included).
 """
 
 from __future__ import annotations
@@ -20,17 +20,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..networks.ops import is_linear
+from .recipes import LOW_RESOURCE, select_layers
 
 # LoRA components (the official key prefixes) in the order their parts are listed to users.
 COMPONENTS = ("video_dit", "video_dit_2", "audio_dit", "dual_tower_bridge")
-TARGET_LAYERS = ("q", "k", "v", "o")
 
 
-def lora_targets(model: nn.Module) -> list[str]:
-    """Names of the Linear modules of ``model`` that get an adapter: q/k/v/o projections, in module order."""
-    return [name for name, module in model.named_modules()
-            if is_linear(module) and name.rsplit(".", 1)[-1] in TARGET_LAYERS]
+def lora_targets(model: nn.Module, layers: str = LOW_RESOURCE) -> list[str]:
+    """Names of the Linear modules of ``model`` that get an adapter under the recipe selection ``layers``
+    (default: the low-resource trainer's q/k/v/o projections), in module order."""
+    return select_layers(model, layers)
 
 
 class LoraAdapter(nn.Module):
@@ -95,9 +94,11 @@ class LoraSet:
         return sum(p.numel() for p in self.parameters())
 
 
-def make_lora_set(parts: dict[str, nn.Module], rank: int, alpha: float, seed: int) -> LoraSet:
-    """Fresh adapters (B = 0, so the networks start unchanged) on the targets of each part; ``parts`` maps a
-    LoRA component to its network. A's initialisation draws from one generator seeded with ``seed``."""
+def make_lora_set(parts: dict[str, nn.Module], rank: int, alpha: float, seed: int,
+                  layers: str = LOW_RESOURCE) -> LoraSet:
+    """Fresh adapters (B = 0, so the networks start unchanged) on the targets of each part (recipe selection
+    ``layers``); ``parts`` maps a LoRA component to its network. A's initialisation draws from one generator
+    seeded with ``seed``."""
     if rank < 1:
         raise ValueError(f"rank must be at least 1, got {rank}")
     gen = torch.Generator().manual_seed(int(seed))
@@ -109,10 +110,10 @@ def make_lora_set(parts: dict[str, nn.Module], rank: int, alpha: float, seed: in
         lora.adapters[component] = {
             name: LoraAdapter(model.get_submodule(name).in_features, model.get_submodule(name).out_features,
                               rank, alpha, gen)
-            for name in lora_targets(model)
+            for name in lora_targets(model, layers)
         }
         if not lora.adapters[component]:
-            raise ValueError(f"{component} has no q/k/v/o attention projections to put a LoRA on")
+            raise ValueError(f"{component} has no Linear layer that the {layers} recipe puts a LoRA on")
     return lora
 
 

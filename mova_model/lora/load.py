@@ -9,7 +9,9 @@ Layouts read:
 - ``.safetensors`` with either key style; alpha from the metadata (``alpha``/``lora_alpha``) or a
   per-module ``<module>.alpha`` tensor.
 Pickles are read with ``torch.load(weights_only=True)``. Alpha defaults to the rank.
-The update of a weight W is W + strength · (alpha / rank) · B · A.
+The update of a weight W is W + strength · (alpha / rank) · B · A, rank the one the settings name (as MOVA's LoRA
+pipeline divides by lora_config.pt's rank: the accelerate trainer's FSDP save writes rank 16 whatever it
+trained), else the factors' rank.
 """
 
 from __future__ import annotations
@@ -160,6 +162,9 @@ def lora_from_tensors(tensors: dict, settings: dict, path: str) -> LoraFile:
     default_alpha = settings.get("alpha", settings.get("lora_alpha"))
     if default_alpha is not None:
         default_alpha = _alpha(default_alpha, f"{path} (its settings)")
+    config_rank = settings.get("rank")  # the official non-FSDP save writes a class name here: not a rank
+    if isinstance(config_rank, bool) or not isinstance(config_rank, int) or config_rank < 1:
+        config_rank = None
     parts: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
     alphas: dict[str, float] = {}
     unknown = []
@@ -189,9 +194,15 @@ def lora_from_tensors(tensors: dict, settings: dict, path: str) -> LoraFile:
             raise CheckpointError(
                 f"{path}: {component}.{module} has lora_A rank {rank} but lora_B {tuple(ab['B'].shape)}: the file is damaged."
             )
-        alpha = alphas.get(f"{component}.{module}", default_alpha if default_alpha is not None else rank)
+        own_alpha = alphas.get(f"{component}.{module}")
+        if own_alpha is not None:
+            scale = own_alpha / rank
+        elif default_alpha is None:
+            scale = 1.0
+        else:
+            scale = default_alpha / (config_rank or rank)
         patches[component][module + ".weight"] = LoraPatch(
-            down=ab["A"].reshape(rank, -1), up=ab["B"].reshape(ab["B"].shape[0], rank), scale=float(alpha) / rank)
+            down=ab["A"].reshape(rank, -1), up=ab["B"].reshape(ab["B"].shape[0], rank), scale=float(scale))
     return LoraFile(path=path, patches=patches, unknown_keys=sorted(unknown))
 
 

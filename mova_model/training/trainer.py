@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from ..configs import SchedulerConfig
 from ..sampling.joint import check_towers, joint_forward
 from .dataset import LatentDataset
+from ..lora.recipes import LOW_RESOURCE, SELECTIONS
 from ..lora.adapters import COMPONENTS, LoraSet, attached, make_lora_set, release_inference_tensors
 from ..sampling.sampler import MovaTowers
 from ..sampling.scheduler import shifted_sigmas
@@ -38,7 +39,8 @@ EXPERT_NAMES = {HIGH: "high-noise", LOW: "low-noise"}
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """The official defaults: rank 8, alpha 8, lr 1e-4, AdamW weight decay 0.01, gradient clip 1.0."""
+    """The official defaults: rank 8, alpha 8, lr 1e-4, AdamW weight decay 0.01, gradient clip 1.0; ``layers``
+    the recipe's layer selection (``lora_recipes``: low_resource q/k/v/o, or accelerate's attention + FFN)."""
 
     rank: int = 8
     alpha: float = 8.0
@@ -54,6 +56,7 @@ class TrainSettings:
     grad_clip: float = 1.0
     weight_decay: float = 0.01
     boundary_ratio: float = 0.9
+    layers: str = LOW_RESOURCE                # other layers: a checkpoint's LoRA keys differ, so it is refused
 
     # What a checkpoint must share with the settings to be continued (the rest may change between runs).
     RESUME_KEYS = ("rank", "alpha", "learning_rate", "batch_size", "grad_accumulation", "seed", "parts",
@@ -71,6 +74,8 @@ class TrainSettings:
             out.append(f"alpha must be positive, got {self.alpha}")
         if not 0.0 < self.boundary_ratio < 1.0:
             out.append(f"boundary_ratio must lie between 0 and 1, got {self.boundary_ratio}")
+        if self.layers not in SELECTIONS:
+            out.append(f"unknown layer selection {self.layers!r}: choose {' or '.join(SELECTIONS)}")
         unknown = [p for p in self.parts if p not in COMPONENTS]
         if unknown:
             out.append(f"unknown parts {unknown}: choose from {', '.join(COMPONENTS)}")
@@ -159,13 +164,16 @@ def sample_timestep(expert: int, n_high: int, grid_size: int, generator: torch.G
 
 def flow_matching_loss(expert, towers: MovaTowers, batch, sigma: float, timestep: float, noise_gen, fps: float,
                        dtype: torch.dtype, device, checkpoint: bool,
-                       offload: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                       offload: bool = False, noise: tuple[torch.Tensor, torch.Tensor] | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """(video MSE, audio MSE) of one batch at one noise level: noisy = (1−σ)x + σε, target ε − x.
-    ``offload`` keeps the tensors saved for the backward pass in (pinned) host memory."""
+    ``offload`` keeps the tensors saved for the backward pass in (pinned) host memory; ``noise`` (video, audio)
+    is used instead of drawing ε from ``noise_gen`` (to replay another trainer's draw)."""
     device = torch.device(device)
     video, condition, audio, text = (t.to(device) for t in batch)
-    video_noise = torch.randn(video.shape, generator=noise_gen).to(device)
-    audio_noise = torch.randn(audio.shape, generator=noise_gen).to(device)
+    if noise is None:
+        noise = (torch.randn(video.shape, generator=noise_gen), torch.randn(audio.shape, generator=noise_gen))
+    video_noise, audio_noise = (n.to(device) for n in noise)
     noisy_video = (1 - sigma) * video + sigma * video_noise
     noisy_audio = (1 - sigma) * audio + sigma * audio_noise
     t = torch.tensor([timestep], device=device)
@@ -245,9 +253,8 @@ def train_lora(
     with torch.inference_mode(False):
         prepare_networks(towers)
         trained = {name: parts[name] for name in settings.parts}
-        lora = make_lora_set(trained, settings.rank, settings.alpha, settings.seed).to(device)
-        optimizer = torch.optim.AdamW(lora.parameters(), lr=settings.learning_rate, betas=(0.9, 0.999), eps=1e-8,
-                                      weight_decay=settings.weight_decay)
+        lora = make_lora_set(trained, settings.rank, settings.alpha, settings.seed, settings.layers).to(device)
+        optimizer = make_optimizer(lora, settings)
         history, start, last = [], 0, None
         if checkpoints is not None:
             resumed = checkpoints.resume(settings, dataset.fingerprint, lora, optimizer)
@@ -264,6 +271,25 @@ def train_lora(
         return TrainResult(state=state, rank=settings.rank, alpha=settings.alpha, history=history,
                            resumed_from=start, checkpoint=str(last) if last else None,
                            notes=list(checkpoints.notes) if checkpoints is not None else [])
+
+
+def make_optimizer(lora: LoraSet, settings: TrainSettings) -> torch.optim.AdamW:
+    """AdamW over the LoRA's parameters with the official settings (betas 0.9/0.999, eps 1e-8)."""
+    return torch.optim.AdamW(lora.parameters(), lr=settings.learning_rate, betas=(0.9, 0.999), eps=1e-8,
+                             weight_decay=settings.weight_decay)
+
+
+def optimizer_step(params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer, settings: TrainSettings,
+                   check: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
+    """Clip the gradients present to ``settings.grad_clip`` (total norm; 0: no clipping), run ``check(norm)``
+    (raise inside to stop before the update), step, and clear them. Returns the norm before clipping."""
+    norm = torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None],
+                                          settings.grad_clip if settings.grad_clip > 0 else math.inf)
+    if check is not None:
+        check(norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return norm
 
 
 def _loop(towers, dataset, settings, lora: LoraSet, optimizer, history, start, checkpoints, device, dtype,
@@ -292,11 +318,8 @@ def _loop(towers, dataset, settings, lora: LoraSet, optimizer, history, start, c
             used_clips += indices
             losses += torch.stack([video_loss.detach().cpu(), audio_loss.detach().cpu()])
             used.append(float(timesteps[index]))
-        norm = torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None],
-                                              settings.grad_clip if settings.grad_clip > 0 else math.inf)
-        guard.gradients(step + 1, EXPERT_NAMES[expert], used_clips, norm)  # before the update
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer_step(params, optimizer, settings,
+                       lambda norm: guard.gradients(step + 1, EXPERT_NAMES[expert], used_clips, norm))
         video_loss, audio_loss = (losses / settings.grad_accumulation).tolist()
         record = StepRecord(step=step + 1, expert=expert, loss=video_loss + audio_loss, video_loss=video_loss,
                             audio_loss=audio_loss, timestep=sum(used) / len(used))

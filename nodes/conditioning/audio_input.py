@@ -12,14 +12,22 @@ import torch
 from ...mova_model.configs import DACConfig
 from ...mova_model.sampling.sizes import VAE_TIME, audio_latent_length, audio_num_samples
 from ..handles import LoadedPart
+from ..input_values import plain_number
+from ..media_values import waveform_samples
 
 log = logging.getLogger(__name__)
+MAX_CHANNELS = 64  # more is not a sound's channels (e.g. [batch, samples, channels] handed over)
+MAX_RATE = 768000  # Hz: the highest rate audio interfaces record at
+MAX_RESAMPLED = 1 << 30  # samples at the codec's rate (4 GiB of float32, 6 hours at 48 kHz)
 
 
 def audio_waveform(audio, name: str) -> tuple[torch.Tensor, int]:
-    """(waveform [C,T] float32 on the CPU, sample rate) of a ComfyUI AUDIO; a clear error for anything else."""
+    """(waveform [C,T] float32 -1..1 on the CPU, sample rate) of a ComfyUI AUDIO: integer PCM scaled by its type, a
+    numpy or tensor sample rate made an int (media_values.py); a clear error for anything else."""
     if not isinstance(audio, dict) or "waveform" not in audio or "sample_rate" not in audio:
-        raise ValueError(f"{name}: expected an AUDIO (from Load Audio or MOVA Audio Decode), got {type(audio).__name__}")
+        what = type(audio).__name__ if not isinstance(audio, dict) else \
+            f"a dict without {' and '.join(k for k in ('waveform', 'sample_rate') if k not in audio)}"
+        raise ValueError(f"{name}: expected an AUDIO (from Load Audio or MOVA Audio Decode), got {what}")
     wave, rate = audio["waveform"], audio["sample_rate"]
     if not isinstance(wave, torch.Tensor) or wave.dim() != 3:
         shape = tuple(wave.shape) if isinstance(wave, torch.Tensor) else type(wave).__name__
@@ -31,12 +39,19 @@ def audio_waveform(audio, name: str) -> tuple[torch.Tensor, int]:
         raise ValueError(f"{name} has 0 channels: connect an AUDIO with 1 (mono) or more channels")
     if wave.shape[2] < 1:
         raise ValueError(f"{name} is empty (0 samples): connect a sound that lasts")
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or rate <= 0 or rate != int(rate):
+    if wave.shape[1] > MAX_CHANNELS:
+        raise ValueError(f"{name} has {wave.shape[1]} channels and {wave.shape[2]} samples: an AUDIO waveform is "
+                         "[batch, channels, samples]; this one looks transposed (the node that makes it should put "
+                         "the channels before the samples)")
+    rate = plain_number(rate)
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate) or rate <= 0 \
+            or rate != int(rate):
         raise ValueError(f"{name}: sample rate {rate!r} is not a positive whole number of Hz; connect an AUDIO "
                          "from Load Audio")
-    if not torch.isfinite(wave).all():
-        raise ValueError(f"{name} holds NaN or infinite samples: connect a clean sound")
-    return wave[0].float().cpu(), int(rate)
+    if rate > MAX_RATE:
+        raise ValueError(f"{name}: sample rate {rate} Hz is above {MAX_RATE} Hz, not a sound's; connect an AUDIO from "
+                         "Load Audio (the node that made this one set a wrong rate)")
+    return waveform_samples(wave[0], name).cpu(), int(rate)
 
 
 def to_codec_rate(wave: torch.Tensor, rate: int, target: int) -> torch.Tensor:
@@ -71,6 +86,11 @@ def fit_audio(audio, name: str, frames: int, fps: float, rate: int) -> FittedAud
     (with a warning)."""
     wave, source_rate = audio_waveform(audio, name)
     channels, source_samples = wave.shape
+    resampled = source_samples * rate / source_rate
+    if resampled > MAX_RESAMPLED:
+        raise ValueError(f"{name}: {source_samples} samples at {source_rate} Hz make {resampled:.3g} samples at the "
+                         f"audio VAE's {rate} Hz, too many to resample: check its sample rate, or cut the sound near "
+                         "the clip's length first")
     mono = to_codec_rate(wave, source_rate, rate)
     wanted, have = audio_num_samples(frames, fps, rate), mono.shape[-1]
     source = (f"{name}: {source_samples / source_rate:.2f} s at {source_rate} Hz, {channels} channel"

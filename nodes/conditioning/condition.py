@@ -12,6 +12,7 @@ from ...mova_model.sampling.latents import normalise_video_latents
 from ...mova_model.memory.estimate import check_fits, condition_bytes
 from ...mova_model.sampling.sizes import VAE_SPACE, VAE_TIME, VIDEO_LATENT_CHANNELS, check_video_size, latent_shapes
 from ..handles import LATENT_AUDIO_KEY, AudioLatent, MovaConditioning
+from ..media_values import check_channels, image_pixels
 from .text import MAX_TOKENS
 
 MASK_CHANNELS = 4
@@ -33,6 +34,9 @@ def text_states(conditioning, name: str, warnings: list[str] | None = None) -> t
     states = entry[0] if isinstance(entry, (list, tuple)) and entry else None
     if not isinstance(states, torch.Tensor) or states.dim() != 3:
         raise ValueError(f"{name}: expected text states [B,L,D] from MOVA Text Encode, got {type(states).__name__}")
+    if states.shape[0] < 1 or states.shape[1] < 1:
+        raise ValueError(f"{name} holds no text states (shape {tuple(states.shape)}): encode the prompt with MOVA Text "
+                         "Encode (an empty prompt gives states too)")
     if not bool(torch.isfinite(states).all()):
         raise ValueError(f"{name}: the text states hold NaN or infinite values (the text encoder overflowed, e.g. "
                          "in fp16): encode the prompt again with umt5_xxl_fp16 or the fp8_e4m3fn_scaled file.")
@@ -56,30 +60,45 @@ def official_crop(src_w: int, src_h: int, width: int, height: int) -> tuple[int,
     return 0, (src_h - crop_h) // 2, src_w, crop_h
 
 
-def fit_frame(image: torch.Tensor, width: int, height: int) -> torch.Tensor:
-    """IMAGE [B,H0,W0,C] or [H0,W0,C] in 0..1 -> its first image [height,width,3], fitted as the official
-    pipeline does: 8-bit pixels, centre crop to the target aspect ratio (integer crop size), then PIL's
-    bicubic resize. A picture that is already width x height (after the crop) is used as is."""
+def fit_frame(image: torch.Tensor, width: int, height: int, name: str = "start_image") -> torch.Tensor:
+    """IMAGE [B,H0,W0,C] or [H0,W0,C] (float 0..1, 8- or 16-bit, grey or RGBA: media_values.py) -> its first image
+    [height,width,3] float 0..1, fitted as the official pipeline does: 8-bit pixels, centre crop to the target
+    aspect ratio (integer crop size), then PIL's bicubic resize. A picture that is already width x height (after
+    the crop) is used as is. ``name`` is the input, for the errors."""
     from PIL import Image
 
-    if image.dim() == 4:
+    if isinstance(image, torch.Tensor) and image.dim() in (3, 4):
+        check_channels(image, name)
+    if isinstance(image, torch.Tensor) and image.dim() == 4:
+        if image.shape[0] < 1:
+            raise ValueError(f"{name} holds no image (a batch of 0, shape {tuple(image.shape)}): connect Load Image"
+                             + (" (or leave start_image empty for a white first frame)" if name == "start_image" else ""))
         image = image[0]
-    if image.dim() != 3 or image.shape[-1] < 3 or image.shape[0] < 1 or image.shape[1] < 1:
+    if not isinstance(image, torch.Tensor) or image.dim() != 3 or min(image.shape) < 1:
+        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
         raise ValueError(
-            f"start_image must be an IMAGE [B,H,W,3] with at least one pixel, got shape {tuple(image.shape)}: "
-            "connect Load Image (or leave start_image empty for a white first frame)"
+            f"{name} must be an IMAGE [B,H,W,3] with at least one pixel, got shape {shape}: connect Load Image"
+            + (" (or leave start_image empty for a white first frame)" if name == "start_image" else "")
         )
+    image = image_pixels(image.cpu(), name)
     src_h, src_w = image.shape[0], image.shape[1]
     left, top, crop_w, crop_h = official_crop(src_w, src_h, width, height)
     if crop_w < 1 or crop_h < 1:
         raise ValueError(
-            f"start_image is {src_w}x{src_h}: too small to crop to the {width}x{height} aspect ratio; "
+            f"{name} is {src_w}x{src_h}: too small to crop to the {width}x{height} aspect ratio; "
             "use a larger picture"
         )
-    rgb = image[top:top + crop_h, left:left + crop_w, :3].float().nan_to_num(0.0)
+    rgb = image[top:top + crop_h, left:left + crop_w]
     pixels = (rgb.clamp(0, 1) * 255).round().to(torch.uint8).contiguous().numpy()
     fitted = Image.fromarray(pixels).resize((width, height), resample=Image.Resampling.BICUBIC)
     return torch.frombuffer(bytearray(fitted.tobytes()), dtype=torch.uint8).view(height, width, 3).float() / 255
+
+
+def batch_note(image, name: str, used: str) -> str | None:
+    """A line for the node when an IMAGE input holds several images of which one is used."""
+    if isinstance(image, torch.Tensor) and image.dim() == 4 and image.shape[0] > 1:
+        return f"{name} holds {image.shape[0]} images: the {used} one is used"
+    return None
 
 
 def condition_frames(image: torch.Tensor | None, width: int, height: int, frames: int) -> torch.Tensor:
@@ -87,7 +106,7 @@ def condition_frames(image: torch.Tensor | None, width: int, height: int, frames
     None), then mid-grey frames."""
     check_video_size(height, width, frames)
     video = torch.full((frames, height, width, 3), GREY)
-    video[0] = WHITE if image is None else fit_frame(image.cpu(), width, height)
+    video[0] = WHITE if image is None else fit_frame(image, width, height)
     return video
 
 
@@ -150,6 +169,9 @@ def make_conditioning(positive, negative, encode: Callable[[torch.Tensor], torch
     checked against what the condition frames need before they are built."""
     check_sizes(width, height, frames, fps, available_bytes)
     pos, neg = prompt_states(positive, negative, warnings)
+    note = batch_note(image, "start_image", "first")
+    if note is not None and warnings is not None:
+        warnings.append(note)
     encoded = encode(condition_frames(image, width, height, frames))
     condition = build_condition(encoded, width, height, frames)
     cond = MovaConditioning(pos, neg, condition, width, height, frames, float(fps))

@@ -12,6 +12,7 @@ exactly as for a single clip.
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -22,16 +23,18 @@ from .audio_input import audio_waveform
 from .condition import build_condition, empty_joint_latent, prompt_states
 from ..handles import LATENT_AUDIO_KEY, NOISE_MASK_KEY, AudioLatent, Extension, MovaConditioning
 from .keyframes import fold_known_frames, keyframe_video, known_latent_frames
+from ..media_values import image_pixels
 
 Encode = Callable[[torch.Tensor], torch.Tensor]
 
 
 def clip_frames(images, name: str) -> torch.Tensor:
-    """IMAGE frames [N,H,W,3] (float32, CPU); a clear error for anything else."""
-    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[-1] < 3 or images.shape[0] < 1:
+    """IMAGE frames [N,H,W,3] (float32 0..1, CPU; 8- and 16-bit, grey and RGBA frames converted: media_values.py);
+    a clear error for anything else."""
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or min(images.shape) < 1:
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise ValueError(f"{name}: expected IMAGE frames [N,H,W,3] (VAE Decode or MOVA Join), got {shape}")
-    return images[..., :3].float().cpu()
+    return image_pixels(images.cpu(), name)
 
 
 def mono_codec_sound(audio, name: str, rate: int, fix: str) -> torch.Tensor:
@@ -78,8 +81,10 @@ def prepare_extension(positive, negative, encode: Encode, encode_audio: Encode, 
                       ) -> tuple[MovaConditioning, dict, Extension, str]:
     """MOVA Extend's outputs (conditioning, joint latent with the overlap kept, the Extension for MOVA Join) and
     a report. ``encode``: Wan VAE, frames [F,H,W,3] -> raw latents; ``encode_audio``: DAC, [1,1,T] -> [1,C,L]."""
-    if fps <= 0:
-        raise ValueError(f"fps must be positive, got {fps}")
+    if not math.isfinite(fps) or fps <= 0:
+        raise ValueError(f"fps must be a positive number, got {fps}: connect MOVA Conditioning's fps")
+    if not math.isfinite(crossfade) or crossfade < 0:
+        raise ValueError(f"crossfade {crossfade:g} s must be 0 (a hard cut) or a positive number of seconds")
     frames = clip_frames(images, "images")
     before, height, width = frames.shape[:3]
     step = VAE_SPACE * PATCH
@@ -99,8 +104,6 @@ def prepare_extension(positive, negative, encode: Encode, encode_audio: Encode, 
         )
     k = overlap_samples(before, length, overlap, fps, rate)
     fade = round(crossfade * rate)
-    if crossfade < 0:
-        raise ValueError(f"crossfade {crossfade:g} s must be 0 (a hard cut) or positive")
     if fade > k:
         raise ValueError(f"crossfade {crossfade:g} s is longer than the overlap's {k / rate:.3f} s of sound: use at "
                          f"most {int(k / rate * 100) / 100:g} s, or a longer overlap")

@@ -12,6 +12,7 @@ from ..comfy_io import schema, show_text
 from .node import audio_vae_encoder, wan_vae_encoder
 from .extend import join_clips, prepare_extension
 from ..handles import Extension, LoadedPart
+from ..input_values import checked_inputs
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +23,7 @@ class MovaExtend(io.ComfyNode):
         return schema(spec.EXTEND, hidden=[io.Hidden.unique_id])
 
     @classmethod
+    @checked_inputs(spec.EXTEND)
     def execute(cls, positive, negative, vae, audio_vae: LoadedPart, images, audio, length: int, overlap: int,
                 fps: float, crossfade: float) -> io.NodeOutput:
         cond, latent, extension, report = prepare_extension(
@@ -39,6 +41,7 @@ class MovaJoin(io.ComfyNode):
         return schema(spec.JOIN)
 
     @classmethod
+    @checked_inputs(spec.JOIN)
     def execute(cls, extension: Extension, images, audio) -> io.NodeOutput:
         joined, sound = join_clips(extension, images, audio)
         return io.NodeOutput(joined, sound, extension.fps)

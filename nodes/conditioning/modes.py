@@ -11,7 +11,7 @@ import torch
 
 from ...mova_model.configs import DACConfig
 from .audio_input import fit_audio, known_audio_latents
-from .condition import build_condition, check_sizes, empty_joint_latent, fit_frame, prompt_states
+from .condition import batch_note, build_condition, check_sizes, empty_joint_latent, fit_frame, prompt_states
 from ..handles import LATENT_AUDIO_KEY, NOISE_MASK_KEY, AudioLatent, MovaConditioning
 from .keyframes import fold_known_frames, keyframe_video
 from .video_input import fit_video, take_video
@@ -58,10 +58,12 @@ def prepare_conditioning(positive, negative, encode: Encode, image: torch.Tensor
         used, note = take_video(video, frames, fps, video_fps)
         fitted = fit_video(used, width, height)
         report.append(note)
-    start = fitted[:1] if fitted is not None else (None if image is None else fit_frame(image.cpu(), width, height)[None])
-    if end_image is not None and end_image.dim() == 4:
+    start = fitted[:1] if fitted is not None else (None if image is None else fit_frame(image, width, height)[None])
+    notes = [batch_note(image, "start_image", "first"), batch_note(end_image, "end_image", "last")]
+    report += [note for note in notes if note is not None]
+    if isinstance(end_image, torch.Tensor) and end_image.dim() == 4:
         end_image = end_image[-1:]  # the last image of a batch
-    end = None if end_image is None else fit_frame(end_image.cpu(), width, height)[None]
+    end = None if end_image is None else fit_frame(end_image, width, height, "end_image")[None]
     pixels, known = keyframe_video(frames, width, height, start, end)
     condition = build_condition(encode(pixels), width, height, frames, fold_known_frames(known))
     latent = empty_joint_latent(width, height, frames, fps, dac)

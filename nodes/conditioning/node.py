@@ -16,6 +16,7 @@ from ..comfy_io import schema, show_text
 from .condition import make_conditioning
 from .modes import prepare_conditioning
 from ..handles import LoadedPart
+from ..input_values import checked_inputs
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ class MovaConditioning(io.ComfyNode):
         return schema(spec.CONDITIONING, hidden=[io.Hidden.unique_id])
 
     @classmethod
+    @checked_inputs(spec.CONDITIONING)
     def execute(cls, positive, negative, vae, audio_vae: LoadedPart, width: int, height: int, length: int,
                 fps: float, start_image=None, end_image=None, audio=None, video=None,
                 video_fps=None) -> io.NodeOutput:

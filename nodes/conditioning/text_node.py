@@ -8,6 +8,7 @@ from comfy_api.latest import io, ui
 
 from .. import spec
 from ..comfy_io import schema, show_text
+from ..input_values import checked_inputs
 from .text import encode_prompt
 
 log = logging.getLogger(__name__)
@@ -19,6 +20,7 @@ class MovaTextEncode(io.ComfyNode):
         return schema(spec.TEXT_ENCODE, hidden=[io.Hidden.unique_id])
 
     @classmethod
+    @checked_inputs(spec.TEXT_ENCODE)
     def execute(cls, text: str, clip) -> io.NodeOutput:
         conditioning, warnings = encode_prompt(clip, text)
         if not warnings:

@@ -15,6 +15,7 @@ from comfy_api.latest import io
 from .. import spec
 from ..comfy_io import schema
 from ..handles import LoadedPart
+from ..input_values import checked_inputs
 from .model_checks import check_choice, check_tower_fit
 from .model_files import (float_dtype, load_audio_tower, load_audio_vae, load_video_expert, needs_fp8_layers,
                           resolve_choice)
@@ -90,6 +91,7 @@ class MovaVideoExpertLoader(io.ComfyNode):
         return _check("diffusion_models", "video_dit", model_name=model_name)
 
     @classmethod
+    @checked_inputs(spec.VIDEO_EXPERT_LOADER)
     def execute(cls, model_name: str, weight_dtype: str) -> io.NodeOutput:
         path = _path("diffusion_models", model_name)
         return io.NodeOutput(_load("MOVA Video Expert Loader", load_video_expert, weight_dtype, path))
@@ -110,6 +112,7 @@ class MovaAudioTowerLoader(io.ComfyNode):
         return found or True
 
     @classmethod
+    @checked_inputs(spec.AUDIO_TOWER_LOADER)
     def execute(cls, audio_dit_name: str, bridge_name: str, weight_dtype: str) -> io.NodeOutput:
         paths = _path("diffusion_models", audio_dit_name), _path("diffusion_models", bridge_name)
         return io.NodeOutput(_load("MOVA Audio Tower Loader", load_audio_tower, weight_dtype, *paths))
@@ -126,5 +129,6 @@ class MovaAudioVAELoader(io.ComfyNode):
         return _check("vae", "audio_vae", vae_name=vae_name)
 
     @classmethod
+    @checked_inputs(spec.AUDIO_VAE_LOADER)
     def execute(cls, vae_name: str, weight_dtype: str) -> io.NodeOutput:
         return io.NodeOutput(_load("MOVA Audio VAE Loader", load_audio_vae, weight_dtype, _path("vae", vae_name)))

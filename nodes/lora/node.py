@@ -18,6 +18,7 @@ from ...mova_model.lora.load import LoraFile, read_lora
 from .. import spec
 from ..comfy_io import schema, show_text
 from ..handles import LoadedPart
+from ..input_values import checked_inputs
 from .patches import SLOTS, comfy_lora_weights, plan_lora
 from ..loaders.model_checks import check_lora
 from ..sampling.run import check_roles
@@ -55,6 +56,7 @@ class MovaLoraLoader(io.ComfyNode):
         return check_lora(lora_name, folder_paths.get_folder_paths("loras")) or True
 
     @classmethod
+    @checked_inputs(spec.LORA_LOADER)
     def execute(cls, high_noise_expert: LoadedPart, low_noise_expert: LoadedPart, audio_tower: LoadedPart,
                 lora_name: str, strength_high_noise: float, strength_low_noise: float, strength_audio: float,
                 strength_bridge: float, lora: LoraFile | None = None) -> io.NodeOutput:

@@ -6,6 +6,7 @@ weight adapter and adds it to a clone of the part's ModelPatcher.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
@@ -74,6 +75,12 @@ def plan_lora(lora: LoraFile, shapes: dict[str, dict[str, tuple[int, ...]]], str
     name = name or PurePosixPath(lora.path.replace("\\", "/")).name
     plan = LoraPlan(name=name, unknown=list(lora.unknown_keys))
     total = sum(len(p) for p in lora.patches.values())
+    if total == 0 and not lora.unknown_keys:
+        raise ValueError(
+            f"{plan.name} is empty: it holds no weights at all. MOVA's accelerate trainer writes such a "
+            "lora_weights.pt when it runs without FSDP (its save_lora_weights keeps no layer); its FSDP runs (the "
+            "8-GPU recipe) save the LoRA. Pick a checkpoint that holds the LoRA, or train it with MOVA Train LoRA."
+        )
     if total == 0:
         keys = ", ".join(lora.unknown_keys[:SHOWN]) or "none"
         raise ValueError(
@@ -88,6 +95,9 @@ def plan_lora(lora: LoraFile, shapes: dict[str, dict[str, tuple[int, ...]]], str
         fitted += len(fits)
         plan.misses += [f"{component}.{m}" for m in misses]
         strength = float(strengths.get(component, 0.0))
+        if not math.isfinite(strength):
+            raise ValueError(f"the {NAMES[component]}'s LoRA strength is {strength}, not a finite number: set it to "
+                             "a number from -10 to 10 (1.0 as trained, 0 leaves the part untouched)")
         plan.strengths[component] = strength
         plan.applied[component] = len(fits) if strength != 0.0 else 0
         if fits and strength != 0.0:

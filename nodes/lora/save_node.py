@@ -12,6 +12,7 @@ from ...mova_model.lora.load import LoraFile
 from ...mova_model.lora.save import PART_ORDER, SAVE_DTYPES, save_lora_safetensors, save_official_folder
 from .. import spec
 from ..comfy_io import schema
+from ..input_values import checked_inputs
 from ..training.run import lora_save_paths
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,7 @@ class MovaSaveLora(io.ComfyNode):
         return schema(spec.SAVE_LORA)
 
     @classmethod
+    @checked_inputs(spec.SAVE_LORA)
     def execute(cls, lora: LoraFile, filename: str, overwrite: bool, dtype: str,
                 official_folder: bool) -> io.NodeOutput:
         if not isinstance(lora, LoraFile):

@@ -3,6 +3,8 @@ latents SamplerCustomAdvanced hands over, and the run fits the device."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ...mova_model.memory.estimate import check_fits, sampling_bytes
@@ -53,3 +55,58 @@ def check_native_memory(high: LoadedPart, tower: LoadedPart, cond: MovaCondition
     check_fits(need, cond.width, cond.height, cond.frames, device_memory, "device memory for the sampler's "
                "activations and latents", "Lower width, height or length on MOVA Conditioning (the model weights "
                "are offloaded as needed, the activations are not).")
+
+
+SIGMA_SLACK = 1e-3  # stock schedulers on MOVA's flow matching start up to 1.0001 (float32 rounding)
+USE_MOVA_SCHEDULER = ("connect MOVA Scheduler (its guider input from this MOVA Guider) to SamplerCustomAdvanced's "
+                      "sigmas")
+
+
+def sigma_values(sigmas) -> list[float]:
+    """SIGMAS (a 1-D tensor or a sequence of numbers) as floats; a ValueError for any other shape."""
+    if isinstance(sigmas, torch.Tensor):
+        if sigmas.dim() != 1:
+            raise ValueError(f"MOVA Guider: sigmas of shape {tuple(sigmas.shape)}, expected a list [N]; "
+                             f"{USE_MOVA_SCHEDULER}")
+        return sigmas.double().tolist()
+    return [float(s) for s in sigmas]
+
+
+def sigma_problem(values: list[float]) -> tuple[str, str] | None:
+    """(what is wrong with these sigmas, what to do), or None when MOVA's flow matching takes them: finite, within
+    0..1 (1 pure noise, 0 clean), each smaller than the one before (a last 0 included, as ComfyUI's schedules end)."""
+    n = len(values)
+    for i, s in enumerate(values):
+        if not math.isfinite(s):
+            return (f"sigma {i + 1} of {n} is {s}: the node that made the SIGMAS failed, not the model",
+                    "use more steps or another scheduler there (ComfyUI's kl_optimal gives NaN for 1 step)")
+        if s < 0:
+            return (f"sigma {i + 1} of {n} is {s:g}, below 0: MOVA's sigmas run from 1 (pure noise) down to 0 (clean)",
+                    "")
+    if values and max(values) > 1 + SIGMA_SLACK:
+        return (f"the sigmas run from {values[0]:g} to {values[-1]:g}, beyond MOVA's 0..1 (flow matching: 1 is pure "
+                "noise): another model's schedule (e.g. Karras Scheduler, or Basic Scheduler on an SD model)", "")
+    for i in range(n - 1):
+        if values[i + 1] >= values[i]:
+            return (f"sigma {i + 2} of {n} ({values[i + 1]:g}) is not below the one before it ({values[i]:g}): sigmas "
+                    "must fall at every step, from noise to clean", "remove Flip Sigmas or repeated values")
+    return None
+
+
+def check_native_sigmas(sigmas) -> list[float]:
+    """The SIGMAS handed to the MOVA Guider as floats, or a ValueError naming the problem and MOVA Scheduler."""
+    values = sigma_values(sigmas)
+    found = sigma_problem(values)
+    if found is not None:
+        problem, fix = found
+        raise ValueError(f"MOVA Guider: {problem}; {fix + ', or ' if fix else ''}{USE_MOVA_SCHEDULER}")
+    return values
+
+
+def check_scheduler_sigmas(sigmas: torch.Tensor, scheduler: str, steps: int) -> torch.Tensor:
+    """MOVA Scheduler's output, checked as the guider will check it; the error names the scheduler and steps."""
+    found = sigma_problem(sigma_values(sigmas))
+    if found is not None:
+        raise ValueError(f"MOVA Scheduler: the {scheduler} scheduler gave unusable sigmas for {steps} steps "
+                         f"({found[0]}): use more steps or another scheduler")
+    return sigmas

@@ -3,7 +3,7 @@
 SamplerCustomAdvanced calls ``guider.sample(noise, latent, sampler, sigmas, denoise_mask, callback, ...)`` with the
 joint latent in core's audio-video form (nested video and audio, nested noise masks). The guider normalises the
 video, packs both parts into one tensor as core does for nested latents, and hands the stock sampler itself as
-the model: each call unpacks the latents, runs ``mova_model.sampling.denoiser.JointDenoiser`` (experts, audio tower and
+the model: each call unpacks the latents, runs ``mova_model.denoiser.JointDenoiser`` (experts, audio tower and
 bridge, guidance, kept regions) and packs the prediction. Experts load through ComfyUI's memory manager as in the
 MOVA Sampler. The samplers read ComfyUI's flow-matching model sampling (CONST, MOVA's shift) from it, and the
 preview shows the video's middle frame.
@@ -32,7 +32,7 @@ from ..av_latent import is_nested, require_nested_latents
 from ..comfy_io import show_text
 from ..sampling.comfy_memory import expert_loader
 from ..handles import LoadedPart, MovaConditioning, SamplerSettings
-from .checks import check_native_memory, check_native_setup
+from .checks import check_native_memory, check_native_setup, check_native_sigmas
 from ..sampling.run import activation_bytes, cache_report, needs_negative, sampling_options
 
 log = logging.getLogger(__name__)
@@ -170,6 +170,7 @@ class JointGuider:
                seed=None):
         """The joint latent (NestedTensor: raw video, audio) sampled from ``noise`` along ``sigmas``."""
         nested = require_nested_latents()
+        check_native_sigmas(sigmas)
         if sigmas.shape[-1] <= 1:
             return latent_image
         p = self.parts

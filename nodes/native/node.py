@@ -11,7 +11,9 @@ from .. import spec
 from ..av_latent import NATIVE_NEEDS, has_nested_latents, require_nested_latents
 from ..comfy_io import schema, show_text
 from ..handles import LoadedPart, MovaConditioning, SamplerSettings
+from ..input_values import checked_inputs
 from .comfy_guider import GuiderParts, JointGuider, guider_sigmas
+from .checks import check_scheduler_sigmas
 from ..sampling.run import check_roles, joint_latent, sampling_options, used_settings
 
 log = logging.getLogger(__name__)
@@ -28,6 +30,7 @@ class MovaGuider(io.ComfyNode):
         return True if has_nested_latents() else NATIVE_NEEDS
 
     @classmethod
+    @checked_inputs(spec.GUIDER)
     def execute(cls, high_noise_expert: LoadedPart, low_noise_expert: LoadedPart, audio_tower: LoadedPart,
                 conditioning: MovaConditioning, cfg: float, shift: float, boundary_ratio: float,
                 options: SamplerSettings | None = None) -> io.NodeOutput:
@@ -51,8 +54,9 @@ class MovaScheduler(io.ComfyNode):
         return schema(spec.SCHEDULER)
 
     @classmethod
+    @checked_inputs(spec.SCHEDULER)
     def execute(cls, guider: JointGuider, steps: int, scheduler: str) -> io.NodeOutput:
-        return io.NodeOutput(guider_sigmas(guider, steps, scheduler))
+        return io.NodeOutput(check_scheduler_sigmas(guider_sigmas(guider, steps, scheduler), scheduler, steps))
 
 
 class MovaSeparateAVLatent(io.ComfyNode):
@@ -61,6 +65,7 @@ class MovaSeparateAVLatent(io.ComfyNode):
         return schema(spec.SEPARATE_AV)
 
     @classmethod
+    @checked_inputs(spec.SEPARATE_AV)
     def execute(cls, av_latent: dict) -> io.NodeOutput:
         video, audio, _ = joint_latent(av_latent)
         return io.NodeOutput({"samples": video.float()}, audio)

@@ -8,6 +8,8 @@ import zlib
 
 import torch
 
+from ..media_values import image_pixels
+
 MAX_SIDE = 1024  # vision models downscale anyway; a smaller upload is faster and cheaper on hosted APIs
 
 
@@ -32,12 +34,9 @@ def frame_pixels(image: torch.Tensor, max_side: int = MAX_SIDE) -> torch.Tensor:
     down to ``max_side`` (aspect kept; never scaled up)."""
     if image.dim() == 3:
         image = image.unsqueeze(0)
-    if image.dim() != 4 or image.shape[0] == 0 or image.shape[-1] not in (1, 3, 4):
+    if image.dim() != 4 or image.shape[0] == 0 or image.shape[-1] not in (1, 2, 3, 4):
         raise ValueError(f"image must be a ComfyUI IMAGE [B, H, W, 3], got shape {tuple(image.shape)}")
-    frame = image[0].detach().to("cpu", torch.float32)
-    if frame.shape[-1] == 1:
-        frame = frame.expand(-1, -1, 3)
-    frame = frame[..., :3]
+    frame = image_pixels(image[:1].detach().cpu(), "image")[0]  # 8/16-bit, grey and alpha by their type
     height, width = frame.shape[:2]
     scale = max_side / max(height, width)
     if scale < 1:

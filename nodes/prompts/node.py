@@ -7,6 +7,7 @@ from comfy_api.latest import io, ui
 
 from .. import spec
 from ..comfy_io import schema
+from ..input_values import checked_inputs
 from .llm_client import Cancelled
 from .builder import build_caption, speech_lines
 from .enhance import EnhanceSettings, enhance_prompt
@@ -21,6 +22,7 @@ class MovaPromptEnhance(io.ComfyNode):
         return schema(spec.PROMPT_ENHANCE)
 
     @classmethod
+    @checked_inputs(spec.PROMPT_ENHANCE)
     def execute(cls, idea: str, base_url: str, model: str, api_key_env: str, temperature: float, seed: int,
                 max_tokens: int, timeout: int, retry_without_image: bool = False, image=None) -> io.NodeOutput:
         settings = EnhanceSettings(base_url, model, api_key_env, temperature, seed, max_tokens, timeout,
@@ -42,6 +44,7 @@ class MovaPromptBuilder(io.ComfyNode):
         return schema(spec.PROMPT_BUILDER)
 
     @classmethod
+    @checked_inputs(spec.PROMPT_BUILDER)
     def execute(cls, scene: str, action: str, camera: str, **fields) -> io.NodeOutput:
         rows = [(fields[f"speaker_{i}"], fields[f"language_{i}"], fields[f"words_{i}"])
                 for i in range(1, spec.SPEECH_LINES + 1)]

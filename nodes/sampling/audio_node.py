@@ -9,6 +9,7 @@ from .. import spec
 from .audio_decode import decode_to_audio
 from ..comfy_io import schema
 from ..handles import AudioLatent, LoadedPart
+from ..input_values import checked_inputs
 
 
 class MovaAudioDecode(io.ComfyNode):
@@ -17,6 +18,7 @@ class MovaAudioDecode(io.ComfyNode):
         return schema(spec.AUDIO_DECODE)
 
     @classmethod
+    @checked_inputs(spec.AUDIO_DECODE)
     def execute(cls, audio_vae: LoadedPart, audio_latent: AudioLatent, chunk_size: int) -> io.NodeOutput:
         mm.load_models_gpu([audio_vae.patcher])
         audio = decode_to_audio(audio_vae, audio_latent, chunk_size, device=audio_vae.patcher.load_device)

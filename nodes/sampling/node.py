@@ -15,6 +15,7 @@ from .. import spec
 from ..comfy_io import schema, show_text
 from .comfy_memory import expert_loader
 from ..handles import LoadedPart, MovaConditioning, SamplerSettings
+from ..input_values import checked_inputs
 from .run import activation_bytes, cache_report, make_settings, sample_joint, split_joint_latent, used_settings
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,7 @@ class MovaSampler(io.ComfyNode):
         return schema(spec.SAMPLER, hidden=[io.Hidden.unique_id])
 
     @classmethod
+    @checked_inputs(spec.SAMPLER)
     def execute(cls, high_noise_expert: LoadedPart, low_noise_expert: LoadedPart, audio_tower: LoadedPart,
                 conditioning: MovaConditioning, latent: dict, seed: int, steps: int, cfg: float, shift: float,
                 boundary_ratio: float, options: SamplerSettings | None = None) -> io.NodeOutput:
@@ -85,6 +87,7 @@ class MovaSamplerOptions(io.ComfyNode):
         return True
 
     @classmethod
+    @checked_inputs(spec.SAMPLER_OPTIONS_NODE)
     def execute(cls, bridge_cfg: float, audio_cfg: float, audio_shift: float, cfg_cutoff: float,
                 cache_threshold: float, attention: str = "auto", compile: str = "off",
                 fp8_compute: str = "auto", given_modality: str = "renoised") -> io.NodeOutput:

@@ -16,7 +16,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .captions import CaptionError, read_caption
+
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
+# Video types a caption may sit beside that MOVA Dataset does not read: reported, not skipped silently.
+OTHER_VIDEO_EXTENSIONS = (".mpg", ".mpeg", ".ts", ".m2ts", ".mts", ".flv", ".wmv", ".3gp", ".ogv", ".vob", ".gif")
 SILENCE = 1e-4          # peak amplitude below which a sound track counts as silent
 FPS_TOLERANCE = 1e-3    # relative difference under which two frame rates are the same
 
@@ -48,23 +52,77 @@ class ClipCheck:
     notes: list[str] = field(default_factory=list)
 
 
-def find_clips(folder: str | Path) -> tuple[list[Clip], list[str]]:
-    """The clips in ``folder`` (sorted by name) and the problems found: captions missing or empty, no clips."""
+def _clip_problem(path: Path, caption_file: Path) -> str | None:
+    """Why a clip-named entry that has a caption is not a file that can be read, or None when it is."""
+    if path.is_symlink() and not path.exists():
+        return (f"is a link to {path.readlink()}, which does not exist: restore the clip, or remove the link and "
+                f"its caption {caption_file.name}")
+    if not path.is_file():
+        return f"is not a file: put the clip there, or remove its caption {caption_file.name}"
+    return None
+
+
+def _unused_captions(entries: list[Path], used: set[str], problems: list[str],
+                     notes: list[str] | None) -> None:
+    """Captions without a clip: a problem when a video of another type has their name, else a note."""
+    stems = {}
+    for path in entries:
+        stems.setdefault(path.stem, []).append(path)
+    for path in entries:
+        if path.suffix.lower() != ".txt" or path.stem in used:
+            continue
+        others = [p for p in stems[path.stem] if p.suffix.lower() in OTHER_VIDEO_EXTENSIONS]
+        if others:
+            problems.append(f"{others[0].name}: {others[0].suffix} is not a clip type MOVA Dataset reads "
+                            f"({', '.join(VIDEO_EXTENSIONS)}): convert it (e.g. ffmpeg -i {others[0].name} "
+                            f"{path.stem}.mp4), or remove its caption {path.name}")
+        elif notes is not None:
+            notes.append(f"{path.name}: no clip of that name ({', '.join(VIDEO_EXTENSIONS)}): not used")
+
+
+def find_clips(folder: str | Path, notes: list[str] | None = None) -> tuple[list[Clip], list[str]]:
+    """The clips in ``folder`` (sorted by name) and the problems found: captions missing, empty or unreadable, clips
+    that are dangling links or not files, videos of other types with a caption, no clips. ``notes`` receives what
+    the node reports without stopping: captions read as Windows-1252 (captions.py) and captions without a clip."""
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ClipError(f"the clip folder {folder} is a file, not a folder: give the folder that holds the clips "
+                        "(video files with sound, each with a same-name .txt caption).")
     if not folder.is_dir():
         raise ClipError(f"the clip folder {folder} does not exist: put the clips (video files with sound, each "
                         "with a same-name .txt caption) in a folder inside ComfyUI/input, or give its full path.")
-    clips, problems = [], []
-    for path in sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS):
+    clips, problems, used = [], [], set()
+    entries = sorted(folder.iterdir())
+    for path in (p for p in entries if p.suffix.lower() in VIDEO_EXTENSIONS):
         caption_file = path.with_suffix(".txt")
-        if not caption_file.is_file():
+        used.add(path.stem)
+        has_caption = caption_file.is_file()
+        if (problem := _clip_problem(path, caption_file)) is not None:
+            if has_caption:
+                problems.append(f"{path.name}: {problem}")
+            elif notes is not None:
+                notes.append(f"{path.name}: not a readable file and no caption: skipped")
+            continue
+        if not has_caption and caption_file.is_symlink() and not caption_file.exists():
+            problems.append(f"{path.name}: its caption {caption_file.name} is a link to {caption_file.readlink()}, "
+                            "which does not exist: restore the caption file")
+            continue
+        if not has_caption:
             problems.append(f"{path.name}: no caption (write it in {caption_file.name} beside the clip)")
             continue
-        caption = caption_file.read_text(encoding="utf-8").strip()
+        try:
+            caption, note = read_caption(caption_file)
+        except CaptionError as exc:
+            problems.append(f"{path.name}: the caption {caption_file.name} {exc}")
+            continue
+        caption = caption.strip()
         if not caption:
             problems.append(f"{path.name}: the caption {caption_file.name} is empty")
             continue
+        if note is not None and notes is not None:
+            notes.append(f"{path.name}: the caption {caption_file.name} {note}")
         clips.append(Clip(path, caption))
+    _unused_captions(entries, used, problems, notes)
     if not clips and not problems:
         raise ClipError(f"{folder} holds no video clips ({', '.join(VIDEO_EXTENSIONS)}): add clips with sound and "
                         "a same-name .txt caption each.")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,8 +87,8 @@ def output_fingerprint(output: torch.Tensor) -> str:
 def request_problems(request: DatasetRequest) -> None:
     """Raise on sizes MOVA cannot use (before any clip is opened)."""
     check_video_size(request.height, request.width, request.frames)
-    if request.fps <= 0:
-        raise ValueError(f"fps must be positive, got {request.fps}")
+    if not math.isfinite(request.fps) or request.fps <= 0:
+        raise ValueError(f"fps must be a positive number, got {request.fps}")
     if request.fps_mode not in FPS_MODES:
         raise ValueError(f"fps_mode {request.fps_mode!r} is not one of {', '.join(FPS_MODES)}")
 
@@ -95,8 +96,8 @@ def request_problems(request: DatasetRequest) -> None:
 def check_clips(request: DatasetRequest, sample_rate: int):
     """(checks of the usable clips, notes) after inspecting every clip; raises one ClipError naming every
     problem clip when there are any."""
-    clips, problems = find_clips(request.folder)
     checks, notes = [], []
+    clips, problems = find_clips(request.folder, notes)
     for clip in clips:
         check = inspect_clip(clip, request.frames, request.fps, sample_rate, request.fps_mode == "resample")
         problems += [f"{clip.name}: {p}" for p in check.problems]

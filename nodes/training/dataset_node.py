@@ -17,6 +17,7 @@ from ..comfy_io import schema, show_text
 from ..conditioning.condition import text_states
 from .dataset import DatasetRequest, Encoders, build_dataset, module_fingerprint, output_fingerprint
 from ..handles import LoadedPart
+from ..input_values import checked_inputs
 
 log = logging.getLogger(__name__)
 PROBE_TEXT = "MOVA dataset cache probe"
@@ -82,6 +83,7 @@ class MovaDataset(io.ComfyNode):
             return f"refused:{err}"
 
     @classmethod
+    @checked_inputs(spec.DATASET_NODE)
     def execute(cls, vae, audio_vae: LoadedPart, clip, folder: str, width: int, height: int, length: int,
                 fps: float, fps_mode: str) -> io.NodeOutput:
         if clip is None:

@@ -14,8 +14,9 @@ from ...mova_model.training.trainer import EXPERT_NAMES, StepRecord, TrainSettin
 from .. import spec
 from ..comfy_io import schema, show_text
 from ..handles import LoadedPart
+from ..input_values import checked_inputs
 from .loss_plot import plot_losses
-from .run import parts_from_switches, report, run_folder, train_parts, training_memory
+from .run import parts_from_switches, recipe_settings, report, run_folder, train_parts, training_memory
 
 log = logging.getLogger(__name__)
 
@@ -26,14 +27,15 @@ class MovaTrainLora(io.ComfyNode):
         return schema(spec.TRAIN_LORA, hidden=[io.Hidden.unique_id])
 
     @classmethod
+    @checked_inputs(spec.TRAIN_LORA)
     def execute(cls, high_noise_expert: LoadedPart, low_noise_expert: LoadedPart, audio_tower: LoadedPart, dataset,
                 run_name: str, steps: int, rank: int, alpha: float, learning_rate: float, batch_size: int,
                 grad_accumulation: int, seed: int, train_high_noise: bool, train_low_noise: bool, train_audio: bool,
                 train_bridge: bool, gradient_checkpointing: bool, checkpoint_every: int, resume: bool,
-                offload_activations: bool = True) -> io.NodeOutput:
+                offload_activations: bool = True, recipe: str = "custom") -> io.NodeOutput:
         parts = parts_from_switches(train_high_noise=train_high_noise, train_low_noise=train_low_noise,
                                     train_audio=train_audio, train_bridge=train_bridge)
-        settings = TrainSettings(rank=rank, alpha=alpha, learning_rate=learning_rate, steps=steps,
+        settings = TrainSettings(**recipe_settings(recipe, rank, alpha), learning_rate=learning_rate, steps=steps,
                                  batch_size=batch_size, grad_accumulation=grad_accumulation, seed=seed, parts=parts,
                                  gradient_checkpointing=gradient_checkpointing, checkpoint_every=checkpoint_every,
                                  offload_activations=offload_activations)

@@ -10,6 +10,7 @@ import torch
 
 from ...mova_model.training.dataset import LatentDataset
 from ...mova_model.lora.load import OFFICIAL_CONFIG, OFFICIAL_WEIGHTS, LoraFile, lora_from_tensors
+from ...mova_model.lora.recipes import ACCELERATE, LOW_RESOURCE, RECIPES
 from ...mova_model.files.names import NameProblem, make_folder, path_inside
 from ...mova_model.sampling.sampler import MovaTowers
 from ...mova_model.training.trainer import EXPERT_NAMES, StepRecord, TrainResult, TrainSettings, train_lora
@@ -27,6 +28,22 @@ def run_folder(base: str | Path, run_name: str, what: str = RUN_NAME) -> Path:
     stores); a message naming ``what``, the problem and the fix for names that would leave ``base`` or that
     the file system refuses (checked before anything is written)."""
     return path_inside(base, run_name, what)
+
+
+# MOVA Train LoRA's recipe widget -> (layer selection, official (rank, alpha) or None for the rank/alpha widgets)
+RECIPE_CHOICES = {"custom": (LOW_RESOURCE, None), "low-resource": (LOW_RESOURCE, RECIPES[LOW_RESOURCE]),
+                  "8-GPU": (ACCELERATE, RECIPES[ACCELERATE])}
+
+
+def recipe_settings(recipe: str, rank: int, alpha: float) -> dict:
+    """TrainSettings fields (layers, rank, alpha) of the recipe widget: an official recipe sets all three,
+    custom takes the rank and alpha widgets with the low-resource layers (q, k, v, o)."""
+    if recipe not in RECIPE_CHOICES:
+        raise ValueError(f"recipe {recipe!r} is not one of {', '.join(RECIPE_CHOICES)}: pick one in the node")
+    layers, official = RECIPE_CHOICES[recipe]
+    if official is None:
+        return {"layers": layers, "rank": rank, "alpha": alpha}
+    return {"layers": layers, "rank": official.rank, "alpha": official.alpha}
 
 
 def parts_from_switches(**switches: bool) -> tuple[str, ...]:
@@ -90,8 +107,9 @@ def report(result: TrainResult, settings: TrainSettings) -> str:
         if record is not None:
             latest.append(f"{name} loss {record.loss:.4g} "
                           f"(video {record.video_loss:.4g}, audio {record.audio_loss:.4g})")
+    layers = "attention + FFN (8-GPU recipe)" if settings.layers == ACCELERATE else "q, k, v, o"
     lines = [head, "; ".join(latest),
-             f"rank {settings.rank}, alpha {settings.alpha:g}, parts: {', '.join(settings.parts)}"]
+             f"rank {settings.rank}, alpha {settings.alpha:g}, layers: {layers}, parts: {', '.join(settings.parts)}"]
     if result.checkpoint:
         lines.append(f"checkpoint: {result.checkpoint}")
     lines += [f"note: {note}" for note in result.notes]

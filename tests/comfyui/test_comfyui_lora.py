@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from comfy_fixtures import STRENGTHS, lora_delta, lora_node, loaders, original, probe_node, probed, write_test_loras
+from comfy_fixtures import (STRENGTHS, lora_delta, lora_node, loaders, original, probe_node, probed, probed_latents,
+                            write_test_loras)
 from comfy_integration import INTEGRATION, api_prompt, check_mp4, node_key, run_prompt
 
 pytestmark = INTEGRATION
@@ -103,3 +104,62 @@ def test_lora_workflow_end_to_end(client, base, tmp_path):
     check_mp4(client.download(videos[0], tmp_path / "lora.mp4"))
     key = node_key(prompt, "MovaLoraLoader")
     assert outputs[key]["text"][0].startswith("my_mova_lora/lora_weights.pt: high-noise expert 2 weights at 1")
+
+
+def test_lora_equals_the_official_pipeline_on_the_golden_release(client, base, golden_dir, golden_cases):
+    """The golden release with a LoRA in the official layout carrying FFN factors, through MOVA LoRA Loader and
+    MOVA Sampler in ComfyUI (the golden text states and condition handed in by a test node): the final latents of
+    MOVA's official LoRA pipeline (tests/support/data/official_lora, made by tests/support/tools/make_official_lora_refs.py) at
+    LoRA scale 1 and 0.5, unmerged and merged, within 1e-5."""
+    import official_lora_cases as cases
+    from mova_testing import golden_scheduler, load_golden_towers, rel_l2
+    from safetensors.torch import load_file
+
+    from comfyui_mova.mova_model.sampling.latents import normalise_video_latents
+    refs = cases.refs_dir(golden_dir)
+    if not (refs / "official_lora_inference.safetensors").exists():
+        pytest.skip(f"no official LoRA references for {golden_dir}: python tests/support/tools/make_official_lora_refs.py "
+                    f"/path/to/MOVA --golden {golden_dir}")
+    ref = load_file(str(refs / "official_lora_inference.safetensors"))
+    towers = load_golden_towers(golden_dir)
+    networks = dict(zip(cases.COMPONENTS, (*towers.video_experts, towers.audio_dit, towers.bridge)))
+    state = cases.random_lora(cases.module_shapes(networks, "accelerate"), cases.INFER_RANK, cases.INFER_SEED,
+                              cases.INFER_GAIN)
+    cases.write_lora_folder(base / "models" / "loras" / "official_golden", state, cases.INFER_RANK, cases.INFER_ALPHA)
+    link = base / "models" / "diffusion_models" / "MOVA-golden"
+    link.symlink_to(golden_dir / "checkpoint", target_is_directory=True)
+    c = golden_cases
+    prompt = {
+        "1": {"class_type": "MovaVideoExpertLoader", "inputs": {"model_name": "MOVA-golden/video_dit",
+                                                                "weight_dtype": "default"}},
+        "2": {"class_type": "MovaVideoExpertLoader", "inputs": {"model_name": "MOVA-golden/video_dit_2",
+                                                                "weight_dtype": "default"}},
+        "3": {"class_type": "MovaAudioTowerLoader", "inputs": {"audio_dit_name": "MOVA-golden/audio_dit",
+                                                               "bridge_name": "MOVA-golden/dual_tower_bridge",
+                                                               "weight_dtype": "default"}},
+        "4": {"class_type": "TestGoldenMovaInputs", "inputs": {"golden_dir": str(golden_dir)}},
+    }
+    for i, scale in enumerate(cases.INFER_SCALES):
+        loader, sampler, probe = str(10 + i), str(20 + i), str(30 + i)
+        prompt[loader] = lora_node(None, "official_golden/lora_weights.pt", dict.fromkeys(STRENGTHS, scale))
+        prompt[sampler] = {"class_type": "MovaSampler", "inputs": {
+            "high_noise_expert": [loader, 0], "low_noise_expert": [loader, 1], "audio_tower": [loader, 2],
+            "conditioning": ["4", 0], "latent": ["4", 1], "seed": cases.SAMPLE_SEED, "steps": c["sample_steps"],
+            "cfg": cases.SAMPLE_CFG, "shift": golden_scheduler(c).shift, "boundary_ratio": c["boundary_ratio"]}}
+        prompt[probe] = {"class_type": "TestMovaLatentProbe", "inputs": {"video": [sampler, 0], "audio": [sampler, 1]}}
+    outputs = {}
+    try:
+        run_prompt(client, prompt, outputs)
+    finally:
+        link.unlink()
+    errors = {}
+    for i, scale in enumerate(cases.INFER_SCALES):
+        report = outputs[str(10 + i)]["text"][0]
+        assert "skipped" not in report, report  # every factor placed, the FFN ones too
+        video, audio = probed_latents(outputs, str(30 + i))
+        video = normalise_video_latents(video)
+        for merged in (False, True):
+            name = cases.case_name(scale, merged)
+            errors[name] = (rel_l2(video, ref[f"{name}_video"]), rel_l2(audio, ref[f"{name}_audio"]))
+    print("ComfyUI LoRA Loader + MOVA Sampler vs the official LoRA pipeline, relative L2 (video, audio):", errors)
+    assert all(e <= 1e-5 for pair in errors.values() for e in pair), errors

@@ -6,28 +6,17 @@ before 0.8 the guider is refused with what to do.
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import pytest
 import torch
 
 from comfy_fixtures import probed_latents
-from comfy_integration import (FPS, FRAMES, INTEGRATION, STEPS, api_prompt, cancel_during, check_mp4, node_key, refusal,
-                               run_prompt, saved_latent)
-from comfy_server import COMFYUI
+from comfy_integration import (FPS, FRAMES, INTEGRATION, NATIVE, STEPS, api_prompt, cancel_during, check_mp4,
+                               needs_native, node_key, refusal, run_prompt, saved_latent)
 
 pytestmark = INTEGRATION
 
 
-# The native path: SamplerCustomAdvanced with stock noise and samplers, the MOVA Guider and MOVA Scheduler, on the
-# joint latent in core's audio-video form (ComfyUI 0.8 and later: comfy/nested_tensor.py).
-NATIVE = bool(COMFYUI) and (Path(COMFYUI) / "comfy" / "nested_tensor.py").is_file()
-
-
-# without COMFYUI_PATH the module's INTEGRATION mark says so; this one only speaks of a ComfyUI that is there
-needs_native = pytest.mark.skipif(bool(COMFYUI) and not NATIVE,
-                                  reason=f"the ComfyUI in COMFYUI_PATH ({COMFYUI}) has no nested (audio-video) "
-                                  "latents (comfy/nested_tensor.py, ComfyUI 0.8 and later)")
 
 
 def _native(client, seed: int, sampler: str = "euler", scheduler: str = "official", **params) -> dict:

@@ -4,43 +4,21 @@ that never overwrite a file, Cancel with a checkpoint to continue from, and trai
 
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch
 
 from comfy_fixtures import PROBED, STRENGTHS, lora_node, loaders, original, probe_node, probed
-from comfy_integration import (FPS, HEIGHT, INTEGRATION, TRAIN_FRAMES, WIDTH, cancel_during, node_key, refusal,
-                               run_prompt)
-from comfy_server import PACK
+from comfy_integration import INTEGRATION, cancel_during, node_key, refusal, run_prompt, train_prompt
 
 pytestmark = INTEGRATION
-
-
-def _train_prompt(client, run_name: str, steps: int, filename: str, checkpoint_every: int = 2) -> dict:
-    """The shipped training workflow as an API prompt at test size, with the tiny real CLIP in place of UMT5-XXL."""
-    from workflow_api import missing_models, ui_to_api
-    info = client.object_info()
-    prompt = ui_to_api(json.loads((PACK / "example_workflows" / "mova_train_lora.json").read_text()), info)
-    for node in prompt.values():
-        kind, inputs = node["class_type"], node["inputs"]
-        if kind == "CLIPLoader":
-            node["class_type"], node["inputs"] = "TestTinyUMT5Loader", {"kind": "umt5xxl"}
-        elif kind == "MovaDataset":
-            inputs.update(width=WIDTH, height=HEIGHT, length=TRAIN_FRAMES, fps=FPS)
-        elif kind == "MovaTrainLora":
-            inputs.update(run_name=run_name, steps=steps, checkpoint_every=checkpoint_every, learning_rate=0.001)
-        elif kind == "MovaSaveLora":
-            inputs.update(filename=filename)
-    assert missing_models(prompt, info) == []
-    return prompt
 
 
 def test_training_workflow_clips_to_a_lora_the_loader_applies(client, base):
     """Folder of clips -> MOVA Dataset -> MOVA Train LoRA (progress per step) -> MOVA Save LoRA in models/loras;
     the saved file then goes through the MOVA LoRA Loader as W + s·(alpha/rank)·B·A."""
     from safetensors import safe_open
-    prompt = _train_prompt(client, "itest", steps=4, filename="mova/itest_lora")
+    prompt = train_prompt(client, "itest", steps=4, filename="mova/itest_lora")
     outputs = {}
     _, progress = run_prompt(client, prompt, outputs)
     assert [v for k, v in progress if k == "MovaTrainLora"][-1] == 4
@@ -79,7 +57,7 @@ def test_training_workflow_clips_to_a_lora_the_loader_applies(client, base):
     assert changed >= 4  # the trained B matrices are not zero: the LoRA changes the weights
     # the trained LoRA straight into the loader's lora input (queued again, the run finds its final checkpoint
     # and has nothing left to train): the same weights as through the saved file
-    prompt = _train_prompt(client, "itest", steps=4, filename="mova/itest_lora")
+    prompt = train_prompt(client, "itest", steps=4, filename="mova/itest_lora")
     for key in (node_key(prompt, "MovaSaveLora"), node_key(prompt, "PreviewImage")):
         del prompt[key]
     experts = sorted((k for k, n in prompt.items() if n["class_type"] == "MovaVideoExpertLoader"),
@@ -97,6 +75,33 @@ def test_training_workflow_clips_to_a_lora_the_loader_applies(client, base):
         assert torch.allclose(values, probed(outputs, "20")[entry][1], atol=1e-6), entry
 
 
+def test_the_8gpu_recipe_trains_the_ffn_and_the_loader_applies_it_all(client, base):
+    """recipe 8-GPU: rank 16, alpha 16 (the rank/alpha widgets are not used), LoRA on every Linear of the blocks,
+    the FFN included; the saved file goes through the MOVA LoRA Loader with every factor placed."""
+    from safetensors import safe_open
+    prompt = train_prompt(client, "i8gpu", steps=2, filename="mova/i8gpu_lora")
+    prompt[node_key(prompt, "MovaTrainLora")]["inputs"].update(recipe="8-GPU", rank=4, alpha=2.0)
+    outputs = {}
+    run_prompt(client, prompt, outputs)
+    text = outputs[node_key(prompt, "MovaTrainLora")]["text"][0]
+    assert "rank 16, alpha 16, layers: attention + FFN (8-GPU recipe)" in text, text
+    saved = base / "models" / "loras" / "mova" / "i8gpu_lora.safetensors"
+    with safe_open(str(saved), framework="pt") as f:
+        meta, keys = f.metadata(), list(f.keys())
+    assert (int(meta["rank"]), float(meta["alpha"])) == (16, 16.0)
+    modules = {k[: -len(".lora_A.weight")] for k in keys if k.endswith(".lora_A.weight")}
+    high = {m for m in modules if m.startswith("video_dit.")}
+    blocks = {m.split(".")[2] for m in high}
+    assert {f"video_dit.blocks.{b}.ffn.{i}" for b in blocks for i in (0, 2)} <= high
+    assert len(high) == 10 * len(blocks)  # q, k, v, o of self- and cross-attention, ffn.0 and ffn.2
+    outputs = {}
+    run_prompt(client, loaders() | {"10": lora_node(None, "mova/i8gpu_lora.safetensors", dict.fromkeys(STRENGTHS, 1.0)),
+                                    "20": probe_node(["10", 0], ["10", 2])}, outputs)
+    report = outputs["10"]["text"][0]
+    assert report.startswith(f"mova/i8gpu_lora.safetensors: high-noise expert {len(high)} weights at 1"), report
+    assert "skipped" not in report, report
+
+
 def test_training_continues_and_never_overwrites_a_lora(client, base):
     """Queued again with more steps, training continues from the last checkpoint; a taken file name stops the
     run at MOVA Save LoRA and the file is kept; another name then saves the continued LoRA."""
@@ -105,11 +110,11 @@ def test_training_continues_and_never_overwrites_a_lora(client, base):
     taken = base / "models" / "loras" / "itest_again.safetensors"
     taken.write_bytes(b"taken")
     with pytest.raises(ServerError, match="itest_again.safetensors already exists: switch overwrite on"):
-        run_prompt(client, _train_prompt(client, "itest", steps=6, filename="itest_again"))
+        run_prompt(client, train_prompt(client, "itest", steps=6, filename="itest_again"))
     assert taken.read_bytes() == b"taken"
     log = (base / "server.log").read_text()
     assert "trained steps 5-6 (continued from the checkpoint at step 4)" in log
-    run_prompt(client, _train_prompt(client, "itest", steps=6, filename="itest_6"))
+    run_prompt(client, train_prompt(client, "itest", steps=6, filename="itest_6"))
     # nothing was trained twice: ComfyUI kept the trained LoRA of the failed run, or the run found its final
     # checkpoint
     assert (base / "server.log").read_text().count("trained steps 5-6") == 1
@@ -120,13 +125,13 @@ def test_training_continues_and_never_overwrites_a_lora(client, base):
 
 
 def test_cancel_stops_training_and_the_checkpoint_continues(client, base):
-    prompt = _train_prompt(client, "icancel", steps=1000, filename="icancel", checkpoint_every=2)
+    prompt = train_prompt(client, "icancel", steps=1000, filename="icancel", checkpoint_every=2)
     cancel_during(client, prompt, lambda data: data.get("node") == node_key(prompt, "MovaTrainLora") and data["value"] >= 3,
                    "no progress from MOVA Train LoRA", timeout=300)
     run = base / "output" / "mova_training" / "icancel"
     last = max(int(p.stem.split("_")[1]) for p in run.glob("step_*.safetensors"))
     assert last >= 2 and not list(run.glob("*.tmp"))
-    prompt = _train_prompt(client, "icancel", steps=last + 1, filename="icancel")
+    prompt = train_prompt(client, "icancel", steps=last + 1, filename="icancel")
     outputs = {}
     run_prompt(client, prompt, outputs)
     text = outputs[node_key(prompt, "MovaTrainLora")]["text"][0]
@@ -136,7 +141,7 @@ def test_cancel_stops_training_and_the_checkpoint_continues(client, base):
 def test_training_on_fp8_weights(client, base):
     """Experts and audio tower loaded as fp8_e4m3fn (ComfyUI's scaled-fp8 layers): a float32 LoRA trains on them."""
     from safetensors.torch import load_file
-    prompt = _train_prompt(client, "ifp8", steps=2, filename="ifp8")
+    prompt = train_prompt(client, "ifp8", steps=2, filename="ifp8")
     for node in prompt.values():
         if node["class_type"] in ("MovaVideoExpertLoader", "MovaAudioTowerLoader"):
             node["inputs"]["weight_dtype"] = "fp8_e4m3fn"
@@ -158,15 +163,15 @@ def test_run_and_file_names_from_the_widgets(client, base):
     (runs / "taken").write_text("a file where the run folder goes")
     with pytest.raises(ServerError, match=r"MOVA Train LoRA's run_name 'taken': .*taken is a file \(or a broken "
                                           r"link\), not a folder: choose another name, or move that file away"):
-        run_prompt(client, _train_prompt(client, "taken", steps=2, filename="unused"))
+        run_prompt(client, train_prompt(client, "taken", steps=2, filename="unused"))
     with pytest.raises(ServerError, match=r"MOVA Train LoRA's run_name: the name 'x+'… is 300 bytes long; the file "
                                           r"system takes at most 255 bytes per name"):
-        run_prompt(client, _train_prompt(client, "x" * 300, steps=2, filename="unused"))
+        run_prompt(client, train_prompt(client, "x" * 300, steps=2, filename="unused"))
     with pytest.raises(ServerError, match=r"MOVA Save LoRA's filename '\.\./outside' goes up out of its folder"):
-        run_prompt(client, _train_prompt(client, "猫の歌", steps=2, filename="../outside"))
+        run_prompt(client, train_prompt(client, "猫の歌", steps=2, filename="../outside"))
     assert not (base / "models" / "outside.safetensors").exists()
     outputs = {}
-    prompt = _train_prompt(client, "猫の歌", steps=2, filename="猫/歌")
+    prompt = train_prompt(client, "猫の歌", steps=2, filename="猫/歌")
     run_prompt(client, prompt, outputs)
     saved = base / "models" / "loras" / "猫" / "歌.safetensors"
     assert outputs[node_key(prompt, "MovaSaveLora")]["text"][0].startswith(f"saved {saved}")
@@ -179,7 +184,7 @@ def test_clip_folders_a_workflow_may_not_name(client, base):
     the widget and the fix, before any clip is read."""
     for folder, message in (("/etc", "is outside ComfyUI/input: a workflow may only read clips from there"),
                             ("../models", "goes up out of its folder ('..')")):
-        prompt = _train_prompt(client, "refused", steps=2, filename="unused")
+        prompt = train_prompt(client, "refused", steps=2, filename="unused")
         key = node_key(prompt, "MovaDataset")
         prompt[key]["inputs"]["folder"] = folder
         errors = refusal(client, prompt)

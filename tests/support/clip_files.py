@@ -9,11 +9,27 @@ from pathlib import Path
 import numpy as np
 
 
+PCM_FORMATS = {"pcm_s16le": "s16", "pcm_s32le": "s32", "pcm_u8": "u8", "pcm_f32le": "flt"}
+
+
+def pcm_samples(wave: np.ndarray, fmt: str) -> np.ndarray:
+    """Float samples in -1..1 as PCM of PyAV's packed format ``fmt`` (s16, s32, u8: unsigned 8-bit centres at 128;
+    flt: float32 as given)."""
+    if fmt == "flt":
+        return wave.astype(np.float32)
+    if fmt == "u8":
+        return np.clip(np.round(wave * 128 + 128), 0, 255).astype(np.uint8)
+    bits = {"s16": 16, "s32": 32}[fmt]
+    top = 2 ** (bits - 1)
+    return np.clip(np.round(wave * top), -top, top - 1).astype(np.int16 if bits == 16 else np.int32)
+
+
 def write_clip(path: Path, frames: int, fps: float, width: int, height: int, sample_rate: int = 16000,
                tone: float = 440.0, sound: str = "tone", caption: str | None = "a test clip", seed: int = 0,
-               audio_seconds: float | None = None) -> Path:
+               audio_seconds: float | None = None, audio_codec: str = "aac") -> Path:
     """A clip of moving colour bars and a sine tone. ``sound``: "tone", "silent" (zeros) or "none" (no track).
-    ``caption`` None writes no .txt; ``audio_seconds`` shortens the sound track."""
+    ``caption`` None writes no .txt; ``audio_seconds`` shortens the sound track; ``audio_codec``: "aac" or an
+    uncompressed PCM codec (pcm_s16le, pcm_s32le, pcm_u8, pcm_f32le; the container must take it: mov, mkv, avi)."""
     import av
     path.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -25,7 +41,7 @@ def write_clip(path: Path, frames: int, fps: float, width: int, height: int, sam
         video.options = {"crf": "18", "preset": "ultrafast"}
         audio = None
         if sound != "none":
-            audio = container.add_stream("aac", rate=sample_rate)
+            audio = container.add_stream(audio_codec, rate=sample_rate)
             audio.layout = "stereo"
         for i in range(frames):
             x = np.arange(width)[None, :, None]
@@ -45,7 +61,10 @@ def write_clip(path: Path, frames: int, fps: float, width: int, height: int, sam
             chunk = 1024
             for start in range(0, total, chunk):
                 piece = np.ascontiguousarray(stereo[:, start:start + chunk])
-                frame = av.AudioFrame.from_ndarray(piece, format="fltp", layout="stereo")
+                if audio_codec in PCM_FORMATS:  # interleaved: [1, samples * channels]
+                    piece = pcm_samples(piece.T.reshape(1, -1), PCM_FORMATS[audio_codec])
+                fmt = PCM_FORMATS.get(audio_codec, "fltp")
+                frame = av.AudioFrame.from_ndarray(piece, format=fmt, layout="stereo")
                 frame.sample_rate = sample_rate
                 frame.pts = start
                 for packet in audio.encode(frame):

@@ -223,6 +223,40 @@ class TestWanConcatProbe:
 NODE_CLASS_MAPPINGS = {"TestWanConcatProbe": TestWanConcatProbe}
 '''
 
+INTEGER_MEDIA_NODE = '''
+import os
+import wave
+
+import av
+import folder_paths
+import numpy as np
+import torch
+
+class TestMovaIntegerMedia:
+    """Test only: a video's frames as 8-bit pixels (uint8 [N,H,W,3]) with its frame rate as a numpy float, and a
+    WAV's samples as stored (int16 [1,C,T]) with a numpy sample rate: what some video and audio nodes hand over."""
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"video": ("STRING", {"default": "clip.mp4"}),
+                             "audio": ("STRING", {"default": "speech.wav"})}}
+    RETURN_TYPES = ("IMAGE", "FLOAT", "AUDIO")
+    FUNCTION = "load"
+    CATEGORY = "testing"
+
+    def load(self, video, audio):
+        root = folder_paths.get_input_directory()
+        with av.open(os.path.join(root, video)) as container:
+            stream = container.streams.video[0]
+            fps = np.float32(stream.average_rate)
+            frames = torch.stack([torch.from_numpy(f.to_ndarray(format="rgb24")) for f in container.decode(stream)])
+        with wave.open(os.path.join(root, audio), "rb") as source:
+            pcm = np.frombuffer(source.readframes(source.getnframes()), dtype="<i2").reshape(-1, source.getnchannels())
+            rate = np.int64(source.getframerate())
+        return (frames, fps, {"waveform": torch.from_numpy(pcm.T.copy())[None], "sample_rate": rate})
+
+NODE_CLASS_MAPPINGS = {"TestMovaIntegerMedia": TestMovaIntegerMedia}
+'''
+
 SPEECH_RATE, SPEECH_SECONDS = 44100, 1.5
 VIDEO_FRAMES, VIDEO_SIZE, VIDEO_FPS = 27, (48, 40), 24
 
@@ -318,3 +352,37 @@ def probed_latents(outputs: dict, node: str) -> tuple[torch.Tensor, torch.Tensor
     found = json.loads(outputs[node]["latents"][0])
     return (torch.tensor(found["video"]).view(found["video_shape"]),
             torch.tensor(found["audio"]).view(found["audio_shape"]))
+
+
+GOLDEN_INPUTS_NODE = '''
+import json, sys
+from pathlib import Path
+from safetensors.torch import load_file
+
+def _pack(submodule):
+    """A module of the MOVA pack as ComfyUI imported it (its folder name is the package name)."""
+    return next(m for name, m in list(sys.modules.items()) if name.endswith("." + submodule) and "mova" in name.lower()
+                and hasattr(m, "__file__") and "custom_nodes" in str(m.__file__))
+
+class TestGoldenMovaInputs:
+    """Test only: a golden set's text states and I2V condition as MOVA conditioning, with the empty joint latent of
+    its size: what MOVA Conditioning would give with the golden text encoder and VAE."""
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"golden_dir": ("STRING", {"default": ""})}}
+    RETURN_TYPES = ("MOVA_CONDITIONING", "LATENT")
+    FUNCTION = "load"
+    CATEGORY = "testing"
+
+    def load(self, golden_dir):
+        handles, condition, configs = _pack("nodes.handles"), _pack("nodes.conditioning.condition"), _pack("mova_model.configs")
+        golden = Path(golden_dir)
+        c = json.loads((golden / "cases.json").read_text())
+        t = load_file(str(golden / "cases.safetensors"))
+        cond = handles.MovaConditioning(t["context_pos"], t["context_neg"], t["condition"], c["width"], c["height"],
+                                        c["num_frames"], c["fps"])
+        dac = configs.config_from_dict(configs.DACConfig, c["audio_vae"])
+        return cond, condition.empty_joint_latent(c["width"], c["height"], c["num_frames"], c["fps"], dac)
+
+NODE_CLASS_MAPPINGS = {"TestGoldenMovaInputs": TestGoldenMovaInputs}
+'''

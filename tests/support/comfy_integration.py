@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from comfy_fixtures import CONCAT_PROBE_NODE, LATENT_PROBE_NODE, PROBE_NODE, write_mode_media, write_test_loras
+from comfy_fixtures import (CONCAT_PROBE_NODE, GOLDEN_INPUTS_NODE, INTEGER_MEDIA_NODE, LATENT_PROBE_NODE, PROBE_NODE,
+                            write_mode_media, write_test_loras)
 from comfy_server import COMFYUI, PACK, comfy_server, new_base, write_wan_vae
 
 # every integration test module: pytestmark = INTEGRATION
@@ -30,6 +31,16 @@ INTEGRATION = [
     pytest.mark.skipif(not COMFYUI, reason="COMFYUI_PATH is not set (point it at a ComfyUI checkout to run "
                        "the integration tests, with ComfyUI's Python)"),
 ]
+
+# The native path: SamplerCustomAdvanced with stock noise and samplers, the MOVA Guider and MOVA Scheduler, on the
+# joint latent in core's audio-video form (ComfyUI 0.8 and later: comfy/nested_tensor.py).
+NATIVE = bool(COMFYUI) and (Path(COMFYUI) / "comfy" / "nested_tensor.py").is_file()
+
+
+# without COMFYUI_PATH the module's INTEGRATION mark says so; this one only speaks of a ComfyUI that is there
+needs_native = pytest.mark.skipif(bool(COMFYUI) and not NATIVE,
+                                  reason=f"the ComfyUI in COMFYUI_PATH ({COMFYUI}) has no nested (audio-video) "
+                                  "latents (comfy/nested_tensor.py, ComfyUI 0.8 and later)")
 
 WIDTH, HEIGHT, FRAMES, FPS, STEPS = 32, 32, 25, 24.0, 4
 # The ComfyUI server's environment: the user's settings for MOVA Prompt Enhance (the test servers' host approved,
@@ -54,6 +65,8 @@ def base(tmp_path_factory) -> Path:
     (root / "custom_nodes" / "test_weight_probe.py").write_text(PROBE_NODE)
     (root / "custom_nodes" / "test_concat_probe.py").write_text(CONCAT_PROBE_NODE)
     (root / "custom_nodes" / "test_latent_probe.py").write_text(LATENT_PROBE_NODE)
+    (root / "custom_nodes" / "test_golden_inputs.py").write_text(GOLDEN_INPUTS_NODE)
+    (root / "custom_nodes" / "test_integer_media.py").write_text(INTEGER_MEDIA_NODE)
     models = root / "models"
     write_release(models / "diffusion_models" / "MOVA-360p",
                   ("video_dit", "video_dit_2", "audio_dit", "dual_tower_bridge"))
@@ -199,3 +212,22 @@ def saved_latent(base: Path, outputs: dict, node: str) -> torch.Tensor:
 def node_key(prompt: dict, class_type: str) -> str:
     (key,) = [k for k, n in prompt.items() if n["class_type"] == class_type]
     return key
+
+
+def train_prompt(client, run_name: str, steps: int, filename: str, checkpoint_every: int = 2) -> dict:
+    """The shipped training workflow as an API prompt at test size, with the tiny real CLIP in place of UMT5-XXL."""
+    from workflow_api import missing_models, ui_to_api
+    info = client.object_info()
+    prompt = ui_to_api(json.loads((PACK / "example_workflows" / "mova_train_lora.json").read_text()), info)
+    for node in prompt.values():
+        kind, inputs = node["class_type"], node["inputs"]
+        if kind == "CLIPLoader":
+            node["class_type"], node["inputs"] = "TestTinyUMT5Loader", {"kind": "umt5xxl"}
+        elif kind == "MovaDataset":
+            inputs.update(width=WIDTH, height=HEIGHT, length=TRAIN_FRAMES, fps=FPS)
+        elif kind == "MovaTrainLora":
+            inputs.update(run_name=run_name, steps=steps, checkpoint_every=checkpoint_every, learning_rate=0.001)
+        elif kind == "MovaSaveLora":
+            inputs.update(filename=filename)
+    assert missing_models(prompt, info) == []
+    return prompt

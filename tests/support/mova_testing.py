@@ -49,3 +49,27 @@ def load_golden_towers(golden_dir, dtype=torch.float32, device="cpu"):
     load = lambda kind, folder: loading.load_component(ckpt, kind, dtype=dtype, device=device, component=folder)  # noqa: E731
     return sampler.MovaTowers([load("video_dit", "video_dit"), load("video_dit", "video_dit_2")],
                               load("audio_dit", "audio_dit"), load("dual_tower_bridge", "dual_tower_bridge"))
+
+
+def prepare_modes(vae, size, **kwargs):
+    """MOVA Conditioning's modes on the golden parts: ``prepare_conditioning`` with random prompts, the pooling encoder
+    and the codec of ``vae``; ``size`` is (width, height, frames, fps), ``kwargs`` the mode's inputs."""
+    from comfyui_mova.nodes.conditioning.audio_input import codec_encode
+    from comfyui_mova.nodes.conditioning.modes import prepare_conditioning
+    width, height, frames, fps = size
+    encode_audio = lambda wave: codec_encode(vae, wave)  # noqa: E731
+    return prepare_conditioning(text_cond(seed=1), text_cond(seed=2), pooling_encoder, kwargs.pop("image", None), width,
+                                height, frames, fps, vae.model.config, encode_audio=encode_audio, **kwargs)
+
+
+def extend_clip(vae, clip, length=None, overlap=5, crossfade=0.02, **kw):
+    """MOVA Extend's set-up of the next clip after ``clip`` (frames, sound, fps), on the golden codec ``vae``."""
+    from comfyui_mova.nodes.conditioning.audio_input import codec_encode
+    from comfyui_mova.nodes.conditioning.extend import prepare_extension
+    frames, sound, fps = clip
+    encode_audio = lambda wave: codec_encode(vae, wave)  # noqa: E731
+    args = dict(images=frames, audio=sound, length=length or frames.shape[0], overlap=overlap, fps=fps,
+                crossfade=crossfade) | kw
+    return prepare_extension(text_cond(seed=5), text_cond(seed=6), pooling_encoder, encode_audio, vae.model.config,
+                             args["images"], args["audio"], args["length"], args["overlap"], args["fps"],
+                             args["crossfade"])

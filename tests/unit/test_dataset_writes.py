@@ -4,6 +4,7 @@ values is not reused, a full disk while writing the cache names the file and lea
 file name stays a plain name whatever the clip folder is called."""
 
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ def write_nan_sound_clip(path, golden_cases, sample_rate=16000):
     """A Matroska clip (H.264 pictures, 32-bit float PCM sound) whose sound holds NaN samples: what a broken
     recorder or an editor's export can produce, and what the sound decoder hands on as it is."""
     import av
-    w, h, frames, fps = golden_cases["width"] + 16, golden_cases["height"] + 8, golden_cases["num_frames"] + 3, 24
+    w, h, frames, fps = golden_cases["width"] + 16, golden_cases["height"] + 8, golden_cases["num_frames"] + 3, Fraction(golden_cases["fps"]).limit_denominator(1001)
     with av.open(str(path), "w") as container:
         video = container.add_stream("libx264", rate=fps)
         video.width, video.height, video.pix_fmt = w, h, "yuv420p"

@@ -8,34 +8,11 @@ import torch
 
 from comfyui_mova.nodes.sampling.audio_decode import decode_to_audio
 from comfyui_mova.nodes.conditioning.audio_input import codec_encode
-from comfyui_mova.nodes.conditioning.extend import crossfade_join, join_clips, overlap_samples, prepare_extension
+from comfyui_mova.nodes.conditioning.extend import crossfade_join, join_clips, overlap_samples
 from comfyui_mova.nodes.handles import LATENT_AUDIO_KEY, NOISE_MASK_KEY, SamplerSettings
 from comfyui_mova.nodes.conditioning.keyframes import keyframe_video
 from comfyui_mova.nodes.sampling.run import sample_joint
-from mova_testing import pooling_encoder, text_cond
-
-
-@pytest.fixture(scope="module")
-def clip(golden_cases, vae):  # noqa: F811
-    """The clip so far: golden-size frames and its sound (mono, the codec's rate, int(rate * frames / fps))."""
-    c = golden_cases
-    rate = vae.model.config.sample_rate
-    gen = torch.Generator().manual_seed(8)
-    frames = torch.rand(c["num_frames"], c["height"], c["width"], 3, generator=gen)
-    samples = int(rate * c["num_frames"] / c["fps"])
-    t = torch.arange(samples) / rate
-    sound = {"waveform": (0.5 * torch.sin(2 * math.pi * 7 * t)).view(1, 1, -1), "sample_rate": rate}
-    return frames, sound, c["fps"]
-
-
-def _extend(vae, clip, length=None, overlap=5, crossfade=0.02, **kw):  # noqa: F811
-    frames, sound, fps = clip
-    encode_audio = lambda wave: codec_encode(vae, wave)  # noqa: E731
-    args = dict(images=frames, audio=sound, length=length or frames.shape[0], overlap=overlap, fps=fps,
-                crossfade=crossfade) | kw
-    return prepare_extension(text_cond(seed=5), text_cond(seed=6), pooling_encoder, encode_audio, vae.model.config,
-                             args["images"], args["audio"], args["length"], args["overlap"], args["fps"],
-                             args["crossfade"])
+from mova_testing import extend_clip, pooling_encoder
 
 
 @pytest.mark.parametrize("before, length, overlap, fps, rate", [
@@ -52,7 +29,7 @@ def test_overlap_point_makes_exact_lengths(before, length, overlap, fps, rate):
 
 def test_extension_keeps_the_overlap(vae, clip):  # noqa: F811
     frames, sound, fps = clip
-    cond, latent, ext, report = _extend(vae, clip, overlap=5)
+    cond, latent, ext, report = extend_clip(vae, clip, overlap=5)
     length, overlap = frames.shape[0], 5
     # video: the last 5 frames lead the condition; their 2 latent frames are kept (raw, as encoded)
     pixels, known = keyframe_video(length, frames.shape[2], frames.shape[1], frames[-overlap:])
@@ -78,7 +55,7 @@ def test_extension_keeps_the_overlap(vae, clip):  # noqa: F811
 
 def test_join_drops_the_overlap_frames_and_crossfades(vae, clip):  # noqa: F811
     frames, sound, fps = clip
-    _, _, ext, _ = _extend(vae, clip, overlap=5, crossfade=0.05)
+    _, _, ext, _ = extend_clip(vae, clip, overlap=5, crossfade=0.05)
     new_frames = torch.rand(ext.length, *frames.shape[1:])
     rate, before = ext.sample_rate, sound["waveform"].shape[-1]
     new_sound = {"waveform": torch.rand(1, 1, int(rate * ext.length / fps)) - 0.5, "sample_rate": rate}
@@ -114,7 +91,7 @@ def test_extension_samples_and_chains(parts, vae, clip):  # noqa: F811
     settings = SamplerSettings(bridge_cfg=3.5, cache_threshold=10.0)
     so_far, so_far_sound = frames, sound
     for i in range(2):
-        cond, latent, ext, _ = _extend(vae, (so_far, so_far_sound, fps), length=frames.shape[0], overlap=5)
+        cond, latent, ext, _ = extend_clip(vae, (so_far, so_far_sound, fps), length=frames.shape[0], overlap=5)
         video, audio = sample_joint(*parts, cond, latent, i, 3, 5.0, 5.0, 0.9, settings=settings)
         kept_v = latent[NOISE_MASK_KEY].flatten() == 0
         assert torch.equal(video["samples"][:, :, kept_v], latent["samples"][:, :, kept_v])
@@ -152,7 +129,7 @@ def test_bad_extension_inputs_name_the_fix(vae, clip, case):  # noqa: F811
     n, h, w = frames.shape[:3]
     change, message = BAD_EXTENSIONS[case](n, w, h, sound["sample_rate"], sound["waveform"].shape[-1])
     with pytest.raises(ValueError, match=message):
-        _extend(vae, clip, **change)
+        extend_clip(vae, clip, **change)
 
 
 def test_sound_of_another_rate_or_channels(vae, clip):  # noqa: F811
@@ -160,15 +137,15 @@ def test_sound_of_another_rate_or_channels(vae, clip):  # noqa: F811
     rate = sound["sample_rate"]
     resampled = {"waveform": sound["waveform"], "sample_rate": rate * 2}
     with pytest.raises(ValueError, match=f"audio is at {rate * 2} Hz but the audio VAE at {rate} Hz.*MOVA Audio Decode"):
-        _extend(vae, (frames, resampled, fps))
+        extend_clip(vae, (frames, resampled, fps))
     stereo = {"waveform": sound["waveform"].repeat(1, 2, 1), "sample_rate": rate}
     with pytest.raises(ValueError, match="audio has 2 channels, MOVA's sound is mono.*MOVA Audio Decode"):
-        _extend(vae, (frames, stereo, fps))
+        extend_clip(vae, (frames, stereo, fps))
 
 
 def test_join_refuses_other_clips(vae, clip):  # noqa: F811
     frames, sound, fps = clip
-    _, _, ext, _ = _extend(vae, clip)
+    _, _, ext, _ = extend_clip(vae, clip)
     rate = sound["sample_rate"]
     good = {"waveform": torch.zeros(1, 1, int(rate * ext.length / fps)), "sample_rate": rate}
     height, width = frames.shape[1:3]

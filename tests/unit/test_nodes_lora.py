@@ -159,3 +159,13 @@ def test_swapped_experts_refused(parts):
 def test_lora_choices_hide_the_config_file():
     names = ["a/lora_weights.pt", "a/lora_config.pt", "b.safetensors", "c\\lora_config.pt", "ckpt/step_100.pt"]
     assert lora_choices(names) == ["a/lora_weights.pt", "b.safetensors", "ckpt/step_100.pt"]
+
+
+def test_an_empty_official_checkpoint_is_named(parts, tmp_path):
+    """The official accelerate trainer without FSDP saves an empty lora_weights.pt (rank 16 in lora_config.pt)."""
+    folder = tmp_path / "step-200"
+    folder.mkdir()
+    torch.save({}, folder / "lora_weights.pt")
+    torch.save({"rank": 16, "alpha": 16.0, "target_modules": ["video_dit"]}, folder / "lora_config.pt")
+    with pytest.raises(ValueError, match="is empty.*without FSDP"):
+        plan_lora(read_lora(folder / "lora_weights.pt"), _shapes(parts), ALL_ON)

@@ -12,31 +12,17 @@ from comfyui_mova.mova_model.sampling.latents import normalise_video_latents
 from comfyui_mova.nodes.sampling.audio_decode import decode_to_audio
 from comfyui_mova.nodes.conditioning.audio_input import codec_encode, fit_audio, longest_clip
 from comfyui_mova.nodes.conditioning.condition import make_conditioning
-from comfyui_mova.nodes.conditioning.modes import prepare_conditioning
 from comfyui_mova.nodes.handles import LATENT_AUDIO_KEY, NOISE_MASK_KEY, MovaConditioning, SamplerSettings
 from comfyui_mova.nodes.conditioning.keyframes import fold_known_frames, keyframe_video, known_latent_frames
 from comfyui_mova.nodes.sampling.run import sample_joint
 from comfyui_mova.nodes.conditioning.video_input import fit_video, take_video
-from mova_testing import pooling_encoder, text_cond
-
-
-@pytest.fixture(scope="module")
-def size(golden_cases):
-    c = golden_cases
-    return c["width"], c["height"], c["num_frames"], c["fps"]
+from mova_testing import pooling_encoder, prepare_modes, text_cond
 
 
 def _sound(seconds: float, rate: int, channels: int = 2, seed: int = 0) -> dict:
     gen = torch.Generator().manual_seed(seed)
     samples = max(1, round(seconds * rate))
     return {"waveform": (torch.rand(1, channels, samples, generator=gen) - 0.5), "sample_rate": rate}
-
-
-def _prepare(vae, size, **kwargs):
-    width, height, frames, fps = size
-    encode_audio = lambda wave: codec_encode(vae, wave)  # noqa: E731
-    return prepare_conditioning(text_cond(seed=1), text_cond(seed=2), pooling_encoder, kwargs.pop("image", None), width,
-                                height, frames, fps, vae.model.config, encode_audio=encode_audio, **kwargs)
 
 
 # --- the I2V condition's known frames -------------------------------------------------------------------------
@@ -65,7 +51,7 @@ def test_plain_image_path_equals_the_official_one(vae, size):
     for start in (image, None):
         cond, latent = make_conditioning(text_cond(seed=1), text_cond(seed=2), pooling_encoder, start, width, height,
                                          frames, fps, vae.model.config)
-        new = _prepare(vae, size, image=start)
+        new = prepare_modes(vae, size, image=start)
         assert torch.equal(new.conditioning.condition, cond.condition)
         assert torch.equal(new.latent["samples"], latent["samples"]) and NOISE_MASK_KEY not in new.latent
         assert new.latent[LATENT_AUDIO_KEY].noise_mask is None and new.video is None and new.report == []
@@ -79,12 +65,12 @@ def test_first_and_last_frame(vae, size):
     pixels, known = keyframe_video(frames, width, height, start, end[-1:])
     assert torch.equal(pixels[0], start[0]) and torch.equal(pixels[-1], end[-1])  # the last image of the batch
     assert torch.all(pixels[1:-1] == 0.5) and known.tolist() == [True] + [False] * (frames - 2) + [True]
-    prepared = _prepare(vae, size, image=start, end_image=end)
+    prepared = prepare_modes(vae, size, image=start, end_image=end)
     cond = prepared.conditioning.condition
     assert torch.equal(cond[:, 4:], normalise_video_latents(pooling_encoder(pixels)))
     assert torch.equal(cond[:, :4], fold_known_frames(known).expand(1, 4, *cond.shape[2:]))
     assert NOISE_MASK_KEY not in prepared.latent  # as ComfyUI's node: the condition only, nothing kept
-    white_start = _prepare(vae, size, end_image=end).conditioning.condition  # no start image: white first frame
+    white_start = prepare_modes(vae, size, end_image=end).conditioning.condition  # no start image: white first frame
     pixels, _ = keyframe_video(frames, width, height, None, end[-1:])
     assert torch.all(pixels[0] == 1.0) and torch.equal(white_start[:, 4:],
                                                        normalise_video_latents(pooling_encoder(pixels)))
@@ -144,14 +130,14 @@ def test_longest_clip_fits_the_sound():
 ])
 def test_bad_audio_is_named(vae, size, audio, message):
     with pytest.raises(ValueError, match="audio.*" + message if "expected an AUDIO" not in message else message):
-        _prepare(vae, size, audio=audio)
+        prepare_modes(vae, size, audio=audio)
 
 
 def test_sound_to_video_keeps_the_encoded_sound(vae, size):
     _, _, frames, fps = size
     rate = vae.model.config.sample_rate
     sound = _sound(frames / fps * 1.5, rate * 2, channels=2)
-    prepared = _prepare(vae, size, audio=sound, image=torch.rand(1, 32, 32, 3))
+    prepared = prepare_modes(vae, size, audio=sound, image=torch.rand(1, 32, 32, 3))
     audio = prepared.latent[LATENT_AUDIO_KEY]
     fitted = fit_audio(sound, "audio", frames, fps, rate).waveform
     assert torch.equal(audio.given_waveform, fitted)
@@ -161,7 +147,7 @@ def test_sound_to_video_keeps_the_encoded_sound(vae, size):
 
 
 def test_decode_returns_the_given_sound(vae, size):
-    prepared = _prepare(vae, size, audio=_sound(1.0, 1000, channels=3))
+    prepared = prepare_modes(vae, size, audio=_sound(1.0, 1000, channels=3))
     latent = prepared.latent[LATENT_AUDIO_KEY]
     out = decode_to_audio(vae, latent)
     assert torch.equal(out["waveform"], latent.given_waveform)  # the user's sound, not a codec round trip
@@ -193,7 +179,7 @@ def test_take_video_trims_with_a_report_or_names_the_length():
 def test_video_to_audio_keeps_the_whole_video(vae, size):
     width, height, frames, fps = size
     video = torch.rand(frames + 3, 48, 40, 3, generator=torch.Generator().manual_seed(5))
-    prepared = _prepare(vae, size, video=video, video_fps=fps)
+    prepared = prepare_modes(vae, size, video=video, video_fps=fps)
     fitted = fit_video(video[:frames], width, height)
     assert torch.equal(prepared.video, video[:frames])  # for Create Video, at the video's own size
     assert torch.equal(prepared.latent["samples"], pooling_encoder(fitted))
@@ -211,7 +197,7 @@ def test_video_to_audio_keeps_the_whole_video(vae, size):
 ])
 def test_video_excludes_other_givens(vae, size, extra, message):
     with pytest.raises(ValueError, match=message):
-        _prepare(vae, size, video=torch.rand(size[2], 32, 32, 3), **extra)
+        prepare_modes(vae, size, video=torch.rand(size[2], 32, 32, 3), **extra)
 
 
 # --- the sampler keeps what is given, with every guidance option -------------------------------------------------
@@ -225,7 +211,7 @@ SETTINGS = {
 
 @pytest.mark.parametrize("settings", SETTINGS.values(), ids=SETTINGS.keys())
 def test_sampler_keeps_the_given_sound(parts, vae, size, settings):
-    prepared = _prepare(vae, size, audio=_sound(0.3, 500), image=torch.rand(1, 32, 32, 3))
+    prepared = prepare_modes(vae, size, audio=_sound(0.3, 500), image=torch.rand(1, 32, 32, 3))
     given = prepared.latent[LATENT_AUDIO_KEY]
     video, audio = sample_joint(*parts, prepared.conditioning, prepared.latent, 3, 3, 5.0, 5.0, 0.9,
                                 settings=settings)
@@ -236,7 +222,7 @@ def test_sampler_keeps_the_given_sound(parts, vae, size, settings):
 
 @pytest.mark.parametrize("settings", SETTINGS.values(), ids=SETTINGS.keys())
 def test_sampler_keeps_the_given_video(parts, vae, size, settings):
-    prepared = _prepare(vae, size, video=torch.rand(size[2], 32, 32, 3))
+    prepared = prepare_modes(vae, size, video=torch.rand(size[2], 32, 32, 3))
     loaded = []
     video, audio = sample_joint(*parts, prepared.conditioning, prepared.latent, 3, 3, 5.0, 5.0, 0.9,
                                 settings=settings, before_expert=loaded.append)
@@ -247,7 +233,7 @@ def test_sampler_keeps_the_given_video(parts, vae, size, settings):
 
 def test_first_last_frame_conditioning_samples(parts, vae, size):
     width, height, _, _ = size
-    prepared = _prepare(vae, size, image=torch.rand(1, height, width, 3), end_image=torch.rand(1, height, width, 3))
+    prepared = prepare_modes(vae, size, image=torch.rand(1, height, width, 3), end_image=torch.rand(1, height, width, 3))
     assert isinstance(prepared.conditioning, MovaConditioning)
     video, _ = sample_joint(*parts, prepared.conditioning, prepared.latent, 3, 2, 5.0, 5.0, 0.9,
                             settings=SETTINGS["dual_cfg_caching"])

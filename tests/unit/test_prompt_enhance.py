@@ -122,6 +122,20 @@ def test_first_frame_png_is_downscaled_and_first_of_batch():
     assert pixels.reshape(-1, 3).unique(dim=0).tolist() == [[10, 20, 30]]
 
 
+
+def test_first_frame_of_8_bit_grey_and_rgba_pictures_is_scaled_by_type():
+    """A uint8 IMAGE goes to the language model as the same picture as its 0..1 form (not white); grey and RGBA
+    too; float pixels outside 0..1 are refused with the fix."""
+    rgb = torch.tensor([[[10, 120, 250], [0, 64, 255]]], dtype=torch.uint8)[None]  # [1, 1, 2, 3]
+    assert torch.equal(frame_pixels(rgb), rgb[0])
+    assert torch.equal(frame_pixels(rgb.float() / 255), rgb[0])
+    rgba = torch.cat([rgb, torch.full_like(rgb[..., :1], 7)], dim=-1)
+    assert torch.equal(frame_pixels(rgba), rgb[0])
+    grey = rgb[..., :1]
+    assert torch.equal(frame_pixels(grey), grey[0].expand(-1, -1, 3))
+    with pytest.raises(ValueError, match=r"divide them by 255"):
+        frame_pixels(rgb.float())
+
 def test_server_not_reachable_names_url_and_how_to_start():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

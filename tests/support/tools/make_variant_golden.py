@@ -6,7 +6,13 @@ for checking that the test suite takes every size from the data:
     MOVA_GOLDEN_DIR=/tmp/golden_variant python -m pytest
 
 Its reference outputs come from THIS pack's implementation, not from the official code: the parity tests pass
-on it by construction. It checks size independence, not parity (the official golden set does that).
+on it by construction. It checks size independence, not parity (the official golden set does that). The
+official-LoRA tests need references from the official code for it; with a MOVA checkout at hand:
+
+    python tests/support/tools/make_official_lora_refs.py /path/to/MOVA --golden /tmp/golden_variant
+
+(without them those tests skip and say so). The configs carry the official classes' constructor flags and the
+release's model_index.json, so that the official code loads this set as it loads the release.
 """
 
 from __future__ import annotations
@@ -42,6 +48,26 @@ BRIDGE = BridgeConfig(visual_layers=4, audio_layers=3, visual_hidden_dim=96, aud
 SCHEDULER = SchedulerConfig(shift=3.0)
 CASE = dict(fps=25.0, num_frames=13, height=48, width=64, boundary_ratio=0.875, sample_steps=8, seed=3,
             text_tokens=20, real_tokens=15)
+# constructor flags the official classes take and the release's config.json files carry (with the release's
+# values), so that the official code loads this set too (tests/support/tools/make_official_lora_refs.py)
+_DIT_FLAGS = {"has_image_input": False, "has_image_pos_emb": False, "has_ref_conv": False, "add_control_adapter": False,
+              "in_dim_control_adapter": 24, "seperated_timestep": False, "fuse_vae_embedding_in_latents": False,
+              "require_vae_embedding": True}
+RELEASE_FLAGS = {"video_dit": _DIT_FLAGS | {"require_clip_embedding": False},
+                 "video_dit_2": _DIT_FLAGS | {"require_clip_embedding": False},
+                 "audio_dit": _DIT_FLAGS | {"require_clip_embedding": True, "vae_type": "dac"},
+                 "dual_tower_bridge": {},
+                 "audio_vae": {"n_codebooks": 9, "codebook_size": 1024, "codebook_dim": 8, "quantizer_dropout": False,
+                               "use_weight_norm": False}}
+MODEL_INDEX = {"_class_name": "MOVA", "audio_vae_type": "dac",
+               "audio_dit": ["mova.diffusion.models.wan_audio_dit", "WanAudioModel"],
+               "audio_vae": ["mova.diffusion.models.dac_vae", "DAC"],
+               "dual_tower_bridge": ["mova.diffusion.models.interactionv2", "DualTowerConditionalBridge"],
+               "scheduler": ["mova.diffusion.schedulers.flow_match_pair", "FlowMatchPairScheduler"],
+               "text_encoder": ["transformers", "UMT5EncoderModel"], "tokenizer": ["transformers", "T5TokenizerFast"],
+               "video_dit": ["mova.diffusion.models.wan_video_dit", "WanModel"],
+               "video_dit_2": ["mova.diffusion.models.wan_video_dit", "WanModel"],
+               "video_vae": ["diffusers", "AutoencoderKLWan"]}
 CLASS_NAMES = {"video_dit": "WanModel", "video_dit_2": "WanModel", "audio_dit": "WanAudioModel",
                "dual_tower_bridge": "DualTowerConditionalBridge", "audio_vae": "DAC"}
 
@@ -61,8 +87,8 @@ def _randomise(model: torch.nn.Module, gen: torch.Generator, gain: float = 1.0) 
 def _save_component(folder: Path, name: str, model, config, shards: int = 1) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    (folder / "config.json").write_text(json.dumps({"_class_name": CLASS_NAMES[name]} | config_to_dict(config),
-                                                   indent=2))
+    (folder / "config.json").write_text(json.dumps(
+        {"_class_name": CLASS_NAMES[name]} | RELEASE_FLAGS[name] | config_to_dict(config), indent=2))
     if shards == 1:
         save_file(state, str(folder / "diffusion_pytorch_model.safetensors"))
         return
@@ -73,7 +99,9 @@ def _save_component(folder: Path, name: str, model, config, shards: int = 1) -> 
         shard = f"diffusion_pytorch_model-{i + 1:05d}-of-{shards:05d}.safetensors"
         save_file({k: state[k] for k in part}, str(folder / shard))
         weight_map |= {k: shard for k in part}
-    (folder / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    total = sum(t.numel() * t.element_size() for t in state.values())
+    (folder / "diffusion_pytorch_model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}))
 
 
 def main(argv=None) -> int:
@@ -89,9 +117,10 @@ def main(argv=None) -> int:
     for name, model in models.items():
         _randomise(model, gen, gain=0.8 if name == "audio_vae" else 1.0)  # codec outputs well inside -1..1
         _save_component(ckpt / name, name, model, configs[name], shards=3 if name == "video_dit_2" else 1)
-    (ckpt / "model_index.json").write_text(json.dumps({"_class_name": "MOVA", "boundary_ratio": CASE["boundary_ratio"]}))
+    (ckpt / "model_index.json").write_text(json.dumps(MODEL_INDEX | {"boundary_ratio": CASE["boundary_ratio"]}))
     (ckpt / "scheduler").mkdir(exist_ok=True)
-    (ckpt / "scheduler" / "scheduler_config.json").write_text(json.dumps(config_to_dict(SCHEDULER)))
+    (ckpt / "scheduler" / "scheduler_config.json").write_text(json.dumps(
+        {"_class_name": "FlowMatchPairScheduler"} | config_to_dict(SCHEDULER)))
 
     fps, frames, h, w = CASE["fps"], CASE["num_frames"], CASE["height"], CASE["width"]
     t = (frames - 1) // 4 + 1
