@@ -27,15 +27,32 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from .files.atomic_write import WriteError, atomic_write
-from .weights.checkpoint import Checkpoint, CheckpointError, open_checkpoint
 from .configs import config_to_dict
-from .weights.detect import METADATA_CONFIG, METADATA_EXPERT, METADATA_KIND, check_kind, detect_config
-from .weights.loading import _is_aux, check_against_config, check_fp8_layout, expected_state, model_tensors, source_shapes
-from .weights.quantize import (MARKER_KEY, QUANT_CONF_SUFFIX, QUANT_SCALE_SUFFIX, SCALE_SUFFIX, comfy_quant_entry,
-                       fp8_entries, fp8_scale, is_fp8_target, quantize_fp8, rounding_bound)
+from .files.atomic_write import WriteError, atomic_write
 from .files.names import NameProblem, name_parts, path_inside
 from .files.safetensors_stream import NAME_DTYPES, RawReader, StreamWriter, TensorSpec
+from .weights.checkpoint import Checkpoint, CheckpointError, open_checkpoint
+from .weights.detect import METADATA_CONFIG, METADATA_EXPERT, METADATA_KIND, check_kind, detect_config
+from .weights.loading import (
+    _is_aux,
+    check_against_config,
+    check_fp8_layout,
+    expected_state,
+    model_tensors,
+    source_shapes,
+)
+from .weights.quantize import (
+    MARKER_KEY,
+    QUANT_CONF_SUFFIX,
+    QUANT_SCALE_SUFFIX,
+    SCALE_SUFFIX,
+    comfy_quant_entry,
+    fp8_entries,
+    fp8_scale,
+    is_fp8_target,
+    quantize_fp8,
+    rounding_bound,
+)
 
 FORMATS = {"bf16": (torch.bfloat16, "bf16"), "fp8_e4m3fn": (torch.float8_e4m3fn, "fp8_e4m3fn_scaled")}
 # The audio VAE (DAC, ~0.3 GB) is always written in float32: it is tiny next to the 28 GB of experts,

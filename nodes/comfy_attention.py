@@ -11,6 +11,7 @@ from __future__ import annotations
 import comfy.ldm.modules.attention as comfy_attention
 
 from ..mova_model.networks.attention import register_attention_backend
+from .sampling.spec import COMFY_ATTENTION
 
 FUSED = ("attention_pytorch", "attention_sage", "attention_flash", "attention_xformers")
 
@@ -28,4 +29,4 @@ def comfy_kernel() -> str:
 
 
 def register() -> None:
-    register_attention_backend("comfy", _comfy, cpu=True, prefer_in_auto=comfy_kernel() in FUSED)
+    register_attention_backend(COMFY_ATTENTION, _comfy, cpu=True, prefer_in_auto=comfy_kernel() in FUSED)

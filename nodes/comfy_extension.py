@@ -1,22 +1,18 @@
-"""The pack's ComfyExtension: the list of MOVA nodes (imported only inside ComfyUI)."""
+"""The pack's ComfyExtension: the list of MOVA nodes, in menu order (nodes/catalog.py lists their specs in the same
+order; imported only inside ComfyUI)."""
 
 from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
 from . import comfy_attention
-from .sampling.audio_node import MovaAudioDecode
-from .conditioning.node import MovaConditioning
-from .training.dataset_node import MovaDataset
-from .conditioning.extend_node import MovaExtend, MovaJoin
+from .conditioning.node import MovaConditioning, MovaExtend, MovaJoin, MovaTextEncode
 from .loaders.node import MovaAudioTowerLoader, MovaAudioVAELoader, MovaVideoExpertLoader
-from .lora.node import MovaLoraLoader
+from .lora.node import MovaLoraLoader, MovaSaveLora
 from .native.node import MovaGuider, MovaScheduler, MovaSeparateAVLatent
 from .prompts.node import MovaPromptBuilder, MovaPromptEnhance
-from .sampling.node import MovaSampler, MovaSamplerOptions
-from .lora.save_node import MovaSaveLora
-from .conditioning.text_node import MovaTextEncode
-from .training.node import MovaTrainLora
+from .sampling.node import MovaAudioDecode, MovaSampler, MovaSamplerOptions
+from .training.node import MovaDataset, MovaTrainLora
 
 NODE_CLASSES = [
     MovaVideoExpertLoader, MovaAudioTowerLoader, MovaAudioVAELoader, MovaConditioning, MovaSampler, MovaAudioDecode,

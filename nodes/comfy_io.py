@@ -1,4 +1,4 @@
-"""ComfyUI V3 schemas built from ``spec`` (this module needs ComfyUI)."""
+"""ComfyUI V3 schemas built from the node specs (each wing's ``spec.py``; this module needs ComfyUI)."""
 
 from __future__ import annotations
 
@@ -7,15 +7,15 @@ import logging
 import folder_paths
 from comfy_api.latest import io
 
-from . import spec
-from .lora.patches import lora_choices
+from . import spec_types
 from .loaders.model_checks import filter_choices
 from .loaders.model_files import list_choices
+from .lora.patches import lora_choices
 
 CUSTOM_TYPES = {
     name: io.Custom(name)
-    for name in (spec.VIDEO_EXPERT, spec.AUDIO_TOWER, spec.AUDIO_VAE, spec.MOVA_CONDITIONING, spec.AUDIO_LATENT,
-                 spec.SAMPLER_OPTIONS, spec.LORA, spec.DATASET, spec.EXTENSION)
+    for name in (spec_types.VIDEO_EXPERT, spec_types.AUDIO_TOWER, spec_types.AUDIO_VAE, spec_types.MOVA_CONDITIONING, spec_types.AUDIO_LATENT,
+                 spec_types.SAMPLER_OPTIONS, spec_types.LORA, spec_types.DATASET, spec_types.EXTENSION)
 }
 STOCK_TYPES = {
     "CONDITIONING": io.Conditioning, "VAE": io.Vae, "IMAGE": io.Image, "LATENT": io.Latent,
@@ -38,7 +38,7 @@ def model_choices(folder: str, kinds: tuple[str, ...] | None = None, loader: str
     return filter_choices(choices, roots, kinds, loader) if kinds else choices
 
 
-def _widget(w: spec.Widget, node: str = ""):
+def _widget(w: spec_types.Widget, node: str = ""):
     if w.kind == "INT":
         return io.Int.Input(w.name, default=w.default, min=w.min, max=w.max, step=w.step,
                             control_after_generate=w.control_after_generate or None, tooltip=w.tooltip)
@@ -54,19 +54,19 @@ def _widget(w: spec.Widget, node: str = ""):
 
 
 def _input(item, node: str = ""):
-    if isinstance(item, spec.Widget):
+    if isinstance(item, spec_types.Widget):
         return _widget(item, node)
-    if item.type in spec.WIDGET_KINDS:  # a number or text that only comes through a connection
+    if item.type in spec_types.WIDGET_KINDS:  # a number or text that only comes through a connection
         return _type(item.type).Input(item.name, optional=item.optional, tooltip=item.tooltip, force_input=True)
     return _type(item.type).Input(item.name, optional=item.optional, tooltip=item.tooltip)
 
 
-def schema(node: spec.NodeSpec, hidden: list | None = None) -> io.Schema:
+def schema(node: spec_types.NodeSpec, hidden: list | None = None) -> io.Schema:
     """The io.Schema of a MOVA node, in the MOVA category."""
     return io.Schema(
         node_id=node.node_id,
         display_name=node.display_name,
-        category=spec.CATEGORY,
+        category=spec_types.CATEGORY,
         description=node.description,
         inputs=[_input(i, node.display_name) for i in node.inputs],
         # output ids must differ from input ids (MovaConditioning has an fps widget and an fps output)

@@ -14,7 +14,7 @@ import functools
 import inspect
 import numbers
 
-from . import spec
+from . import spec_types
 
 CHECKED_KINDS = ("INT", "FLOAT", "BOOLEAN", "STRING", "COMBO")
 
@@ -37,23 +37,23 @@ def plain_number(value):
     return value
 
 
-def _socket_problem(socket: spec.Socket, value) -> str | None:
+def _socket_problem(socket: spec_types.Socket, value) -> str | None:
     if socket.type == "BOOLEAN":
         return None if isinstance(value, bool) else f"{socket.name} must be true or false, got {value!r}"
-    return spec.Widget(socket.name, socket.type, socket.tooltip).problem(value)
+    return spec_types.Widget(socket.name, socket.type, socket.tooltip).problem(value)
 
 
-def checked_value(node: spec.NodeSpec, item: spec.Socket | spec.Widget, value):
+def checked_value(node: spec_types.NodeSpec, item: spec_types.Socket | spec_types.Widget, value):
     """``value`` of ``node``'s input ``item`` (numbers as plain Python numbers of the input's kind), or a ValueError
     naming the node, the input, the problem and the fix."""
-    kind = item.kind if isinstance(item, spec.Widget) else item.type
+    kind = item.kind if isinstance(item, spec_types.Widget) else item.type
     if kind in ("INT", "FLOAT", "BOOLEAN"):
         value = plain_number(value)
     if kind == "FLOAT" and type(value) is int:
         value = float(value)
-    problem = item.problem(value) if isinstance(item, spec.Widget) else _socket_problem(item, value)
+    problem = item.problem(value) if isinstance(item, spec_types.Widget) else _socket_problem(item, value)
     if problem is not None:
-        fix = item.fix() if isinstance(item, spec.Widget) else \
+        fix = item.fix() if isinstance(item, spec_types.Widget) else \
             f"connect a finite number to it ({item.tooltip.split('. ')[0].rstrip('.')})"
         raise ValueError(f"{node.display_name}: {problem}; {fix}")
     if kind == "INT":
@@ -61,18 +61,18 @@ def checked_value(node: spec.NodeSpec, item: spec.Socket | spec.Widget, value):
     return value
 
 
-def checked_values(node: spec.NodeSpec, values: dict) -> dict:
+def checked_values(node: spec_types.NodeSpec, values: dict) -> dict:
     """``values`` (input name -> value) with every number, text and choice input of ``node`` checked (numbers made
     plain Python numbers); inputs that are absent or None (optional, unconnected) are left as they are."""
     out = dict(values)
     for item in node.inputs:
-        kind = item.kind if isinstance(item, spec.Widget) else item.type
+        kind = item.kind if isinstance(item, spec_types.Widget) else item.type
         if kind in CHECKED_KINDS and values.get(item.name) is not None:
             out[item.name] = checked_value(node, item, values[item.name])
     return out
 
 
-def checked_inputs(node: spec.NodeSpec):
+def checked_inputs(node: spec_types.NodeSpec):
     """Decorator for a node's ``execute`` (below ``@classmethod``): its inputs go through ``checked_values`` first."""
     def wrap(execute):
         signature = inspect.signature(execute)

@@ -6,8 +6,7 @@ inputs are widgets and in which order their values are stored.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
+import ast
 from pathlib import Path
 
 SKIPPED_TYPES = {"Note", "MarkdownNote"}
@@ -26,24 +25,28 @@ class WorkflowError(ValueError):
     """The workflow cannot be run as asked; the message says what to change."""
 
 
-def _pack_spec():
-    """The pack's nodes/spec.py (plain data), loaded by path so this script needs no package import."""
-    path = Path(__file__).resolve().parents[1] / "nodes" / "spec.py"
-    module_spec = importlib.util.spec_from_file_location("mova_node_spec", path)
-    module = importlib.util.module_from_spec(module_spec)
-    sys.modules[module_spec.name] = module  # dataclasses look their module up while the class is built
-    module_spec.loader.exec_module(module)
-    return module
+def _spec_model_folders(path: Path) -> dict[tuple[str, str], str]:
+    """(node id, input name) -> model folder for the widgets of one wing's spec.py that list model files, read from
+    its source (``NodeSpec(node_id=..., inputs=(Widget("name", ..., model_folder="..."), ...))``): the specs import
+    the pack's registries and torch, this script only the standard library."""
+    found = {}
+    for call in ast.walk(ast.parse(path.read_text())):
+        if not (isinstance(call, ast.Call) and getattr(call.func, "id", None) == "NodeSpec"):
+            continue
+        node_id = next(k.value.value for k in call.keywords if k.arg == "node_id")
+        for widget in ast.walk(call):
+            if isinstance(widget, ast.Call) and getattr(widget.func, "id", None) == "Widget":
+                folder = next((k.value.value for k in widget.keywords if k.arg == "model_folder"), None)
+                if folder:
+                    found[(node_id, widget.args[0].value)] = folder
+    return found
 
 
 def model_folders() -> dict[tuple[str, str], str]:
     """(node type, input name) -> ComfyUI model folder, for every loader input we know."""
-    spec = _pack_spec()
     folders = dict(STOCK_MODEL_INPUTS)
-    for node in spec.ALL_NODES:
-        for widget in node.widgets:
-            if widget.model_folder:
-                folders[(node.node_id, widget.name)] = widget.model_folder
+    for path in sorted((Path(__file__).resolve().parents[1] / "nodes").glob("*/spec.py")):
+        folders.update(_spec_model_folders(path))
     return folders
 
 

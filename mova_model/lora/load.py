@@ -25,9 +25,9 @@ from pathlib import Path
 
 import torch
 
+from ..files.saving import file_digest
 from ..weights.checkpoint import CheckpointError, read_header
 from ..weights.quantize import dequantize, quantize_fp8
-from ..files.saving import file_digest
 
 LORA_COMPONENTS = ("video_dit_2", "video_dit", "audio_dit", "dual_tower_bridge")  # longest prefix first
 OFFICIAL_WEIGHTS, OFFICIAL_CONFIG = "lora_weights.pt", "lora_config.pt"

@@ -28,8 +28,8 @@ from pathlib import Path
 import torch
 
 from ..files.atomic_write import atomic_write
-from .load import OFFICIAL_CONFIG, OFFICIAL_WEIGHTS, WEIGHTS_DIGEST, LoraFile, read_lora
 from ..files.saving import file_digest, save_safetensors, save_torch
+from .load import OFFICIAL_CONFIG, OFFICIAL_WEIGHTS, WEIGHTS_DIGEST, LoraFile, read_lora
 
 SAVE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PART_ORDER = ("video_dit", "video_dit_2", "audio_dit", "dual_tower_bridge")

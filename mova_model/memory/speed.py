@@ -15,9 +15,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .compiled import compile_blocks
 from ..networks.fused import set_fused_kernels
 from ..networks.ops import Fp8Linear, enable_fp8_matmul, fp8_tensor_cores
+from .compiled import compile_blocks
 
 COMPILE_MODES = {"off": None, "blocks": "default", "blocks-max-autotune": "max-autotune-no-cudagraphs",
                  "kernels": None}

@@ -73,6 +73,7 @@ _BACKENDS: dict[str, tuple[Backend, tuple[str, ...] | None, str, bool]] = {
                "it needs a Hopper GPU (H100/H200)", False),
     "sage": (_sage, ("sageattention",), "`pip install sageattention` (it needs a CUDA GPU and triton)", False),
 }
+BUILT_IN_BACKENDS = tuple(_BACKENDS)  # before any host registers its own
 # the GPUs a kernel runs on: (lowest, highest) CUDA compute capability, both included
 _CAPABILITY = {"flash3": ((9, 0), (9, 9)), "sage": ((8, 0), (99, 0)), "sdpa_cudnn": ((8, 0), (99, 0))}
 _GPU_NAMES = {"flash3": "Hopper GPUs (H100/H200, compute capability 9.x)",

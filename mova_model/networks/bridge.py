@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .attention import attention
 from ..configs import BridgeConfig
+from .attention import attention
 from .dit import Attention
 from .fused import rms_rope_half, scaled_residual
 from .layers import param_like

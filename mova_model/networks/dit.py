@@ -13,11 +13,11 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .attention import attention
 from ..configs import DiTConfig
+from ..memory.offload import iter_blocks
+from .attention import attention
 from .fused import gated_residual, norm_modulate, rms_rope_interleaved
 from .layers import RMSNorm, param_like, timestep_sinusoid
-from ..memory.offload import iter_blocks
 from .ops import Fp8Linear, is_linear, torch_ops
 from .rope import tower_rope_audio, tower_rope_video
 

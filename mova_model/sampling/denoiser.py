@@ -25,13 +25,13 @@ from typing import Callable
 
 import torch
 
+from ..memory.speed import apply_speed_options
 from ..networks.attention import resolve_attention_backend
 from .guidance import guided_velocity
 from .joint import JointOutput, joint_forward
 from .known_regions import KnownRegions
 from .sampler import MovaTowers, SamplingOptions, check_finite_step, check_inputs, expert_index
 from .scheduler import make_schedule, match_official_schedule, reshift_sigma
-from ..memory.speed import apply_speed_options
 from .step_cache import StepCache
 
 

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import torch
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
+from ..memory.offload import iter_blocks
 from ..networks.bridge import DualTowerBridge
 from ..networks.dit import WanDiT
-from ..memory.offload import iter_blocks
 
 
 @dataclass

@@ -9,15 +9,15 @@ from typing import Callable, Sequence
 
 import torch
 
+from ..configs import SchedulerConfig
+from ..memory.speed import apply_speed_options, check_speed_options
 from ..networks.attention import resolve_attention_backend, use_attention_backend
 from ..networks.bridge import DualTowerBridge
-from ..configs import SchedulerConfig
 from ..networks.dit import WanDiT
 from .guidance import NO_GUIDANCE, Guidance, guided_velocity
 from .joint import check_towers, joint_forward
 from .known_regions import KnownLatents, KnownRegions, check_known
 from .scheduler import make_schedule
-from ..memory.speed import apply_speed_options, check_speed_options
 from .step_cache import StepCache
 
 EXPERT_NAMES = ("the high-noise expert (video_dit)", "the low-noise expert (video_dit_2)")

@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 
 from ..networks.dit import WanDiT
-from .joint import JointOutput
 from ..networks.layers import layer_norm, modulate, param_like
+from .joint import JointOutput
 
 
 def modulated_input(dit: WanDiT, x: torch.Tensor, timestep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

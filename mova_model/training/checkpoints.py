@@ -17,20 +17,35 @@ import json
 import math
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 
-from ..weights.checkpoint import CheckpointError, read_header
 from ..files.saving import save_safetensors
+from ..weights.checkpoint import CheckpointError, read_header
 from .guard import nonfinite_values
 
 FORMAT = "mova-lora-checkpoint/1"
 NAME = re.compile(r"^step_(\d+)\.safetensors$")
 OPTIMIZER_PREFIX = "optimizer."
 DAMAGED_SUFFIX = ".damaged"
-RECORD_FIELDS = ("step", "expert", "loss", "video_loss", "audio_loss", "timestep")  # training.StepRecord
+
+
+@dataclass
+class StepRecord:
+    """One optimizer step (1-based): which expert trained, its mean losses and mean timestep."""
+
+    step: int
+    expert: int
+    loss: float
+    video_loss: float
+    audio_loss: float
+    timestep: float
+
+
+RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(StepRecord))
 
 
 class CheckpointDamaged(ValueError):
@@ -132,7 +147,6 @@ class TrainingCheckpoints:
                              "another run name to start a new LoRA.")
         lora.load_state_dict(tensors)
         optimizer.load_state_dict(_optimizer_state(tensors, meta["param_groups"], len(meta["param_keys"])))
-        from .trainer import StepRecord  # circular at import time
         history = [StepRecord(**r) for r in meta["history"]]
         for exc in damaged:
             self.notes.append(_set_aside(exc, path))

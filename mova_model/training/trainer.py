@@ -24,13 +24,13 @@ import torch
 import torch.nn.functional as F
 
 from ..configs import SchedulerConfig
-from ..sampling.joint import check_towers, joint_forward
-from .dataset import LatentDataset
-from ..lora.recipes import LOW_RESOURCE, SELECTIONS
 from ..lora.adapters import COMPONENTS, LoraSet, attached, make_lora_set, release_inference_tensors
+from ..lora.recipes import LOW_RESOURCE, SELECTIONS
+from ..sampling.joint import check_towers, joint_forward
 from ..sampling.sampler import MovaTowers
 from ..sampling.scheduler import shifted_sigmas
-from .checkpoints import TrainingCheckpoints
+from .checkpoints import StepRecord, TrainingCheckpoints
+from .dataset import LatentDataset
 from .guard import StepGuard, check_dataset_finite
 
 HIGH, LOW = 0, 1
@@ -87,18 +87,6 @@ class TrainSettings:
     def resume_values(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
                 if k in self.RESUME_KEYS}
-
-
-@dataclass
-class StepRecord:
-    """One optimizer step (1-based): which expert trained, its mean losses and mean timestep."""
-
-    step: int
-    expert: int
-    loss: float
-    video_loss: float
-    audio_loss: float
-    timestep: float
 
 
 @dataclass

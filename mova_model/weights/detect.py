@@ -6,8 +6,8 @@ import json
 import math
 import re
 
-from .checkpoint import Checkpoint, CheckpointError
 from ..configs import DEFAULT_HEAD_DIM, BridgeConfig, DACConfig, DiTConfig, config_from_dict
+from .checkpoint import Checkpoint, CheckpointError
 
 KIND_NAMES = {
     "video_dit": "a MOVA video expert (video_dit / video_dit_2)",

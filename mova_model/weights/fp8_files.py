@@ -10,8 +10,18 @@ import json
 import torch
 
 from .checkpoint import Checkpoint, CheckpointError, strip_prefix
-from .quantize import (AUX_SUFFIXES, MARKER_DTYPES, MARKER_KEY, QUANT_CONF_SUFFIX, QUANT_FORMATS, QUANT_METADATA,
-                       QUANT_SCALE_SUFFIX, SCALE_SUFFIX, STORED_FP8, read_comfy_quant)
+from .quantize import (
+    AUX_SUFFIXES,
+    MARKER_DTYPES,
+    MARKER_KEY,
+    QUANT_CONF_SUFFIX,
+    QUANT_FORMATS,
+    QUANT_METADATA,
+    QUANT_SCALE_SUFFIX,
+    SCALE_SUFFIX,
+    STORED_FP8,
+    read_comfy_quant,
+)
 
 KNOWN_DTYPES = {"F32", "F16", "BF16", *STORED_FP8, "I64", "I32", "I16", "I8", "U8", "BOOL", "F64"}
 CONVERT_HINT = "convert the MOVA release with python -m mova_model.convert"

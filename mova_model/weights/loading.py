@@ -22,13 +22,23 @@ import os
 import torch
 from torch import nn
 
-from .checkpoint import Checkpoint, CheckpointError, open_checkpoint
 from ..networks.dac import weight_from_norm
+from ..networks.ops import fp8_ops, torch_ops
+from .checkpoint import Checkpoint, CheckpointError, open_checkpoint
 from .detect import check_kind, detect_config
 from .fp8_files import KNOWN_DTYPES, aux_module, check_fp8_layout, is_aux, read_scales  # noqa: F401 (re-exported)
-from ..networks.ops import fp8_ops, torch_ops
-from .quantize import (FP8_DTYPES, INPUT_SCALE_SUFFIX, LAYOUTS, MARKER_KEY, SCALE_SUFFIX, STORED_FP8, dequantize,
-                       fp8_entries, is_fp8_target, quantize_fp8)
+from .quantize import (
+    FP8_DTYPES,
+    INPUT_SCALE_SUFFIX,
+    LAYOUTS,
+    MARKER_KEY,
+    SCALE_SUFFIX,
+    STORED_FP8,
+    dequantize,
+    fp8_entries,
+    is_fp8_target,
+    quantize_fp8,
+)
 
 STORED_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 _is_aux = is_aux  # the converter's name for it

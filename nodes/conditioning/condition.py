@@ -8,8 +8,8 @@ from typing import Callable
 import torch
 
 from ...mova_model.configs import DACConfig
-from ...mova_model.sampling.latents import normalise_video_latents
 from ...mova_model.memory.estimate import check_fits, condition_bytes
+from ...mova_model.sampling.latents import normalise_video_latents
 from ...mova_model.sampling.sizes import VAE_SPACE, VAE_TIME, VIDEO_LATENT_CHANNELS, check_video_size, latent_shapes
 from ..handles import LATENT_AUDIO_KEY, AudioLatent, MovaConditioning
 from ..media_values import check_channels, image_pixels

@@ -18,12 +18,19 @@ from typing import Callable
 import torch
 
 from ...mova_model.configs import DACConfig
-from ...mova_model.sampling.sizes import PATCH, VAE_SPACE, VAE_TIME, _nearest_valid, audio_latent_length, audio_num_samples
+from ...mova_model.sampling.sizes import (
+    PATCH,
+    VAE_SPACE,
+    VAE_TIME,
+    _nearest_valid,
+    audio_latent_length,
+    audio_num_samples,
+)
+from ..handles import LATENT_AUDIO_KEY, NOISE_MASK_KEY, AudioLatent, Extension, MovaConditioning
+from ..media_values import image_pixels
 from .audio_input import audio_waveform
 from .condition import build_condition, empty_joint_latent, prompt_states
-from ..handles import LATENT_AUDIO_KEY, NOISE_MASK_KEY, AudioLatent, Extension, MovaConditioning
 from .keyframes import fold_known_frames, keyframe_video, known_latent_frames
-from ..media_values import image_pixels
 
 Encode = Callable[[torch.Tensor], torch.Tensor]
 

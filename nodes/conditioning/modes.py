@@ -10,9 +10,9 @@ from typing import Callable
 import torch
 
 from ...mova_model.configs import DACConfig
+from ..handles import LATENT_AUDIO_KEY, NOISE_MASK_KEY, AudioLatent, MovaConditioning
 from .audio_input import fit_audio, known_audio_latents
 from .condition import batch_note, build_condition, check_sizes, empty_joint_latent, fit_frame, prompt_states
-from ..handles import LATENT_AUDIO_KEY, NOISE_MASK_KEY, AudioLatent, MovaConditioning
 from .keyframes import fold_known_frames, keyframe_video
 from .video_input import fit_video, take_video
 

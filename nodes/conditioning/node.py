@@ -1,5 +1,7 @@
-"""MOVA Conditioning node: prompts + first frame (or white) -> MOVA condition and empty joint latent; optionally a
-last frame, a sound to follow, or a video to write the sound for."""
+"""The conditioning wing's ComfyUI nodes: MOVA Text Encode (a prompt through ComfyUI's UMT5-XXL CLIP, encoded as the
+official pipeline does), MOVA Conditioning (prompts + first frame, or white, -> MOVA condition and empty joint
+latent; optionally a last frame, a sound to follow, or a video to write the sound for), and MOVA Extend / MOVA Join
+(longer videos as clips that continue each other, with continuous sound)."""
 
 from __future__ import annotations
 
@@ -9,14 +11,16 @@ import comfy.model_management as mm
 import torch
 from comfy_api.latest import io, ui
 
-from .. import spec
-from .audio_input import codec_encode
 from ..av_latent import av_output
 from ..comfy_io import schema, show_text
-from .condition import make_conditioning
-from .modes import prepare_conditioning
-from ..handles import LoadedPart
+from ..handles import Extension, LoadedPart
 from ..input_values import checked_inputs
+from . import spec
+from .audio_input import codec_encode
+from .condition import make_conditioning
+from .extend import join_clips, prepare_extension
+from .modes import prepare_conditioning
+from .text import encode_prompt
 
 log = logging.getLogger(__name__)
 
@@ -74,3 +78,51 @@ class MovaConditioning(io.ComfyNode):
         text = "\n".join(report + [f"warning: {w}" for w in warnings])
         show_text(cls.hidden.unique_id, text)
         return io.NodeOutput(*outputs, ui=ui.PreviewText(text))
+
+
+class MovaTextEncode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return schema(spec.TEXT_ENCODE, hidden=[io.Hidden.unique_id])
+
+    @classmethod
+    @checked_inputs(spec.TEXT_ENCODE)
+    def execute(cls, text: str, clip) -> io.NodeOutput:
+        conditioning, warnings = encode_prompt(clip, text)
+        if not warnings:
+            return io.NodeOutput(conditioning)
+        report = "\n".join(f"warning: {w}" for w in warnings)
+        for line in warnings:
+            log.warning("MOVA Text Encode: %s", line)
+        show_text(cls.hidden.unique_id, report)
+        return io.NodeOutput(conditioning, ui=ui.PreviewText(report))
+
+
+class MovaExtend(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return schema(spec.EXTEND, hidden=[io.Hidden.unique_id])
+
+    @classmethod
+    @checked_inputs(spec.EXTEND)
+    def execute(cls, positive, negative, vae, audio_vae: LoadedPart, images, audio, length: int, overlap: int,
+                fps: float, crossfade: float) -> io.NodeOutput:
+        cond, latent, extension, report = prepare_extension(
+            positive, negative, wan_vae_encoder(vae), audio_vae_encoder(audio_vae), audio_vae.model.config, images,
+            audio, length, overlap, fps, crossfade,
+        )
+        log.info("MOVA Extend: %s", report)
+        show_text(cls.hidden.unique_id, report)
+        return io.NodeOutput(cond, latent, extension, av_output(latent), ui=ui.PreviewText(report))
+
+
+class MovaJoin(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return schema(spec.JOIN)
+
+    @classmethod
+    @checked_inputs(spec.JOIN)
+    def execute(cls, extension: Extension, images, audio) -> io.NodeOutput:
+        joined, sound = join_clips(extension, images, audio)
+        return io.NodeOutput(joined, sound, extension.fps)

@@ -7,9 +7,9 @@ import math
 import torch
 
 from ...mova_model.sampling.sizes import VAE_TIME
-from .condition import fit_frame
 from ..input_values import plain_number
 from ..media_values import image_pixels
+from .condition import fit_frame
 
 
 def largest_clip(frames: int) -> int:

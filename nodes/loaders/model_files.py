@@ -13,10 +13,10 @@ from typing import Iterable
 
 import torch
 
+from ...mova_model.networks.ops import torch_ops
 from ...mova_model.weights.checkpoint import INDEX_NAME, CheckpointError, open_checkpoint
 from ...mova_model.weights.detect import METADATA_EXPERT
 from ...mova_model.weights.loading import load_component, stored_dtype
-from ...mova_model.networks.ops import torch_ops
 from ..handles import HIGH_NOISE, LOW_NOISE, AudioTower, LoadedPart
 
 WEIGHT_DTYPES = {

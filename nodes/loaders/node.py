@@ -12,13 +12,19 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
-from .. import spec
 from ..comfy_io import schema
 from ..handles import LoadedPart
 from ..input_values import checked_inputs
+from . import spec
 from .model_checks import check_choice, check_tower_fit
-from .model_files import (float_dtype, load_audio_tower, load_audio_vae, load_video_expert, needs_fp8_layers,
-                          resolve_choice)
+from .model_files import (
+    float_dtype,
+    load_audio_tower,
+    load_audio_vae,
+    load_video_expert,
+    needs_fp8_layers,
+    resolve_choice,
+)
 from .model_files import weight_dtype as storage_dtype
 
 log = logging.getLogger(__name__)

@@ -1,27 +1,31 @@
-"""MOVA LoRA Loader node: a LoRA as ComfyUI weight patches on clones of the parts' ModelPatchers.
+"""The LoRA wing's ComfyUI nodes: MOVA LoRA Loader (a LoRA as ComfyUI weight patches on clones of the parts'
+ModelPatchers) and MOVA Save LoRA (a trained LoRA into models/loras, official key layout, never over a file unasked).
 
-Clones share the networks; ComfyUI patches the weights when a clone is loaded and restores them from its
-backup when another clone (or the original) is loaded, so the inputs stay untouched and unplugging the
-node removes the LoRA. Scaled-fp8 layers dequantise, add the update and requantise in ComfyUI's patcher.
+The loader's clones share the networks; ComfyUI patches the weights when a clone is loaded and restores them from its
+backup when another clone (or the original) is loaded, so the inputs stay untouched and unplugging the node removes
+the LoRA. Scaled-fp8 layers dequantise, add the update and requantise in ComfyUI's patcher.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+from pathlib import Path
 
 import folder_paths
 from comfy.weight_adapter import LoRAAdapter
 from comfy_api.latest import io, ui
 
 from ...mova_model.lora.load import LoraFile, read_lora
-from .. import spec
+from ...mova_model.lora.save import PART_ORDER, SAVE_DTYPES, save_lora_safetensors, save_official_folder
 from ..comfy_io import schema, show_text
 from ..handles import LoadedPart
 from ..input_values import checked_inputs
-from .patches import SLOTS, comfy_lora_weights, plan_lora
 from ..loaders.model_checks import check_lora
 from ..sampling.run import check_roles
+from ..training.run import lora_save_paths
+from . import spec
+from .patches import SLOTS, comfy_lora_weights, plan_lora
 
 log = logging.getLogger(__name__)
 # validate_inputs' default for the lora socket: ComfyUI passes None for a connected socket at queue time (its value
@@ -81,3 +85,30 @@ class MovaLoraLoader(io.ComfyNode):
         show_text(cls.hidden.unique_id, text)
         outputs = [patched(parts[slot], plan.patches.get(slot, [])) for slot in SLOTS]
         return io.NodeOutput(*outputs, ui=ui.PreviewText(text))
+
+
+def _paths(filename: str, overwrite: bool, official_folder: bool):
+    return lora_save_paths(Path(folder_paths.get_folder_paths("loras")[0]), filename, overwrite, official_folder)
+
+
+class MovaSaveLora(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return schema(spec.SAVE_LORA)
+
+    @classmethod
+    @checked_inputs(spec.SAVE_LORA)
+    def execute(cls, lora: LoraFile, filename: str, overwrite: bool, dtype: str,
+                official_folder: bool) -> io.NodeOutput:
+        if not isinstance(lora, LoraFile):
+            raise ValueError("lora: expected the lora output of MOVA Train LoRA")
+        path, folder = _paths(filename, overwrite, official_folder)
+        save_lora_safetensors(lora, path, SAVE_DTYPES[dtype], overwrite=overwrite)
+        counts = ", ".join(f"{part} {len(lora.patches[part])}" for part in PART_ORDER if lora.patches.get(part))
+        lines = [f"saved {path} (LoRA weights: {counts})"]
+        if folder is not None:
+            save_official_folder(lora, folder, overwrite=overwrite)
+            lines.append(f"official folder: {folder} (lora_weights.pt + lora_config.pt)")
+        text = "\n".join(lines)
+        log.info("MOVA Save LoRA: %s", text.replace("\n", "; "))
+        return io.NodeOutput(ui=ui.PreviewText(text))

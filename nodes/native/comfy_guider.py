@@ -26,14 +26,15 @@ from ...mova_model.networks.attention import use_attention_backend
 from ...mova_model.sampling.denoiser import JointDenoiser, prepare_speed
 from ...mova_model.sampling.known_regions import KnownLatents, blend
 from ...mova_model.sampling.latents import denormalise_video_latents, normalise_video_latents
-from ...mova_model.weights.release import ReleaseSettings
 from ...mova_model.sampling.scheduler import make_schedule
+from ...mova_model.weights.release import ReleaseSettings
 from ..av_latent import is_nested, require_nested_latents
 from ..comfy_io import show_text
-from ..sampling.comfy_memory import expert_loader
 from ..handles import LoadedPart, MovaConditioning, SamplerSettings
-from .checks import check_native_memory, check_native_setup, check_native_sigmas
+from ..sampling.comfy_memory import expert_loader
 from ..sampling.run import activation_bytes, cache_report, needs_negative, sampling_options
+from .checks import check_native_memory, check_native_setup, check_native_sigmas
+from .spec import OFFICIAL_SCHEDULE
 
 log = logging.getLogger(__name__)
 
@@ -259,8 +260,9 @@ def guider_sigmas(guider, steps: int, scheduler: str) -> torch.Tensor:
     if not isinstance(guider, JointGuider):
         raise ValueError(f"guider: expected the MOVA Guider, got {type(guider).__name__}: connect the MOVA Guider "
                          "(the sigmas follow its shift and release)")
-    if scheduler == "official":
+    if scheduler == OFFICIAL_SCHEDULE:
         return make_schedule(steps, guider.shift, guider.scheduler_config, snap=True).step_sigmas.clone()
     if scheduler not in comfy.samplers.SCHEDULER_NAMES:
-        raise ValueError(f"scheduler {scheduler!r} is not one of official, {', '.join(comfy.samplers.SCHEDULER_NAMES)}")
+        raise ValueError(f"scheduler {scheduler!r} is not one of {OFFICIAL_SCHEDULE}, "
+                         f"{', '.join(comfy.samplers.SCHEDULER_NAMES)}")
     return comfy.samplers.calculate_sigmas(guider.inner_model.model_sampling, scheduler, steps).float().cpu()

@@ -7,14 +7,14 @@ import logging
 
 from comfy_api.latest import io, ui
 
-from .. import spec
 from ..av_latent import NATIVE_NEEDS, has_nested_latents, require_nested_latents
 from ..comfy_io import schema, show_text
 from ..handles import LoadedPart, MovaConditioning, SamplerSettings
 from ..input_values import checked_inputs
-from .comfy_guider import GuiderParts, JointGuider, guider_sigmas
-from .checks import check_scheduler_sigmas
 from ..sampling.run import check_roles, joint_latent, sampling_options, used_settings
+from . import spec
+from .checks import check_scheduler_sigmas
+from .comfy_guider import GuiderParts, JointGuider, guider_sigmas
 
 log = logging.getLogger(__name__)
 

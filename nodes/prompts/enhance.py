@@ -15,9 +15,9 @@ import time
 from dataclasses import dataclass, replace
 from typing import Callable
 
-from .llm_access import blank_key
-from .llm_client import BadReply, EnhanceError, Endpoint, NoVision, chat_completion, endpoint
 from .instructions import system_instructions, user_message
+from .llm_access import blank_key
+from .llm_client import BadReply, Endpoint, EnhanceError, NoVision, chat_completion, endpoint
 from .reply import check_caption, clean_reply
 
 log = logging.getLogger(__name__)

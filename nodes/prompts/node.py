@@ -5,13 +5,13 @@ from __future__ import annotations
 import comfy.model_management as mm
 from comfy_api.latest import io, ui
 
-from .. import spec
 from ..comfy_io import schema
 from ..input_values import checked_inputs
-from .llm_client import Cancelled
+from . import spec
 from .builder import build_caption, speech_lines
 from .enhance import EnhanceSettings, enhance_prompt
 from .image import image_data_url
+from .llm_client import Cancelled
 
 
 class MovaPromptEnhance(io.ComfyNode):

@@ -1,4 +1,5 @@
-"""MOVA Sampler node: joint sampling with ComfyUI's memory manager, progress bar, previews and Cancel."""
+"""The sampling wing's ComfyUI nodes: MOVA Sampler (joint sampling with ComfyUI's memory manager, progress bar, previews
+and Cancel), MOVA Sampler Options, and MOVA Audio Decode (audio latent -> ComfyUI AUDIO)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ import latent_preview
 from comfy_api.latest import io, ui
 
 from ...mova_model.networks.attention import resolve_attention_backend
-from .. import spec
 from ..comfy_io import schema, show_text
-from .comfy_memory import expert_loader
-from ..handles import LoadedPart, MovaConditioning, SamplerSettings
+from ..handles import AudioLatent, LoadedPart, MovaConditioning, SamplerSettings
 from ..input_values import checked_inputs
+from . import spec
+from .audio_decode import decode_to_audio
+from .comfy_memory import expert_loader
 from .run import activation_bytes, cache_report, make_settings, sample_joint, split_joint_latent, used_settings
 
 log = logging.getLogger(__name__)
@@ -94,3 +96,16 @@ class MovaSamplerOptions(io.ComfyNode):
         return io.NodeOutput(make_settings(bridge_cfg, audio_cfg, audio_shift, cfg_cutoff, cache_threshold,
                                            attention, compile, fp8_compute, device=mm.get_torch_device(),
                                            given_modality=given_modality))
+
+
+class MovaAudioDecode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return schema(spec.AUDIO_DECODE)
+
+    @classmethod
+    @checked_inputs(spec.AUDIO_DECODE)
+    def execute(cls, audio_vae: LoadedPart, audio_latent: AudioLatent, chunk_size: int) -> io.NodeOutput:
+        mm.load_models_gpu([audio_vae.patcher])
+        audio = decode_to_audio(audio_vae, audio_latent, chunk_size, device=audio_vae.patcher.load_device)
+        return io.NodeOutput(audio)

@@ -7,19 +7,29 @@ from typing import Callable
 
 import torch
 
-from ...mova_model.networks.attention import resolve_attention_backend
 from ...mova_model.configs import DiTConfig, SchedulerConfig
+from ...mova_model.memory.estimate import check_fits, forward_bytes, sampling_bytes
+from ...mova_model.memory.speed import check_speed_options
+from ...mova_model.networks.attention import resolve_attention_backend
 from ...mova_model.sampling.known_regions import KnownLatents, blend
 from ...mova_model.sampling.latents import denormalise_video_latents, normalise_video_latents
-from ...mova_model.memory.estimate import check_fits, forward_bytes, sampling_bytes
-from ...mova_model.weights.release import ReleaseSettings, read_release_settings, release_root
 from ...mova_model.sampling.sampler import MovaTowers, SamplingOptions, make_noise, sample
-from ...mova_model.memory.speed import check_speed_options
+from ...mova_model.weights.release import ReleaseSettings, read_release_settings, release_root
 from ..av_latent import is_av_latent, split_av_latent
-from ..handles import (HIGH_NOISE, LATENT_AUDIO_KEY, LOW_NOISE, NOISE_MASK_KEY, AudioLatent, LoadedPart,
-                      MovaConditioning, SamplerSettings)
+from ..handles import (
+    HIGH_NOISE,
+    LATENT_AUDIO_KEY,
+    LOW_NOISE,
+    NOISE_MASK_KEY,
+    AudioLatent,
+    LoadedPart,
+    MovaConditioning,
+    SamplerSettings,
+)
 
 ROLE_NAMES = {HIGH_NOISE: "the high-noise expert (video_dit)", LOW_NOISE: "the low-noise expert (video_dit_2)"}
+# What the sampler does with a given modality (a given sound or video): renoised with the rest, or kept clean.
+GIVEN_MODALITIES = ("renoised", "clean")
 
 
 def split_joint_latent(latent) -> tuple[torch.Tensor, AudioLatent]:
@@ -130,8 +140,8 @@ def make_settings(bridge_cfg: float, audio_cfg: float, audio_shift: float, cfg_c
                   fp8_compute: str = "auto", device=None, given_modality: str = "renoised") -> SamplerSettings:
     """MOVA Sampler Options' widgets as settings: audio_cfg / audio_shift 0 mean the sampler's cfg / shift.
     An attention backend that cannot run on ``device`` (the sampling device) is refused here."""
-    if given_modality not in ("renoised", "clean"):
-        raise ValueError(f"given_modality {given_modality!r} is not one of renoised, clean")
+    if given_modality not in GIVEN_MODALITIES:
+        raise ValueError(f"given_modality {given_modality!r} is not one of {', '.join(GIVEN_MODALITIES)}")
     settings = SamplerSettings(bridge_cfg=bridge_cfg, audio_cfg=audio_cfg or None, audio_shift=audio_shift or None,
                                cfg_cutoff=cfg_cutoff, cache_threshold=cache_threshold, attention=attention,
                                compile=compile, fp8_compute=fp8_compute, clean_given=given_modality == "clean")

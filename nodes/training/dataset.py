@@ -20,13 +20,18 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ...mova_model.training.dataset import LatentDataset, load_latent_dataset, read_dataset_metadata, save_latent_dataset
-from ...mova_model.sampling.latents import normalise_video_latents
 from ...mova_model.files.names import make_folder
+from ...mova_model.sampling.latents import normalise_video_latents
 from ...mova_model.sampling.sizes import audio_num_samples, check_video_size
+from ...mova_model.training.dataset import (
+    LatentDataset,
+    load_latent_dataset,
+    read_dataset_metadata,
+    save_latent_dataset,
+)
 from ...mova_model.training.guard import TENSOR_LABELS, listed, nonfinite_clips, nonfinite_values
-from .clips import ClipError, find_clips, inspect_clip, read_clip
 from ..conditioning.condition import build_condition, condition_frames
+from .clips import ClipError, find_clips, inspect_clip, read_clip
 
 FPS_MODES = ("refuse", "resample")
 CACHE_VERSION = 1

@@ -8,13 +8,13 @@ from typing import Callable
 
 import torch
 
-from ...mova_model.training.dataset import LatentDataset
+from ...mova_model.files.names import NameProblem, make_folder, path_inside
 from ...mova_model.lora.load import OFFICIAL_CONFIG, OFFICIAL_WEIGHTS, LoraFile, lora_from_tensors
 from ...mova_model.lora.recipes import ACCELERATE, LOW_RESOURCE, RECIPES
-from ...mova_model.files.names import NameProblem, make_folder, path_inside
 from ...mova_model.sampling.sampler import MovaTowers
-from ...mova_model.training.trainer import EXPERT_NAMES, StepRecord, TrainResult, TrainSettings, train_lora
 from ...mova_model.training.checkpoints import TrainingCheckpoints
+from ...mova_model.training.dataset import LatentDataset
+from ...mova_model.training.trainer import EXPERT_NAMES, StepRecord, TrainResult, TrainSettings, train_lora
 from ..handles import LoadedPart
 from ..sampling.run import activation_bytes, check_roles
 

@@ -21,14 +21,14 @@ import torch
 from comfy_integration import (CONVERTED, FP8_LAYOUTS, FPS, FRAMES, HEIGHT, INTEGRATION, STEPS, WIDTH, api_prompt,
                                cancel_during, check_mp4, log_after, node_key, refusal, run_prompt, saved_latent)
 from comfy_server import COMFYUI, PACK, SCRIPTS, free_port
-from comfyui_mova.nodes import spec
+from comfyui_mova.nodes.catalog import ALL_NODES
 
 pytestmark = INTEGRATION
 
 
 def test_all_nodes_register(client, base):
     info = client.object_info()
-    for node in spec.ALL_NODES:
+    for node in ALL_NODES:
         assert node.node_id in info, f"{node.node_id} missing; server log:\n{(base / 'server.log').read_text()[-3000:]}"
         entry = info[node.node_id]
         assert entry["category"] == "MOVA" and entry["display_name"] == node.display_name

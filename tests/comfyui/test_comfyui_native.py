@@ -216,3 +216,11 @@ def test_native_path_refused_with_what_to_do_before_0_8(client, tmp_path):
     prompt[node_key(prompt, "MovaSampler")]["inputs"]["latent"] = [node_key(prompt, "MovaConditioning"), 4]
     videos, _ = run_prompt(client, prompt)
     check_mp4(client.download(videos[0], tmp_path / "av_latent.mp4"))
+
+
+def test_scheduler_choices_are_this_comfyuis(client):
+    """MOVA Scheduler's stock schedulers are ComfyUI's own (BasicScheduler lists comfy.samplers.SCHEDULER_NAMES)."""
+    from comfyui_mova.nodes.native.spec import STOCK_SCHEDULERS
+    from workflow_api import combo_options
+    stock = combo_options(*client.object_info()["BasicScheduler"]["input"]["required"]["scheduler"])
+    assert set(STOCK_SCHEDULERS) <= set(stock), sorted(set(STOCK_SCHEDULERS) - set(stock))

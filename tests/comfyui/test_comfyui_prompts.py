@@ -14,7 +14,7 @@ import pytest
 from comfy_integration import (DECOY, DECOY_ENV, FPS, HEIGHT, INTEGRATION, LLM_KEY, STEPS, WIDTH, api_prompt,
                                check_mp4, run_prompt)
 from comfy_server import PACK, free_port
-from comfyui_mova.nodes import spec
+from comfyui_mova.nodes.prompts.spec import PROMPT_BUILDER, PROMPT_ENHANCE
 from fake_llm_server import TEXT_MODEL, VISION_MODEL, FakeLLMServer, ScriptedServer, caption_for, wait_for_hangup
 
 pytestmark = INTEGRATION
@@ -86,10 +86,10 @@ def test_prompt_tools_errors_reach_the_user(client, base, llm):
     and a server that is down stop the run with messages that say what to do."""
     from comfy_client import ServerError
     llm.reset()
-    builder = {w.name: "" for w in spec.PROMPT_BUILDER.widgets}
+    builder = {w.name: "" for w in PROMPT_BUILDER.widgets}
     builder |= {"scene": "A lighthouse on a cliff at night", "speaker_1": "the keeper", "language_1": "English",
                 "words_1": "Storm's coming.", "effects": "waves crashing"}
-    enhance = {w.name: w.default for w in spec.PROMPT_ENHANCE.widgets}
+    enhance = {w.name: w.default for w in PROMPT_ENHANCE.widgets}
     enhance |= {"idea": ["1", 0], "base_url": llm.url, "model": VISION_MODEL}
     prompt = {"1": {"class_type": "MovaPromptBuilder", "inputs": builder},
               "2": {"class_type": "MovaPromptEnhance", "inputs": enhance},
@@ -112,7 +112,7 @@ def test_prompt_tools_errors_reach_the_user(client, base, llm):
 
 def _enhance_graph(llm, **inputs) -> dict:
     """MOVA Prompt Enhance (its defaults, the test server) -> Preview Any."""
-    enhance = {w.name: w.default for w in spec.PROMPT_ENHANCE.widgets}
+    enhance = {w.name: w.default for w in PROMPT_ENHANCE.widgets}
     enhance |= {"idea": "A tram passes in the rain.", "base_url": llm.url, "model": VISION_MODEL} | inputs
     return {"2": {"class_type": "MovaPromptEnhance", "inputs": enhance},
             "3": {"class_type": "PreviewAny", "inputs": {"source": ["2", 0]}}}

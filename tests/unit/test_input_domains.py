@@ -17,7 +17,12 @@ from safetensors.torch import save_file
 from comfyui_mova.mova_model.lora.load import read_lora
 from comfyui_mova.mova_model.weights.release import read_release_settings
 from comfyui_mova.mova_model.sampling.scheduler import make_schedule
-from comfyui_mova.nodes import spec
+from comfyui_mova.nodes.catalog import ALL_NODES
+from comfyui_mova.nodes.conditioning.spec import CONDITIONING, EXTEND
+from comfyui_mova.nodes.native.spec import GUIDER, SCHEDULER
+from comfyui_mova.nodes.prompts.spec import PROMPT_BUILDER
+from comfyui_mova.nodes.sampling.spec import SAMPLER
+from comfyui_mova.nodes.training.spec import DATASET_NODE, TRAIN_LORA
 from comfyui_mova.nodes.input_values import checked_inputs, checked_values, plain_number
 from comfyui_mova.nodes.lora.patches import plan_lora
 from comfyui_mova.nodes.loaders.model_files import load_video_expert
@@ -25,7 +30,7 @@ from comfyui_mova.nodes.native.checks import check_native_sigmas, check_schedule
 
 PACK = Path(__file__).resolve().parents[2]
 NODE_FILES = sorted((PACK / "nodes").rglob("*node.py"))
-NUMBER_WIDGETS = [(node, w) for node in spec.ALL_NODES for w in node.widgets if w.kind in ("INT", "FLOAT")]
+NUMBER_WIDGETS = [(node, w) for node in ALL_NODES for w in node.widgets if w.kind in ("INT", "FLOAT")]
 
 
 def _ids(case):
@@ -47,7 +52,7 @@ def test_every_node_checks_its_inputs_with_its_own_spec():
             decorators = [ast.unparse(d) for d in methods["execute"].decorator_list]
             assert decorators == ["classmethod", f"checked_inputs(spec.{schema_spec})"], (cls.name, decorators)
             seen.add(cls.name)
-    assert seen == {node.node_id for node in spec.ALL_NODES}
+    assert seen == {node.node_id for node in ALL_NODES}
 
 
 # --- the shared check ----------------------------------------------------------------------------------------------
@@ -81,23 +86,23 @@ def test_out_of_range_values_are_refused_even_where_comfyui_skips_its_check():
     nor of a connected value: the node does."""
     with pytest.raises(ValueError, match=r"MOVA Guider: cfg -3.0 is below the minimum 1.0; set it to a number from 1 to "
                                          r"30 \(default 5\)"):
-        checked_values(spec.GUIDER, {"cfg": -3.0})
+        checked_values(GUIDER, {"cfg": -3.0})
     with pytest.raises(ValueError, match="MOVA Extend: crossfade 1e\\+300 is above the maximum 10.0"):
-        checked_values(spec.EXTEND, {"crossfade": 1e300})
+        checked_values(EXTEND, {"crossfade": 1e300})
     with pytest.raises(ValueError, match="MOVA Sampler: steps must be a whole number, got 2.5; set it to a whole number from 1 to 1000"):
-        checked_values(spec.SAMPLER, {"steps": 2.5})
+        checked_values(SAMPLER, {"steps": 2.5})
     with pytest.raises(ValueError, match="MOVA Sampler: seed 10{30} is above the maximum"):
-        checked_values(spec.SAMPLER, {"seed": 10 ** 30})
+        checked_values(SAMPLER, {"seed": 10 ** 30})
     with pytest.raises(ValueError, match="MOVA Train LoRA: resume must be true or false, got 'no'"):
-        checked_values(spec.TRAIN_LORA, {"resume": "no"})
+        checked_values(TRAIN_LORA, {"resume": "no"})
 
 
 def test_float_sockets_and_optional_inputs():
-    out = checked_values(spec.CONDITIONING, {"video_fps": Fraction(24000, 1001), "video": None, "fps": 24})
+    out = checked_values(CONDITIONING, {"video_fps": Fraction(24000, 1001), "video": None, "fps": 24})
     assert out["video_fps"] == pytest.approx(23.976, abs=1e-3) and type(out["fps"]) is float and out["video"] is None
     with pytest.raises(ValueError, match=r"MOVA Conditioning: video_fps is nan, not a finite number; connect a finite "
                                          r"number to it \(Optional: the video's frame rate"):
-        checked_values(spec.CONDITIONING, {"video_fps": np.float64("nan")})
+        checked_values(CONDITIONING, {"video_fps": np.float64("nan")})
 
 
 def test_plain_number():
@@ -111,13 +116,13 @@ def test_the_decorator_checks_before_the_body_runs():
 
     class Node:
         @classmethod
-        @checked_inputs(spec.EXTEND)
+        @checked_inputs(EXTEND)
         def execute(cls, images, length: int, fps: float, crossfade: float = 0.1):
             ran.append((length, fps, crossfade))
             return type(length), type(fps)
 
         @classmethod
-        @checked_inputs(spec.PROMPT_BUILDER)
+        @checked_inputs(PROMPT_BUILDER)
         def builder(cls, scene: str, **fields):
             return fields
 
@@ -204,7 +209,7 @@ def test_release_scheduler_file_is_what_the_test_reads(golden_dir, scheduler):
 def test_text_and_choices_are_checked_too():
     with pytest.raises(ValueError, match=r"MOVA Scheduler: scheduler 'karras2' is not one of official, simple.*; pick "
                                          r"one of the widget's choices"):
-        checked_values(spec.SCHEDULER, {"scheduler": "karras2"})
+        checked_values(SCHEDULER, {"scheduler": "karras2"})
     with pytest.raises(ValueError, match=r"MOVA Dataset: folder must be text, got 3; give it text"):
-        checked_values(spec.DATASET_NODE, {"folder": 3})
-    assert checked_values(spec.DATASET_NODE, {"folder": "clips"}) == {"folder": "clips"}
+        checked_values(DATASET_NODE, {"folder": 3})
+    assert checked_values(DATASET_NODE, {"folder": "clips"}) == {"folder": "clips"}

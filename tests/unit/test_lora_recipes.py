@@ -49,7 +49,7 @@ def test_recipe_widget():
     assert (RECIPES[LOW_RESOURCE].rank, RECIPES[ACCELERATE].rank) == (8, 16)
     with pytest.raises(ValueError, match="recipe 'big' is not one of custom, low-resource, 8-GPU"):
         recipe_settings("big", 8, 8.0)
-    from comfyui_mova.nodes.spec import LORA_RECIPES, TRAIN_LORA
+    from comfyui_mova.nodes.training.spec import LORA_RECIPES, TRAIN_LORA
     assert tuple(RECIPE_CHOICES) == LORA_RECIPES
     assert TRAIN_LORA.inputs[-1].name == "recipe" and TRAIN_LORA.inputs[-1].default == "custom"
     assert TrainSettings(layers="everything").problems() == [

@@ -7,7 +7,7 @@ A deliberate change to a node (a new input, last) rewrites the snapshot from the
 
 import json
 
-from comfyui_mova.nodes.spec import ALL_NODES
+from comfyui_mova.nodes.catalog import ALL_NODES
 from mova_pack import DATA
 from tools.node_schemas import schemas
 

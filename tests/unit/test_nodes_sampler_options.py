@@ -11,7 +11,7 @@ from comfyui_mova.mova_model.configs import DACConfig, config_from_dict
 from comfyui_mova.mova_model.sampling.latents import denormalise_video_latents
 from comfyui_mova.mova_model.weights.release import read_release_settings, release_root
 from comfyui_mova.mova_model.sampling.sampler import MovaTowers, SamplingOptions, make_noise, sample
-from comfyui_mova.nodes import spec
+from comfyui_mova.nodes.sampling.spec import SAMPLER_OPTIONS_NODE
 from comfyui_mova.nodes.conditioning.condition import empty_joint_latent
 from comfyui_mova.nodes.handles import LATENT_AUDIO_KEY, MovaConditioning, SamplerSettings
 from comfyui_mova.nodes.loaders.model_files import load_audio_tower, load_video_expert
@@ -19,7 +19,7 @@ from comfyui_mova.nodes.sampling.run import (cache_report, make_settings, needs_
                                          sampling_options)
 
 STEPS = 6
-DEFAULTS = {w.name: w.default for w in spec.SAMPLER_OPTIONS_NODE.widgets}
+DEFAULTS = {w.name: w.default for w in SAMPLER_OPTIONS_NODE.widgets}
 
 
 @pytest.fixture(scope="module")

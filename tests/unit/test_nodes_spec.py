@@ -10,15 +10,18 @@ from pathlib import Path
 import pytest
 
 import comfyui_mova
-from comfyui_mova.nodes import spec
+from comfyui_mova.nodes.catalog import ALL_NODES
+from comfyui_mova.nodes.loaders.spec import VIDEO_EXPERT_LOADER
+from comfyui_mova.nodes.prompts.spec import PROMPT_ENHANCE
+from comfyui_mova.nodes.sampling.spec import SAMPLER
+from comfyui_mova.nodes.training.spec import TRAIN_LORA
 
 PACK = Path(comfyui_mova.__file__).parent
-PLAIN_MODULES = ("spec", "handles", "loaders.model_files", "conditioning.condition", "sampling.run",
-                 "sampling.audio_decode", "lora.patches", "training.clip_folder", "prompts.llm_client",
-                 "prompts.llm_access", "prompts.llm_http", "prompts.reply", "prompts.image", "prompts.instructions",
-                 "prompts.enhance", "prompts.builder", "training.clips", "training.dataset", "training.run",
-                 "training.loss_plot", "conditioning.text", "conditioning.keyframes", "conditioning.audio_input",
-                 "conditioning.video_input", "conditioning.modes", "conditioning.extend", "av_latent", "native.checks")
+# every nodes/ module but the ComfyUI glue (node.py, comfy_*.py): plain Python (tests/unit/test_layout.py's rule)
+PLAIN_MODULES = sorted(".".join(p.relative_to(PACK / "nodes").with_suffix("").parts)
+                       for p in (PACK / "nodes").rglob("*.py")
+                       if p.name != "node.py" and not p.name.startswith("comfy_") and p.name != "__init__.py")
+WINGS = ("loaders", "conditioning", "sampling", "native", "prompts", "training", "lora")
 
 
 def _comfy_available() -> bool:
@@ -52,12 +55,12 @@ def test_plain_node_modules_import_without_comfy():
 
 
 def test_node_ids_prefixed_and_unique():
-    ids = [node.node_id for node in spec.ALL_NODES]
+    ids = [node.node_id for node in ALL_NODES]
     assert len(set(ids)) == len(ids)
     assert all(i.startswith("Mova") for i in ids)
 
 
-@pytest.mark.parametrize("node", spec.ALL_NODES, ids=lambda n: n.node_id)
+@pytest.mark.parametrize("node", ALL_NODES, ids=lambda n: n.node_id)
 def test_every_input_has_a_tooltip_and_valid_default(node):
     names = [i.name for i in node.inputs]
     assert len(set(names)) == len(names)
@@ -92,28 +95,30 @@ def test_network_code_uses_the_standard_library_only():
 
 
 def test_widget_problem_messages():
-    steps = spec.SAMPLER.widgets[1]
+    steps = SAMPLER.widgets[1]
     assert steps.name == "steps"
     assert steps.problem(0) == "steps 0 is below the minimum 1"
     assert "whole number" in steps.problem(2.5)
-    assert spec.VIDEO_EXPERT_LOADER.widgets[1].problem("int4") is not None
-    assert spec.SAMPLER.widgets[0].stored_values == 2  # seed + its control_after_generate value
-    retry = next(w for w in spec.PROMPT_ENHANCE.widgets if w.kind == "BOOLEAN")
+    assert VIDEO_EXPERT_LOADER.widgets[1].problem("int4") is not None
+    assert SAMPLER.widgets[0].stored_values == 2  # seed + its control_after_generate value
+    retry = next(w for w in PROMPT_ENHANCE.widgets if w.kind == "BOOLEAN")
     assert retry.problem(True) is None and "true or false" in retry.problem("yes")
-    resume = next(w for w in spec.TRAIN_LORA.widgets if w.name == "resume")
+    resume = next(w for w in TRAIN_LORA.widgets if w.name == "resume")
     assert resume.kind == "BOOLEAN" and resume.problem(True) is None
     assert resume.problem("yes") == "resume must be true or false, got 'yes'"
 
 
 def test_extension_lists_every_spec():
-    """comfy_extension.py (needs ComfyUI) registers a class for every spec, and each class uses its spec."""
+    """comfy_extension.py (needs ComfyUI) registers a class for every spec, and each class, in its wing's node.py,
+    builds its schema from that spec in the wing's spec.py."""
     tree = ast.parse((PACK / "nodes" / "comfy_extension.py").read_text())
     listed = next(node.value for node in tree.body
                   if isinstance(node, ast.Assign) and node.targets[0].id == "NODE_CLASSES")
-    classes = {elt.id for elt in listed.elts}
-    assert classes == {node.node_id for node in spec.ALL_NODES}
-    sources = "".join(p.read_text() for p in (PACK / "nodes").rglob("*node*.py"))
-    for node in spec.ALL_NODES:
-        constant = next(name for name, value in vars(spec).items() if value is node)
-        assert f"class {node.node_id}(io.ComfyNode)" in sources
-        assert re.search(rf"schema\(spec\.{constant}[,)]", sources), constant
+    assert [elt.id for elt in listed.elts] == [node.node_id for node in ALL_NODES]  # the same menu order
+    specs = {wing: importlib.import_module(f"comfyui_mova.nodes.{wing}.spec") for wing in WINGS}
+    for node in ALL_NODES:
+        (wing, constant), = [(w, name) for w, module in specs.items() for name, value in vars(module).items()
+                             if value is node]
+        source = (PACK / "nodes" / wing / "node.py").read_text()
+        assert f"class {node.node_id}(io.ComfyNode)" in source, (wing, node.node_id)
+        assert re.search(rf"schema\(spec\.{constant}[,)]", source), constant

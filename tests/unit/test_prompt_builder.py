@@ -2,11 +2,11 @@
 
 import pytest
 
-from comfyui_mova.nodes import spec
+from comfyui_mova.nodes.prompts.spec import PROMPT_BUILDER, SPEECH_LINES
 from comfyui_mova.nodes.prompts.builder import build_caption, speech_lines
 from comfyui_mova.nodes.prompts.reply import check_caption
 
-EMPTY_ROWS = [("", "", "")] * spec.SPEECH_LINES
+EMPTY_ROWS = [("", "", "")] * SPEECH_LINES
 
 
 def test_full_caption():
@@ -59,7 +59,7 @@ def test_half_filled_lines_and_empty_fields_are_errors():
 
 
 def test_builder_spec_has_the_fields():
-    names = [w.name for w in spec.PROMPT_BUILDER.widgets]
+    names = [w.name for w in PROMPT_BUILDER.widgets]
     assert names[:3] == ["scene", "action", "camera"] and names[-3:] == ["music", "effects", "ambience"]
-    assert names[3:-3] == [f"{f}_{i}" for i in range(1, spec.SPEECH_LINES + 1) for f in ("speaker", "language",
+    assert names[3:-3] == [f"{f}_{i}" for i in range(1, SPEECH_LINES + 1) for f in ("speaker", "language",
                                                                                           "words")]

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from comfyui_mova.nodes import spec
+from comfyui_mova.nodes.catalog import ALL_NODES
+from comfyui_mova.nodes.spec_types import WIDGET_KINDS, Widget
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -17,10 +18,20 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import run_workflow  # noqa: E402
 from comfy_client import ComfyClient, ServerError  # noqa: E402
 from workflow_api import (  # noqa: E402
-    WorkflowError, combo_options, missing_models, set_parameters, ui_to_api, video_outputs,
+    STOCK_MODEL_INPUTS, WorkflowError, combo_options, missing_models, model_folders, set_parameters, ui_to_api,
+    video_outputs,
 )
 
 UMT5 = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
+
+
+def test_model_folders_read_from_the_specs_are_theirs():
+    """The runner reads the loaders' model folders from the wings' spec.py sources (standard library only): the
+    same as the specs the pack builds its nodes from, loaders and LoRA Loader included."""
+    from_specs = {(node.node_id, w.name): w.model_folder for node in ALL_NODES for w in node.widgets if w.model_folder}
+    assert model_folders() == STOCK_MODEL_INPUTS | from_specs
+    assert {node for node, _ in from_specs} == {"MovaVideoExpertLoader", "MovaAudioTowerLoader", "MovaAudioVAELoader",
+                                                "MovaLoraLoader"}
 
 
 def _entry(inputs: dict, optional: dict | None = None, display=None):
@@ -34,14 +45,14 @@ def _ours(node, files):
     required, optional = {}, {}
     for item in node.inputs:
         target = optional if getattr(item, "optional", False) else required
-        if isinstance(item, spec.Widget):
+        if isinstance(item, Widget):
             options = {"tooltip": item.tooltip, "default": item.default}
             if item.control_after_generate:
                 options["control_after_generate"] = True
             if item.kind == "COMBO":
                 options["options"] = list(item.options) if item.options else files[item.model_folder]
             target[item.name] = ["COMBO" if item.kind == "COMBO" else item.kind, options]
-        elif item.type in spec.WIDGET_KINDS:  # a connection-only number: ComfyUI marks it forceInput
+        elif item.type in WIDGET_KINDS:  # a connection-only number: ComfyUI marks it forceInput
             target[item.name] = [item.type, {"tooltip": item.tooltip, "forceInput": True}]
         else:
             target[item.name] = [item.type, {"tooltip": item.tooltip}]
@@ -55,7 +66,7 @@ def object_info():
                                   "MOVA-360p/dual_tower_bridge"],
              "vae": ["MOVA-360p/audio_vae", "wan_2.1_vae.safetensors"],
              "loras": ["my_mova_lora/lora_weights.pt"]}
-    info = {node.node_id: _ours(node, files) for node in spec.ALL_NODES}
+    info = {node.node_id: _ours(node, files) for node in ALL_NODES}
     info |= {
         "CLIPLoader": _entry({"clip_name": [[UMT5]], "type": [["stable_diffusion", "wan"]],
                               "device": [["default", "cpu"], {"advanced": True}]}),

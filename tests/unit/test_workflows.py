@@ -9,7 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from comfyui_mova.nodes import spec
+from comfyui_mova.nodes.catalog import NODES_BY_ID
+from comfyui_mova.nodes.conditioning.spec import CONDITIONING
+from comfyui_mova.nodes.lora.spec import SAVE_LORA
+from comfyui_mova.nodes.native.spec import GUIDER, SCHEDULER
+from comfyui_mova.nodes.prompts.spec import PROMPT_ENHANCE
+from comfyui_mova.nodes.sampling.spec import AUDIO_DECODE, SAMPLER, SAMPLER_OPTIONS_NODE
+from comfyui_mova.nodes.training.spec import TRAIN_LORA
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = ROOT / "example_workflows"
@@ -139,8 +145,8 @@ def test_nodes_are_ours_or_stock_with_valid_widgets(path):
     wf = _load(path)
     for node in wf["nodes"]:
         kind, values = node["type"], node["widgets_values"]
-        if kind in spec.NODES_BY_ID:
-            node_spec = spec.NODES_BY_ID[kind]
+        if kind in NODES_BY_ID:
+            node_spec = NODES_BY_ID[kind]
             # A workflow saved before a widget, input or output was appended lacks it; the frontend (and
             # scripts/workflow_api.py) fill in its default. Everything present must sit where the spec has it.
             position, present = 0, 0
@@ -192,7 +198,7 @@ def test_model_downloads_are_single_files_with_direct_links(path):
 
 
 def _check_sampler(wf, sampler):
-    for socket in spec.SAMPLER.sockets:
+    for socket in SAMPLER.sockets:
         if not socket.optional:
             assert _source(wf, sampler, socket.name) is not None, f"MovaSampler.{socket.name} is not connected"
     high, low = _loader(wf, sampler, "high_noise_expert"), _loader(wf, sampler, "low_noise_expert")
@@ -206,7 +212,7 @@ def _decoded(wf, sampler):
     """(VAE Decode, MOVA Audio Decode) of a sampler's outputs."""
     video = [n for n in _by_type(wf, "VAEDecode") if _source(wf, n, "samples") == (sampler, "video_latent")]
     (audio,) = [n for n in _by_type(wf, "MovaAudioDecode") if _source(wf, n, "audio_latent") == (sampler, "audio_latent")]
-    for socket in spec.AUDIO_DECODE.sockets:
+    for socket in AUDIO_DECODE.sockets:
         assert _source(wf, audio, socket.name) is not None
     return (video[0] if video else None), audio
 
@@ -217,7 +223,7 @@ def test_mova_graph_wired_end_to_end(path):
     (cond,) = _by_type(wf, "MovaConditioning")
     (create,) = _by_type(wf, "CreateVideo")
     (save,) = _by_type(wf, "SaveVideo")
-    for socket in spec.CONDITIONING.sockets:
+    for socket in CONDITIONING.sockets:
         if not socket.optional:
             assert _source(wf, cond, socket.name) is not None, f"MovaConditioning.{socket.name} is not connected"
     for sampler in _by_type(wf, "MovaSampler"):
@@ -269,13 +275,13 @@ def test_native_workflow_wired_end_to_end():
     assert _loader(wf, guider, "low_noise_expert")["widgets_values"][0].endswith("video_dit_2")
     assert _loader(wf, guider, "audio_tower")["type"] == "MovaAudioTowerLoader"
     assert _source(wf, guider, "conditioning") == (cond, "conditioning") and _source(wf, guider, "options") is None
-    assert _values(spec.GUIDER, guider) == {"cfg": 5.0, "shift": 5.0, "boundary_ratio": 0.9}
+    assert _values(GUIDER, guider) == {"cfg": 5.0, "shift": 5.0, "boundary_ratio": 0.9}
     noise, _ = _source(wf, sampler, "noise")
     chosen, _ = _source(wf, sampler, "sampler")
     schedule, _ = _source(wf, sampler, "sigmas")
     assert noise["type"] == "RandomNoise" and chosen["type"] == "KSamplerSelect" and chosen["widgets_values"] == ["euler"]
     assert schedule["type"] == "MovaScheduler" and _source(wf, schedule, "guider") == (guider, "guider")
-    assert _values(spec.SCHEDULER, schedule) == {"steps": 50, "scheduler": "official"}
+    assert _values(SCHEDULER, schedule) == {"steps": 50, "scheduler": "official"}
     assert _source(wf, sampler, "guider") == (guider, "guider")
     assert _source(wf, sampler, "latent_image") == (cond, "av_latent")
     assert _source(wf, split, "av_latent") == (sampler, "output")
@@ -327,8 +333,8 @@ def test_dual_cfg_workflow_sets_only_the_bridge_scale():
     (sampler,) = _by_type(wf, "MovaSampler")
     (options,) = _by_type(wf, "MovaSamplerOptions")
     assert _source(wf, sampler, "options") == (options, "options")
-    values = _values(spec.SAMPLER_OPTIONS_NODE, options)
-    defaults = {w.name: w.default for w in spec.SAMPLER_OPTIONS_NODE.widgets}
+    values = _values(SAMPLER_OPTIONS_NODE, options)
+    defaults = {w.name: w.default for w in SAMPLER_OPTIONS_NODE.widgets}
     assert values == {name: defaults[name] for name in values} | {"bridge_cfg": 3.5}  # later widgets: defaults
     assert defaults["bridge_cfg"] == 1.0  # unplugged or default: the official sampler
 
@@ -348,8 +354,8 @@ def test_enhanced_workflow_feeds_idea_and_first_frame_to_the_enhancer():
     (cond,) = _by_type(wf, "MovaConditioning")
     image, _ = _source(wf, cond, "start_image")
     assert _source(wf, enhancer, "image") == (image, "IMAGE")  # the same picture MOVA starts from
-    values = _values(spec.PROMPT_ENHANCE, enhancer)
-    defaults = {w.name: w.default for w in spec.PROMPT_ENHANCE.widgets}
+    values = _values(PROMPT_ENHANCE, enhancer)
+    defaults = {w.name: w.default for w in PROMPT_ENHANCE.widgets}
     assert values == defaults | {"idea": values["idea"]} and '"' in values["idea"]  # speech quoted in the idea
     assert values["api_key_env"] == "" and values["base_url"].startswith("http://localhost:")  # local, no key
     plain = _load(WORKFLOWS / "mova_i2va.json")
@@ -374,10 +380,10 @@ def test_training_workflow_goes_from_clips_to_a_saved_lora():
     assert _loader(wf, train, "low_noise_expert")["widgets_values"][0].endswith("video_dit_2")
     assert _loader(wf, train, "audio_tower")["type"] == "MovaAudioTowerLoader"
     assert _source(wf, save, "lora") == (train, "lora") and _source(wf, preview, "images") == (train, "loss_curve")
-    values = _values(spec.TRAIN_LORA, train)
+    values = _values(TRAIN_LORA, train)
     assert (values["rank"], values["alpha"], values["learning_rate"]) == (8, 8.0, 0.0001)  # the official recipe
     assert all(values[n] for n in ("train_high_noise", "train_low_noise", "train_audio", "train_bridge", "resume"))
-    assert _values(spec.SAVE_LORA, save)["overwrite"] is False
+    assert _values(SAVE_LORA, save)["overwrite"] is False
     width, height, length, fps, _ = dataset["widgets_values"][1:]
     assert (width, height, length, fps) == (640, 352, 193, 24)
     notes = _notes(wf)
@@ -432,7 +438,7 @@ def test_sizes_are_spelled_width_x_height_everywhere():
 
 def _givens(wf):
     (cond,) = _by_type(wf, "MovaConditioning")
-    return cond, {s.name: _source(wf, cond, s.name) for s in spec.CONDITIONING.sockets if s.optional}
+    return cond, {s.name: _source(wf, cond, s.name) for s in CONDITIONING.sockets if s.optional}
 
 
 def test_first_last_frame_workflow():
