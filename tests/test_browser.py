@@ -3,7 +3,8 @@ ComfyUI's Python, which needs the playwright package; Debian's chromium draws).
 
 Every example workflow opens with no missing node type, no dialog (every file it names is installed), every
 widget value inside its node's current definition (the server's lists, which the MOVA loaders filter), the sizes
-and view it was saved with, and no console error from the pack; the template browser lists every example with
+and view it was saved with, no console error from the pack, and scripts/workflow_api.py converts it to the API
+prompt the frontend itself queues (``app.graphToPrompt``); the template browser lists every example with
 its thumbnail; queueing with a missing MOVA file names that file on its node. Screenshots go to
 out/browser/comfyui-<version>/.
 """
@@ -96,7 +97,7 @@ def _visible_dialogs(page) -> list[str]:
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
 def test_example_workflow_opens_as_saved(browser_page, path):
     import frontend
-    page, messages, _ = browser_page
+    page, messages, url = browser_page
     messages.clear()
     workflow = json.loads(path.read_text(encoding="utf-8"))
     frontend.load_workflow(page, workflow, dialogs=True)
@@ -105,9 +106,11 @@ def test_example_workflow_opens_as_saved(browser_page, path):
     page.screenshot(path=str(ARTEFACTS / f"{path.stem}_window.png"))
     assert _visible_dialogs(page) == []  # no missing nodes, no missing models: everything is installed
     assert [n["type"] for n in state["nodes"] if not n["registered"]] == []
-    saved = {n["id"]: n for n in workflow["nodes"]}
-    serialized = {n["id"]: n for n in state["serialized"]["nodes"]}
+    # node ids as the file stores them (numbers) and as the frontend holds them (numbers; strings from 1.49 on)
+    saved = {str(n["id"]): n for n in workflow["nodes"]}
+    serialized = {str(n["id"]): n for n in state["serialized"]["nodes"]}
     for node in state["nodes"]:
+        node["id"] = str(node["id"])
         label = f"{path.name}: node {node['id']} ({node['type']})"
         for widget in node["widgets"]:
             if widget["values"] is not None and isinstance(widget["value"], str):
@@ -117,14 +120,23 @@ def test_example_workflow_opens_as_saved(browser_page, path):
                 low, high = widget["min"], widget["max"]
                 assert (low is None or widget["value"] >= low) and (high is None or widget["value"] <= high), \
                     f"{label}: {widget['name']} {widget['value']} outside [{low}, {high}]"
-        # the frontend read every stored value into the widget it was saved from (same values back)
-        assert serialized[node["id"]].get("widgets_values") == saved[node["id"]].get("widgets_values"), label
+        # the frontend read every stored value into the widget it was saved from (same values back); a widget the
+        # node gained since (Create Video's bit_depth in v0.33) comes after them, at its default (checked below)
+        stored = saved[node["id"]].get("widgets_values")
+        assert (serialized[node["id"]].get("widgets_values") or [])[:len(stored or [])] == (stored or []), label
         # and kept the saved size: the layout the user sees is the one in the file
         assert [round(v) for v in node["size"]] == [round(v) for v in saved[node["id"]]["size"]], label
         assert [round(v) for v in node["pos"]] == [round(v) for v in saved[node["id"]]["pos"]], label
     ds = workflow["extra"]["ds"]
     assert state["scale"] == pytest.approx(ds["scale"]) and state["offset"] == pytest.approx(ds["offset"])
     assert [m for m in messages if _from_pack(m)] == []
+    # scripts/workflow_api.py converts it to the API prompt the frontend queues (DynamicCombos, defaults, links)
+    from comfy_client import ComfyClient
+    from workflow_api import ui_to_api
+    ours = ui_to_api(workflow, ComfyClient(url).object_info())
+    theirs = frontend.api_prompt(page)
+    assert {k: (n["class_type"], n["inputs"]) for k, n in ours.items()} == \
+        {k: (n["class_type"], n["inputs"]) for k, n in theirs.items()}
 
 
 def test_template_browser_lists_every_example_with_its_thumbnail(browser_page):
