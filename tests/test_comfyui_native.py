@@ -208,7 +208,7 @@ def test_native_guider_follows_per_step_cfg(client):
     """The guider's cfg as core's per-step CFG overrides set it (a PREDICT_NOISE wrapper changing guider.cfg for the
     call, as CFG Override does on CFGGuider): MOVA Guider at cfg 1 with every step overridden to 4 gives the latents
     of MOVA Guider at cfg 4 (the negative prompt is used once an override turns CFG on); overriding only the first
-    steps gives others."""
+    steps (sigma 0.9 and above) gives others."""
     prompt = _native(client, seed=37, sampler="dpmpp_2m")
     guider, sampler = node_key(prompt, "MovaGuider"), node_key(prompt, "SamplerCustomAdvanced")
     split = node_key(prompt, "MovaSeparateAVLatent")
@@ -216,7 +216,7 @@ def test_native_guider_follows_per_step_cfg(client):
               ("SaveVideo", "CreateVideo", "VAEDecode", "MovaAudioDecode", "PreviewAudio")}
     prompt[guider]["inputs"]["cfg"] = 4.0
     prompt["90"] = {"class_type": "TestMovaLatentProbe", "inputs": {"video": [split, 0], "audio": [split, 1]}}
-    for first, sigma_low in ((91, 0.0), (96, 0.5)):  # every step; the steps above sigma 0.5
+    for first, sigma_low in ((91, 0.0), (96, 0.9)):  # every step; the steps at sigma 0.9 and above
         keys = [str(first + i) for i in range(5)]
         prompt |= {
             keys[0]: {"class_type": "MovaGuider", "inputs": prompt[guider]["inputs"] | {"cfg": 1.0}},
