@@ -11,8 +11,9 @@ import sys
 from pathlib import Path
 
 from workflow_widgets import (  # scripts/ is on the path wherever this module is imported from
-    CONTROL, MISSING, UPLOAD, StoredValues, WidgetError, combo_options, lay_out, prompt_widgets,
+    CONTROL, MISSING, UPLOAD, StoredValues, WidgetError, lay_out, prompt_widgets,
 )
+from workflow_widgets import combo_options  # noqa: F401  (part of this module's interface)
 
 SKIPPED_TYPES = {"Note", "MarkdownNote"}
 TEXT_NODES = ("MovaTextEncode", "CLIPTextEncode")  # nodes whose "text" holds a prompt
@@ -57,7 +58,7 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
         raise WorkflowError("this is not a UI-format ComfyUI workflow (no list of nodes): give a workflow saved by "
                             "ComfyUI's Save / Export, not an API prompt")
     links = {link[0]: link for link in workflow.get("links", [])}
-    nodes = {node["id"]: node for node in workflow["nodes"]}
+    nodes = {str(node["id"]): node for node in workflow["nodes"]}  # numbers, or strings (newer frontends)
     prompt = {}
     for node in workflow["nodes"]:
         kind = node["type"]
@@ -85,7 +86,7 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
             if entry.get("link") is None or (name not in names and name.split(".")[0] not in names):
                 continue
             link = links.get(entry["link"])
-            if link is None or link[1] not in nodes:
+            if link is None or str(link[1]) not in nodes:
                 source = "a missing link" if link is None else f"a missing node {link[1]}"
                 raise WorkflowError(f"input {name} of node {node['id']} '{title}' comes from {source}: reconnect it "
                                     "in ComfyUI and save the workflow")

@@ -25,7 +25,8 @@ WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO", "MARKDOWN", "TEXTA
                 "RANGE", "BOUNDING_BOX", "BOUNDING_BOXES", "IMAGECOMPARE", "COMPOSITOR", "PAINTER", "CHART",
                 "GALLERIA", "VIDEO_EDIT", "IMAGEUPLOAD"}
 DYNAMIC_COMBO = "COMFY_DYNAMICCOMBO_V3"
-AUTOGROW = "COMFY_AUTOGROW_V3"
+KIND_WORDS = {"INT": "a whole number", "FLOAT": "a number", "BOOLEAN": "true or false", "STRING": "a text",
+              "TEXTAREA": "a text", "MARKDOWN": "a text", "COMBO": "a choice", DYNAMIC_COMBO: "a choice"}
 CONTROL = "control_after_generate"  # the frontend's name of the seed's follow-up choice
 UPLOAD = "upload"                   # and of an upload button
 MISSING = object()
@@ -180,9 +181,10 @@ def _lay_out(inputs: dict, order: dict | None, prefix: str, stored: StoredValues
         value = stored.take(widget.name)
         widget.value = _default(widget) if value is MISSING else value
         if value is not MISSING and not _fits(drawn, value):
-            raise WidgetError(f"{stored.label}: widget {widget.name} ({drawn}) holds {value!r}, which is no "
-                              f"{drawn.lower()}: the stored values are shifted (a value too many or too few before "
-                              "it) or were edited by hand; open the workflow in ComfyUI, check the node and save it")
+            raise WidgetError(f"{stored.label}: widget {widget.name} ({drawn}) holds {value!r}, not "
+                              f"{KIND_WORDS.get(drawn, 'a value of its kind')}: the stored values are shifted (a "
+                              "value too many or too few before it) or were edited by hand; open the workflow in "
+                              "ComfyUI, check the node and save it")
         widgets.append(widget)
         for follower in _followers(options):
             widgets.append(Widget(follower, follower, {}, stored.take(follower)))
@@ -195,11 +197,6 @@ def _lay_out(inputs: dict, order: dict | None, prefix: str, stored: StoredValues
             _lay_out(chosen[0].get("inputs", {}), None, widget.name + ".", stored, widgets)
 
 
-def dynamic_names(info: dict) -> list[str]:
-    """The names of a node's Autogrow inputs: their sockets are ``<name>.<socket>``."""
-    return [name for name, kind, _ in _inputs(info.get("input", {}), info.get("input_order")) if kind == AUTOGROW]
-
-
 def prompt_widgets(info: dict, inputs: dict) -> list[Widget]:
     """The widgets of an API prompt node (``inputs`` by dotted name), DynamicCombos followed by the option their
     value in ``inputs`` chooses; each with the value ``inputs`` gives it (MISSING where it gives none)."""
@@ -210,7 +207,8 @@ def prompt_widgets(info: dict, inputs: dict) -> list[Widget]:
             drawn = widget_kind(kind, options)
             if drawn is None:
                 continue
-            widget = Widget(prefix + name, drawn, options, inputs.get(prefix + name, MISSING), combo_options(kind, options))
+            widget = Widget(prefix + name, drawn, options, inputs.get(prefix + name, MISSING),
+                            combo_options(kind, options))
             found.append(widget)
             if drawn == DYNAMIC_COMBO:
                 for option in options.get("options", []):

@@ -50,7 +50,8 @@ class TestGuiderCFGOverride:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {"guider": ("GUIDER",), "cfg": ("FLOAT", {"default": 1.0}),
-                             "sigma_low": ("FLOAT", {"default": 0.0}), "sigma_high": ("FLOAT", {"default": 1.0, "max": 1000.0})}}
+                             "sigma_low": ("FLOAT", {"default": 0.0}),
+                             "sigma_high": ("FLOAT", {"default": 1.0, "max": 1000.0})}}
     RETURN_TYPES = ("GUIDER",)
     FUNCTION = "patch"
     CATEGORY = "testing"
