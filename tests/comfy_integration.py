@@ -41,8 +41,13 @@ TRAIN_FRAMES = 9
 RATE = 16000  # the tiny release's audio codec (tests/tiny_release.py)
 
 # Test only: core's per-step CFG override (CFG Override puts this PREDICT_NOISE wrapper on a MODEL) put on a GUIDER:
-# within [sigma_low, sigma_high] the guider's cfg is set for the call, as that wrapper sets CFGGuider's.
+# within [sigma_low, sigma_high] the guider's cfg is set for the call, as that wrapper sets CFGGuider's. Like CFG
+# Override on its clone of the MODEL, the wrapper goes on a copy of the guider (ComfyUI may hand one cached guider
+# to several nodes).
 GUIDER_CFG_NODE = '''
+import copy
+
+import comfy.model_patcher
 import comfy.patcher_extension
 
 
@@ -67,6 +72,8 @@ class TestGuiderCFGOverride:
                 return executor(*args, **kwargs)
             finally:
                 target.cfg = saved
+        guider = copy.copy(guider)
+        guider.model_options = comfy.model_patcher.create_model_options_clone(guider.model_options)
         comfy.patcher_extension.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.PREDICT_NOISE, "test_cfg",
                                                      wrapper, guider.model_options, is_model_options=True)
         return (guider,)
