@@ -134,3 +134,8 @@ def canvas_screenshot(page, path, box: dict | None = None) -> None:
         x, y = x + box["x"], y + box["y"]
         w, h = min(box["width"], w - box["x"]), min(box["height"], h - box["y"])
     page.screenshot(path=str(path), clip={"x": x, "y": y, "width": w, "height": h})
+
+
+def api_prompt(page) -> dict:
+    """The API prompt the frontend queues for the loaded graph (its own conversion: ``app.graphToPrompt``)."""
+    return page.evaluate("async () => (await app.graphToPrompt()).output")

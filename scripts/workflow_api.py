@@ -9,8 +9,12 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+from workflow_widgets import (  # scripts/ is on the path wherever this module is imported from
+    CONTROL, MISSING, UPLOAD, StoredValues, WidgetError, lay_out, prompt_widgets,
+)
+from workflow_widgets import combo_options  # noqa: F401  (part of this module's interface)
+
 SKIPPED_TYPES = {"Note", "MarkdownNote"}
-WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 TEXT_NODES = ("MovaTextEncode", "CLIPTextEncode")  # nodes whose "text" holds a prompt
 MUTED, BYPASSED = 2, 4
 # Stock loader inputs and the model folder they list.
@@ -50,30 +54,14 @@ def model_folders() -> dict[tuple[str, str], str]:
     return folders
 
 
-def _is_widget(kind, options: dict) -> bool:
-    return (isinstance(kind, list) or kind in WIDGET_TYPES) and not options.get("forceInput")
-
-
-def combo_options(kind, options: dict) -> list | None:
-    """The choices of a combo input: V1 lists them as the type, V3 as ("COMBO", {"options": [...]})."""
-    if isinstance(kind, list):
-        return kind
-    if kind == "COMBO":
-        return list(options.get("options", []))
-    return None
-
-
-def _stored_values(options: dict) -> int:
-    """Entries a widget takes in widgets_values: its value, plus control_after_generate / upload buttons."""
-    extra = 1 if options.get("control_after_generate") else 0
-    extra += sum(1 for key, value in options.items() if key.endswith("_upload") and value)
-    return 1 + extra
-
-
 def ui_to_api(workflow: dict, object_info: dict) -> dict:
-    """The API prompt {node id: {class_type, inputs, _meta}} of a UI-format workflow."""
+    """The API prompt {node id: {class_type, inputs, _meta}} of a UI-format workflow, as ComfyUI's frontend makes it
+    from the server's ``object_info`` (scripts/workflow_widgets.py: the widgets, DynamicCombos included)."""
+    if not isinstance(workflow, dict) or not isinstance(workflow.get("nodes"), list):
+        raise WorkflowError("this is not a UI-format ComfyUI workflow (no list of nodes): give a workflow saved by "
+                            "ComfyUI's Save / Export, not an API prompt")
     links = {link[0]: link for link in workflow.get("links", [])}
-    nodes = {node["id"]: node for node in workflow["nodes"]}
+    nodes = {str(node["id"]): node for node in workflow["nodes"]}  # numbers, or strings (newer frontends)
     prompt = {}
     for node in workflow["nodes"]:
         kind = node["type"]
@@ -89,24 +77,23 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
                 "for import errors."
             )
         info = object_info[kind]
-        linked = {entry["name"]: entry["link"] for entry in node.get("inputs", []) if entry.get("link") is not None}
-        values = list(node.get("widgets_values") or [])
-        position, inputs = 0, {}
-        for section in ("required", "optional"):
-            for name in info.get("input_order", {}).get(section, []):
-                kind_, *rest = info["input"][section][name]
-                options = rest[0] if rest else {}
-                if _is_widget(kind_, options):
-                    if position < len(values):
-                        inputs[name] = values[position]
-                    elif "default" in options:  # saved before this widget was appended: its default, as the UI
-                        inputs[name] = options["default"]
-                    position += _stored_values(options)
-                if name in linked:
-                    link = links[linked[name]]
-                    if link[1] not in nodes:
-                        raise WorkflowError(f"link {link[0]} into '{title}' comes from a missing node {link[1]}")
-                    inputs[name] = [str(link[1]), link[2]]
+        try:
+            widgets = lay_out(info, StoredValues(node, f"node {node['id']} '{title}' ({kind})"))
+        except WidgetError as exc:
+            raise WorkflowError(str(exc)) from None
+        inputs = {w.name: w.value for w in widgets if w.kind not in (CONTROL, UPLOAD) and w.value is not MISSING}
+        names = {name for section in ("required", "optional") for name in info.get("input", {}).get(section, {})}
+        for entry in node.get("inputs", []):
+            name = entry.get("name", "")
+            # a socket of the node's own inputs, or one a DynamicCombo option or an Autogrow input added (dotted)
+            if entry.get("link") is None or (name not in names and name.split(".")[0] not in names):
+                continue
+            link = links.get(entry["link"])
+            if link is None or str(link[1]) not in nodes:
+                source = "a missing link" if link is None else f"a missing node {link[1]}"
+                raise WorkflowError(f"input {name} of node {node['id']} '{title}' comes from {source}: reconnect it "
+                                    "in ComfyUI and save the workflow")
+            inputs[name] = [str(link[1]), link[2]]
         prompt[str(node["id"])] = {"class_type": kind, "inputs": inputs, "_meta": {"title": title}}
     return prompt
 
@@ -216,21 +203,19 @@ def missing_models(prompt: dict, object_info: dict, skip: set[tuple[str, str]] =
     folders = model_folders()
     problems = []
     for key, node in prompt.items():
-        info = object_info.get(node["class_type"], {}).get("input", {})
-        for section in ("required", "optional"):
-            for name, (kind, *rest) in info.get(section, {}).items():
-                value = node["inputs"].get(name)
-                choices = combo_options(kind, rest[0] if rest else {})
-                if choices is None or isinstance(value, list) or value in choices or (key, name) in skip:
-                    continue
-                title = node["_meta"]["title"]
-                folder = folders.get((node["class_type"], name))
-                if folder:
-                    problems.append(f"model '{value}' for '{title}' ({name}) is not in ComfyUI/models/{folder}: "
-                                    "download it there (see the workflow's note or the README), then restart or "
-                                    "refresh ComfyUI")
-                else:
-                    problems.append(f"'{title}' ({name}): '{value}' is not one of the server's choices")
+        for widget in prompt_widgets(object_info.get(node["class_type"], {}), node["inputs"]):
+            name, value, choices = widget.name, widget.value, widget.choices
+            if choices is None or value is MISSING or isinstance(value, list) or value in choices or \
+                    (key, name) in skip:
+                continue
+            title = node["_meta"]["title"]
+            folder = folders.get((node["class_type"], name))
+            if folder:
+                problems.append(f"model '{value}' for '{title}' ({name}) is not in ComfyUI/models/{folder}: "
+                                "download it there (see the workflow's note or the README), then restart or "
+                                "refresh ComfyUI")
+            else:
+                problems.append(f"'{title}' ({name}): '{value}' is not one of the server's choices")
     return problems
 
 

@@ -97,6 +97,7 @@ class JointDenoiser:
         self.cache = StepCache(options.cache_threshold)
         self.current_expert: int | None = None
         self._parts: dict = {}
+        self._cfg: float | None = None
 
     @property
     def official(self) -> bool:
@@ -128,9 +129,14 @@ class JointDenoiser:
         return i, sigma * self.total, audio_sigma * self.total, rate
 
     @torch.no_grad()
-    def __call__(self, video: torch.Tensor, audio: torch.Tensor, sigma: float) -> Denoised:
-        """The denoised prediction for the sampler's latents at ``sigma`` (float32, on the latents' device)."""
+    def __call__(self, video: torch.Tensor, audio: torch.Tensor, sigma: float, cfg: float | None = None) -> Denoised:
+        """The denoised prediction for the sampler's latents at ``sigma`` (float32, on the latents' device); ``cfg``
+        overrides the text CFG scale for this call (ComfyUI's per-step CFG)."""
         i, t, t_a, rate = self.timesteps(sigma)
+        guidance = self.options.guidance(i, cfg)
+        if cfg != self._cfg:  # an override changed the scale: a cached step was guided with another one
+            self.cache.reset()
+            self._cfg = cfg
         video_now, audio_now = video.float(), audio.float()
         if self.known is not None:  # kept parts: re-noised to the towers' sigmas, or clean with timestep 0
             video_now, audio_now = self.known.model_inputs(video_now, audio_now, t / self.total, t_a / self.total)
@@ -153,16 +159,18 @@ class JointDenoiser:
                 return joint_forward(expert, self.towers.audio_dit, self.towers.bridge, x_v, x_a, ctx, t_video,
                                      t_audio, self.options.fps, bridge_scale=bridge_scale, dtype=self.dtype)
             self._parts = {}
-            out = self._guided(run, video_in, audio_now, i)
+            out = self._guided(run, video_in, audio_now, guidance)
             check_finite_step(out, i + 1, self.steps, index, self.dtype)
             self.cache.store(out)
         return Denoised(*self._denoised(video, audio, out, sigma, rate),
                         cond=self._denoised(video, audio, self._parts["cond"], sigma, rate),
                         uncond=self._denoised(video, audio, self._parts["uncond"], sigma, rate))
 
-    def _guided(self, run, video_in, audio_in, step: int) -> JointOutput:
-        return guided_velocity(run, video_in, audio_in, self.pos, self.neg, self.options.guidance(step),
-                               batch=self.options.batch_cfg, parts=self._parts)
+    def _guided(self, run, video_in, audio_in, guidance) -> JointOutput:
+        # the negative prompt only while text CFG is on (with it off, dual CFG's other pass takes the prompt)
+        negative = self.neg if guidance.text_on else None
+        return guided_velocity(run, video_in, audio_in, self.pos, negative, guidance, batch=self.options.batch_cfg,
+                               parts=self._parts)
 
     def _denoised(self, video, audio, velocity: JointOutput, sigma: float, rate: float):
         """D = x − σ·v (the audio's velocity times ``rate``), the kept parts exactly the given latents."""

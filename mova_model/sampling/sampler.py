@@ -101,12 +101,14 @@ class SamplingOptions:
             if not ok:
                 raise ValueError(f"{name} {value!r} {rule}")
 
-    def guidance(self, step: int) -> Guidance:
-        """The guidance scales for ``step`` (0-based): none after the CFG cut-off."""
+    def guidance(self, step: int, cfg: float | None = None) -> Guidance:
+        """The guidance scales for ``step`` (0-based): none after the CFG cut-off. ``cfg`` stands in for
+        ``cfg_scale`` for this step (a per-step override; the audio follows it unless audio_cfg_scale is set)."""
         if step >= self.cfg_cutoff * self.steps:
             return NO_GUIDANCE
-        audio = self.cfg_scale if self.audio_cfg_scale is None else self.audio_cfg_scale
-        return Guidance(video_text=self.cfg_scale, audio_text=audio, bridge=self.bridge_cfg_scale)
+        text = self.cfg_scale if cfg is None else cfg
+        audio = text if self.audio_cfg_scale is None else self.audio_cfg_scale
+        return Guidance(video_text=text, audio_text=audio, bridge=self.bridge_cfg_scale)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import comfy.latent_formats
 import comfy.model_management as mm
 import comfy.model_sampling
+import comfy.patcher_extension
 import comfy.samplers
 import comfy.utils
 import torch
@@ -32,7 +33,7 @@ from ..av_latent import is_nested, require_nested_latents
 from ..comfy_io import show_text
 from ..handles import LoadedPart, MovaConditioning, SamplerSettings
 from ..sampling.comfy_memory import expert_loader
-from ..sampling.run import activation_bytes, cache_report, needs_negative, sampling_options
+from ..sampling.run import activation_bytes, cache_report, sampling_options
 from .checks import check_native_memory, check_native_setup, check_native_sigmas
 from .spec import OFFICIAL_SCHEDULE
 
@@ -58,9 +59,14 @@ class PackedVideoPreview(comfy.latent_formats.Wan21):
         self.video_shape = tuple(video_shape)
         self.latent_rgb_factors_reshape = self.middle_frame
 
-    def middle_frame(self, packed: torch.Tensor) -> torch.Tensor:
-        size = math.prod(self.video_shape[1:])
-        video = packed[:, :, :size].reshape(packed.shape[0], *self.video_shape[1:])
+    def middle_frame(self, latent: torch.Tensor) -> torch.Tensor:
+        """The video's middle latent frame [B,16,1,h,w] of the packed joint latent [B,1,N], or of the video part
+        [B,16,T,h,w] that newer ComfyUI's preview takes from a nested latent."""
+        if latent.dim() == 5:
+            video = latent
+        else:
+            size = math.prod(self.video_shape[1:])
+            video = latent[:, :, :size].reshape(latent.shape[0], *self.video_shape[1:])
         middle = video.shape[2] // 2  # frame 0 is the given image
         return video[:, :, middle:middle + 1]
 
@@ -76,10 +82,15 @@ class MovaNativeModel:
     def process_latent_in(self, latent):
         return latent
 
-    def process_latent_out(self, packed: torch.Tensor) -> torch.Tensor:
-        """A packed prediction in MOVA's space -> packed, the video as raw Wan 2.1 latents (denoised output)."""
-        video, audio = comfy.utils.unpack_latents(packed, self.latent_shapes)
-        return comfy.utils.pack_latents([denormalise_video_latents(video).to(packed), audio])[0]
+    def process_latent_out(self, latent: torch.Tensor) -> torch.Tensor:
+        """A prediction in MOVA's space -> the video as raw Wan 2.1 latents (denoised output). SamplerCustomAdvanced
+        hands it packed [B,1,N] (ComfyUI v0.8) or, newer, as the nested (video, audio) pair; it comes back in the
+        same form."""
+        if is_nested(latent):
+            video, audio = latent.unbind()
+            return require_nested_latents()([denormalise_video_latents(video).to(video), audio])
+        video, audio = comfy.utils.unpack_latents(latent, self.latent_shapes)
+        return comfy.utils.pack_latents([denormalise_video_latents(video).to(latent), audio])[0]
 
     def scale_latent_inpaint(self, sigma, noise, latent_image, **kwargs):
         sigma = sigma.reshape([sigma.shape[0]] + [1] * (noise.ndim - 1))
@@ -148,16 +159,24 @@ def _mask_for(mask, shape, device) -> torch.Tensor | None:
 
 class JointGuider:
     """MOVA Guider's GUIDER: ``sample`` is what SamplerCustomAdvanced calls; the stock sampler calls the guider itself as its
-    model (``__call__``), as it calls ComfyUI's CFGGuider."""
+    model (``__call__``), as it calls ComfyUI's CFGGuider.
+
+    Like CFGGuider it has ``cfg`` (``set_cfg``), which the samplers read and which a PREDICT_NOISE wrapper in
+    ``model_options`` (ComfyUI's per-step CFG overrides) may change for one call: each call guides with the
+    ``cfg`` it finds (MOVA's text CFG: the video's, and the audio's unless MOVA Sampler Options sets audio_cfg)."""
 
     def __init__(self, parts: GuiderParts):
         self.parts = parts
+        self.cfg = parts.cfg
         cond = parts.conditioning.condition  # [B,20,T,h,w]: 4 mask channels, then the 16 latent channels
         video_shape = (cond.shape[0], cond.shape[1] - 4, *cond.shape[2:])
         self.inner_model = MovaNativeModel(parts.shift, parts.release.scheduler.num_train_timesteps, video_shape)
         self.model_patcher = GuiderPatcher(self.inner_model)
         self.model_options = self.model_patcher.model_options
         self._run = None
+
+    def set_cfg(self, cfg: float) -> None:
+        self.cfg = cfg
 
     @property
     def shift(self) -> float:
@@ -192,7 +211,8 @@ class JointGuider:
         memory = activation_bytes(video.shape, audio.shape, p.high.model.config, p.tower.model.audio_dit.config,
                                   p.high.compute_dtype)
         before_expert = expert_loader(experts, p.tower, memory, device, "MOVA Guider")
-        negative = p.conditioning.context_neg if needs_negative(options) else None
+        # the negative prompt whenever given: a per-step override may turn CFG on (a pass runs only while it is)
+        negative = p.conditioning.context_neg
         denoiser = JointDenoiser(
             towers, p.conditioning.condition, p.conditioning.context_pos, negative, noise_video.float(),
             noise_audio.float(), options, sigmas.tolist(), dtype=p.high.compute_dtype, device=device,
@@ -234,14 +254,22 @@ class JointGuider:
         return nested([raw, audio_out.float().cpu()])
 
     def __call__(self, x, sigma, model_options=None, seed=None):
-        """The stock sampler's model call: packed latents at ``sigma`` -> packed denoised prediction."""
+        """The stock sampler's model call: packed latents at ``sigma`` -> packed denoised prediction, through the
+        PREDICT_NOISE wrappers in the guider's ``model_options`` (as CFGGuider calls its prediction)."""
+        wrappers = comfy.patcher_extension.get_all_wrappers(comfy.patcher_extension.WrappersMP.PREDICT_NOISE,
+                                                            self.model_options, is_model_options=True)
+        executor = comfy.patcher_extension.WrapperExecutor.new_class_executor(self.predict_noise, self, wrappers)
+        return executor.execute(x, sigma, model_options or {}, seed)
+
+    def predict_noise(self, x, sigma, model_options=None, seed=None):
+        """One prediction with the guider's ``cfg`` as it is now."""
         mm.throw_exception_if_processing_interrupted()
         if self._run is None:
             raise RuntimeError("the MOVA Guider was called outside a sampling run")
         denoiser, shapes = self._run
         video, audio = comfy.utils.unpack_latents(x, shapes)
         level = float(torch.as_tensor(sigma).reshape(-1)[0])
-        out = denoiser(video, audio, level)
+        out = denoiser(video, audio, level, cfg=float(self.cfg))
         denoised = comfy.utils.pack_latents([out.video.to(x.dtype), out.audio.to(x.dtype)])[0]
         post = (model_options or {}).get("sampler_post_cfg_function", [])
         if post:  # CFG++ samplers read the prompt's and the negative prompt's predictions
@@ -250,7 +278,7 @@ class JointGuider:
             for fn in post:
                 denoised = fn({"denoised": denoised, "cond": None, "uncond": None, "model": self.inner_model,
                                "uncond_denoised": uncond, "cond_denoised": cond, "sigma": sigma,
-                               "model_options": model_options, "input": x, "cond_scale": self.parts.cfg})
+                               "model_options": model_options, "input": x, "cond_scale": self.cfg})
         return denoised
 
 

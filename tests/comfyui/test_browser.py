@@ -3,7 +3,8 @@ ComfyUI's Python, which needs the playwright package; Debian's chromium draws).
 
 Every example workflow opens with no missing node type, no dialog (every file it names is installed), every
 widget value inside its node's current definition (the server's lists, which the MOVA loaders filter), the sizes
-and view it was saved with, and no console error from the pack; the template browser lists every example with
+and view it was saved with, no console error from the pack, and scripts/workflow_api.py converts it to the API
+prompt the frontend itself queues (``app.graphToPrompt``); the template browser lists every example with
 its thumbnail; queueing with a missing MOVA file names that file on its node. Screenshots go to
 out/browser/comfyui-<version>/.
 """
@@ -96,7 +97,7 @@ def _visible_dialogs(page) -> list[str]:
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
 def test_example_workflow_opens_as_saved(browser_page, path):
     import frontend
-    page, messages, _ = browser_page
+    page, messages, url = browser_page
     messages.clear()
     workflow = json.loads(path.read_text(encoding="utf-8"))
     frontend.load_workflow(page, workflow, dialogs=True)
@@ -105,9 +106,11 @@ def test_example_workflow_opens_as_saved(browser_page, path):
     page.screenshot(path=str(ARTEFACTS / f"{path.stem}_window.png"))
     assert _visible_dialogs(page) == []  # no missing nodes, no missing models: everything is installed
     assert [n["type"] for n in state["nodes"] if not n["registered"]] == []
-    saved = {n["id"]: n for n in workflow["nodes"]}
-    serialized = {n["id"]: n for n in state["serialized"]["nodes"]}
+    # node ids as the file stores them (numbers) and as the frontend holds them (numbers; strings from 1.49 on)
+    saved = {str(n["id"]): n for n in workflow["nodes"]}
+    serialized = {str(n["id"]): n for n in state["serialized"]["nodes"]}
     for node in state["nodes"]:
+        node["id"] = str(node["id"])
         label = f"{path.name}: node {node['id']} ({node['type']})"
         for widget in node["widgets"]:
             if widget["values"] is not None and isinstance(widget["value"], str):
@@ -117,14 +120,39 @@ def test_example_workflow_opens_as_saved(browser_page, path):
                 low, high = widget["min"], widget["max"]
                 assert (low is None or widget["value"] >= low) and (high is None or widget["value"] <= high), \
                     f"{label}: {widget['name']} {widget['value']} outside [{low}, {high}]"
-        # the frontend read every stored value into the widget it was saved from (same values back)
-        assert serialized[node["id"]].get("widgets_values") == saved[node["id"]].get("widgets_values"), label
-        # and kept the saved size: the layout the user sees is the one in the file
-        assert [round(v) for v in node["size"]] == [round(v) for v in saved[node["id"]]["size"]], label
+        # the frontend read every stored value into the widget it was saved from (same values back); a widget the
+        # node gained since (Create Video's bit_depth in v0.33) comes after them, at its default (checked below)
+        stored = saved[node["id"]].get("widgets_values")
+        assert (serialized[node["id"]].get("widgets_values") or [])[:len(stored or [])] == (stored or []), label
+        # and kept the saved size: the layout the user sees is the one in the file; a node that gained widgets or
+        # outputs since it was saved (v0.33: Create Video's bit_depth, Save Video's DynamicCombo format, Get Video
+        # Components' bit_depth and color_space outputs) keeps its width and takes the height it needs now
+        size, stored_size = [round(v) for v in node["size"]], [round(v) for v in saved[node["id"]]["size"]]
+        now, then = serialized[node["id"]], saved[node["id"]]
+        changed = len(node["widgets"]) > len(stored or []) or any(
+            len(now.get(slots) or []) != len(then.get(slots) or []) for slots in ("inputs", "outputs"))
+        assert size == stored_size or (changed and size == [stored_size[0], round(node["computed"][1])]), \
+            (label, size, stored_size, node["computed"])
         assert [round(v) for v in node["pos"]] == [round(v) for v in saved[node["id"]]["pos"]], label
     ds = workflow["extra"]["ds"]
     assert state["scale"] == pytest.approx(ds["scale"]) and state["offset"] == pytest.approx(ds["offset"])
     assert [m for m in messages if _from_pack(m)] == []
+    # scripts/workflow_api.py converts it to the API prompt the frontend queues (DynamicCombos, defaults, links);
+    # widgets of the frontend's own that are no input of the node (the audio player's audioUI in frontends 1.27 and
+    # 1.35, which the server ignores) are left out
+    from comfy_client import ComfyClient
+    from workflow_api import ui_to_api
+    info = ComfyClient(url).object_info()
+    ours = ui_to_api(workflow, info)
+
+    def node_inputs(node):
+        declared = {n for section in info[node["class_type"]]["input"].values() if isinstance(section, dict)
+                    for n in section}
+        return {k: v for k, v in node["inputs"].items() if k.split(".")[0] in declared}
+
+    theirs = frontend.api_prompt(page)
+    assert {k: (n["class_type"], n["inputs"]) for k, n in ours.items()} == \
+        {k: (n["class_type"], node_inputs(n)) for k, n in theirs.items()}
 
 
 def test_template_browser_lists_every_example_with_its_thumbnail(browser_page):
@@ -175,7 +203,6 @@ def test_queue_names_the_missing_mova_file_on_its_node(browser_page):
         page.evaluate("() => window.app.queuePrompt(0, 1)")
     body = answer.value.json()
     frontend.settle(page, 1.5)
-    page.screenshot(path=str(ARTEFACTS / "queue_missing_file.png"))
     errors = body["node_errors"]
     assert list(errors) == [str(high["id"])], errors  # only that node: nothing else is wrong
     details = " ".join(e["details"] for e in errors[str(high["id"])]["errors"])
@@ -183,6 +210,26 @@ def test_queue_names_the_missing_mova_file_on_its_node(browser_page):
     assert 'hf download OpenMOSS-Team/MOVA-720p --include "video_dit/*"' in details
     flagged = page.evaluate("() => Object.keys(app.lastNodeErrors || {})")  # the nodes the canvas outlines in red
     assert flagged == [str(high["id"])]
-    shown = " ".join(_visible_dialogs(page))  # the frontend's error dialog repeats the message
+    shown = " ".join(_visible_dialogs(page))  # frontends 1.27 and 1.35: an error dialog repeats the message
+    if "MOVA-720p/video_dit" not in shown:  # 1.49: a toast leads to the Errors panel, an entry's info opens it
+        shown = _error_panel_entry(page, high["title"])
+    page.screenshot(path=str(ARTEFACTS / "queue_missing_file.png"))
     assert "MOVA-720p/video_dit" in shown and "hf download" in shown
     frontend.reload(page)
+
+
+def _error_panel_entry(page, title: str) -> str:
+    """The message the Errors panel of newer frontends (1.49) shows for a node's rejected input: open the panel
+    from the error toast (View details) and the node's entry from its info button."""
+    import frontend
+    details = page.get_by_text("View details")
+    if details.count():
+        details.first.click()
+        frontend.settle(page, 1.0)
+    info = page.locator(f"button[aria-label^='Info for {title}']")
+    if not info.count():
+        return ""
+    target = info.first.get_attribute("aria-controls")
+    info.first.click()
+    frontend.settle(page, 1.0)
+    return page.evaluate("id => document.getElementById(id)?.innerText || ''", target)

@@ -196,6 +196,38 @@ def test_native_extension_keeps_the_overlap(client, base):
 
 
 @needs_native
+def test_native_guider_follows_per_step_cfg(client):
+    """The guider's cfg as core's per-step CFG overrides set it (a PREDICT_NOISE wrapper changing guider.cfg for the
+    call, as CFG Override does on CFGGuider): MOVA Guider at cfg 1 with every step overridden to 4 gives the latents
+    of MOVA Guider at cfg 4 (the negative prompt is used once an override turns CFG on); overriding only the first
+    steps (sigma 0.9 and above) gives others."""
+    prompt = _native(client, seed=37, sampler="dpmpp_2m")
+    guider, sampler = node_key(prompt, "MovaGuider"), node_key(prompt, "SamplerCustomAdvanced")
+    split = node_key(prompt, "MovaSeparateAVLatent")
+    prompt = {key: node for key, node in prompt.items() if node["class_type"] not in
+              ("SaveVideo", "CreateVideo", "VAEDecode", "MovaAudioDecode", "PreviewAudio")}
+    prompt[guider]["inputs"]["cfg"] = 4.0
+    prompt["90"] = {"class_type": "TestMovaLatentProbe", "inputs": {"video": [split, 0], "audio": [split, 1]}}
+    for first, sigma_low in ((91, 0.0), (96, 0.9)):  # every step; the steps at sigma 0.9 and above
+        keys = [str(first + i) for i in range(5)]
+        prompt |= {
+            keys[0]: {"class_type": "MovaGuider", "inputs": prompt[guider]["inputs"] | {"cfg": 1.0}},
+            keys[1]: {"class_type": "TestGuiderCFGOverride", "inputs": {
+                "guider": [keys[0], 0], "cfg": 4.0, "sigma_low": sigma_low, "sigma_high": 1000.0}},
+            keys[2]: {"class_type": "SamplerCustomAdvanced", "inputs": prompt[sampler]["inputs"] | {
+                "guider": [keys[1], 0]}},
+            keys[3]: {"class_type": "MovaSeparateAVLatent", "inputs": {"av_latent": [keys[2], 0]}},
+            keys[4]: {"class_type": "TestMovaLatentProbe", "inputs": {"video": [keys[3], 0], "audio": [keys[3], 1]}},
+        }
+    outputs = {}
+    run_prompt(client, prompt, outputs)
+    at_4, overridden, partly = (probed_latents(outputs, key) for key in ("90", "95", "100"))
+    for ref, out in zip(at_4, overridden):
+        assert torch.equal(ref, out)
+    assert not torch.equal(at_4[0], partly[0])
+
+
+@needs_native
 def test_native_cancel_stops_the_guider(client):
     """Cancel during SamplerCustomAdvanced stops the MOVA Guider between model calls."""
     prompt = _native(client, seed=34)

@@ -53,6 +53,48 @@ CONVERTED = {"MOVA-360p/video_dit": "video_dit_high", "MOVA-360p/video_dit_2": "
 TRAIN_FRAMES = 9
 RATE = 16000  # the tiny release's audio codec (tests/support/tiny_release.py)
 
+# Test only: core's per-step CFG override (CFG Override puts this PREDICT_NOISE wrapper on a MODEL) put on a GUIDER:
+# within [sigma_low, sigma_high] the guider's cfg is set for the call, as that wrapper sets CFGGuider's. Like CFG
+# Override on its clone of the MODEL, the wrapper goes on a copy of the guider (ComfyUI may hand one cached guider
+# to several nodes).
+GUIDER_CFG_NODE = '''
+import copy
+
+import comfy.model_patcher
+import comfy.patcher_extension
+
+
+class TestGuiderCFGOverride:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"guider": ("GUIDER",), "cfg": ("FLOAT", {"default": 1.0}),
+                             "sigma_low": ("FLOAT", {"default": 0.0}),
+                             "sigma_high": ("FLOAT", {"default": 1.0, "max": 1000.0})}}
+    RETURN_TYPES = ("GUIDER",)
+    FUNCTION = "patch"
+    CATEGORY = "testing"
+
+    def patch(self, guider, cfg, sigma_low, sigma_high):
+        def wrapper(executor, *args, **kwargs):
+            sigma = float(args[1].flatten()[0])
+            if not sigma_low <= sigma <= sigma_high:
+                return executor(*args, **kwargs)
+            target = executor.class_obj
+            saved, target.cfg = target.cfg, cfg
+            try:
+                return executor(*args, **kwargs)
+            finally:
+                target.cfg = saved
+        guider = copy.copy(guider)
+        guider.model_options = comfy.model_patcher.create_model_options_clone(guider.model_options)
+        comfy.patcher_extension.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.PREDICT_NOISE, "test_cfg",
+                                                     wrapper, guider.model_options, is_model_options=True)
+        return (guider,)
+
+
+NODE_CLASS_MAPPINGS = {"TestGuiderCFGOverride": TestGuiderCFGOverride}
+'''
+
 
 @pytest.fixture(scope="session")
 def base(tmp_path_factory) -> Path:
@@ -67,6 +109,7 @@ def base(tmp_path_factory) -> Path:
     (root / "custom_nodes" / "test_latent_probe.py").write_text(LATENT_PROBE_NODE)
     (root / "custom_nodes" / "test_golden_inputs.py").write_text(GOLDEN_INPUTS_NODE)
     (root / "custom_nodes" / "test_integer_media.py").write_text(INTEGER_MEDIA_NODE)
+    (root / "custom_nodes" / "test_guider_cfg.py").write_text(GUIDER_CFG_NODE)
     models = root / "models"
     write_release(models / "diffusion_models" / "MOVA-360p",
                   ("video_dit", "video_dit_2", "audio_dit", "dual_tower_bridge"))

@@ -270,3 +270,25 @@ def test_extend_workflow_sets_every_sampler(object_info):
     extend = _node(prompt, "MovaExtend")["inputs"]
     assert (extend["length"], extend["overlap"], extend["crossfade"]) == (209, 17, 0.1)
     assert prompt[extend["fps"][0]]["class_type"] == "MovaConditioning"
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda values: values.append(7), r"node \d+ 'MOVA Sampler' \(MovaSampler\): 1 widget value\(s\) more .*seed, "
+                                      r"steps, cfg, shift, boundary_ratio\): 7"),
+    (lambda values: values.insert(2, 7), r"'MOVA Sampler'.*1 widget value\(s\) more .*: 0.9"),
+    (lambda values: values.insert(0, "x"), r"'MOVA Sampler'.*widget seed \(INT\) holds 'x'"),
+])
+def test_stored_values_that_do_not_fit_name_node_and_widget(object_info, change, message):
+    """A value too many (at the end or in the middle) or a shifted list: refused before anything runs."""
+    workflow = _workflow("mova_i2va.json")
+    change(next(n for n in workflow["nodes"] if n["type"] == "MovaSampler")["widgets_values"])
+    with pytest.raises(WorkflowError, match=message):
+        ui_to_api(workflow, object_info)
+
+
+def test_widget_values_as_a_mapping_refused(object_info):
+    workflow = _workflow("mova_i2va.json")
+    node = next(n for n in workflow["nodes"] if n["type"] == "MovaConditioning")
+    node["widgets_values"] = {"width": 640, "height": 352, "length": 193, "fps": 24}
+    with pytest.raises(WorkflowError, match=r"'MOVA Conditioning'.*widgets_values is a mapping \('width', 'height'"):
+        ui_to_api(workflow, object_info)
