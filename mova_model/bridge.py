@@ -9,7 +9,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .attention import attention
 from .configs import BridgeConfig
 from .dit import Attention
 from .ops import torch_ops
@@ -33,7 +32,7 @@ class Conditioner(nn.Module):
         if x_rope is not None:
             q = apply_half_rope(q, *x_rope, self.num_heads)
             k = apply_half_rope(k, *y_rope, self.num_heads)
-        return self.inner.o(attention(q, k, v, self.num_heads))
+        return self.inner.o(self.inner.attend(q, k, v, self.num_heads))
 
 
 class DualTowerBridge(nn.Module):

@@ -44,6 +44,8 @@ def run_float32(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
 class Attention(nn.Module):
     """Multi-head attention with RMS-normed q/k; q from x, k/v from ``context`` (or x)."""
 
+    attend = staticmethod(attention)  # a parallel run swaps in its own per instance (parallel/sequence.py)
+
     def __init__(self, dim: int, num_heads: int, eps: float, kv_dim: int | None = None,
                  operations=torch_ops, device=None, dtype=None):
         super().__init__()
@@ -66,7 +68,7 @@ class Attention(nn.Module):
         if rope is not None:
             q = apply_interleaved_rope(q, rope, self.num_heads)
             k = apply_interleaved_rope(k, rope, self.num_heads)
-        return self.o(attention(q, k, v, self.num_heads))
+        return self.o(self.attend(q, k, v, self.num_heads))
 
 
 class DiTBlock(nn.Module):
