@@ -12,6 +12,7 @@ from .extend_node import MovaExtend, MovaJoin
 from .loader_nodes import MovaAudioTowerLoader, MovaAudioVAELoader, MovaVideoExpertLoader
 from .lora_node import MovaLoraLoader
 from .native_node import MovaGuider, MovaScheduler, MovaSeparateAVLatent
+from .parallel.parallel_node import MovaParallel
 from .prompt_nodes import MovaPromptBuilder, MovaPromptEnhance
 from .sampler_node import MovaSampler, MovaSamplerOptions
 from .save_lora_node import MovaSaveLora
@@ -21,7 +22,7 @@ from .train_node import MovaTrainLora
 NODE_CLASSES = [
     MovaVideoExpertLoader, MovaAudioTowerLoader, MovaAudioVAELoader, MovaConditioning, MovaSampler, MovaAudioDecode,
     MovaLoraLoader, MovaSamplerOptions, MovaPromptEnhance, MovaPromptBuilder, MovaDataset, MovaTrainLora,
-    MovaSaveLora, MovaTextEncode, MovaExtend, MovaJoin, MovaGuider, MovaScheduler, MovaSeparateAVLatent,
+    MovaSaveLora, MovaTextEncode, MovaExtend, MovaJoin, MovaGuider, MovaScheduler, MovaSeparateAVLatent, MovaParallel,
 ]
 
 

@@ -110,7 +110,7 @@ def test_extension_lists_every_spec():
                   if isinstance(node, ast.Assign) and node.targets[0].id == "NODE_CLASSES")
     classes = {elt.id for elt in listed.elts}
     assert classes == {node.node_id for node in spec.ALL_NODES}
-    sources = "".join(p.read_text() for p in (PACK / "nodes").glob("*_node*.py"))
+    sources = "".join(p.read_text() for p in (PACK / "nodes").rglob("*_node*.py"))
     for node in spec.ALL_NODES:
         constant = next(name for name, value in vars(spec).items() if value is node)
         assert f"class {node.node_id}(io.ComfyNode)" in sources

@@ -111,19 +111,22 @@ class ParallelRunner:
         result = self._run("sample", inputs, on_message=on_message, models=models)
         return result["video"], result["audio"], result["stats"]
 
-    def denoiser(self, models: dict, local: JointDenoiser, inputs: dict) -> "RemoteDenoiser":
-        """A ``JointDenoiser`` on the workers, made with the inputs of ``local`` (built here for its checks)."""
+    def denoiser(self, models: dict, local: JointDenoiser, inputs: dict,
+                 on_close: Callable[[], None] | None = None) -> "RemoteDenoiser":
+        """A ``JointDenoiser`` on the workers, made with the inputs of ``local`` (built here for its checks);
+        ``on_close()`` runs when it is closed."""
         job = {**inputs, "sigmas": list(local.sigmas)}
         opened = self._run("open", job, models=models)
-        return RemoteDenoiser(self, local, opened)
+        return RemoteDenoiser(self, local, opened, on_close)
 
 
 class RemoteDenoiser:
     """Called like ``JointDenoiser``: (video, audio, sigma) -> Denoised, computed by the workers. ``known``,
     ``steps``, ``official`` and ``options`` are the local denoiser's; ``stats`` the workers'."""
 
-    def __init__(self, runner: ParallelRunner, local: JointDenoiser, opened: dict):
-        self.runner, self.local = runner, local
+    def __init__(self, runner: ParallelRunner, local: JointDenoiser, opened: dict,
+                 on_close: Callable[[], None] | None = None):
+        self.runner, self.local, self.on_close = runner, local, on_close
         self.known, self.steps, self.official, self.options = local.known, local.steps, local.official, local.options
         self.attention, self.speed = opened["attention"], opened["speed"]
         self.stats = {"computed_steps": 0, "skipped_steps": 0}
@@ -137,5 +140,10 @@ class RemoteDenoiser:
                         uncond=tuple(t.to(device) for t in out["uncond"]))
 
     def close(self) -> None:
-        if self.runner.pool.alive:
-            self.runner.pool.run("close", {})
+        """End the workers' session (call it when the sampling ends, also after an error)."""
+        try:
+            if self.runner.pool.alive:
+                self.runner.pool.run("close", {})
+        finally:
+            if self.on_close is not None:
+                self.on_close()

@@ -16,6 +16,7 @@ from torch import nn
 
 from ..lora import LoraPatch, merge_lora_
 from ..loading import load_component
+from ..quantize import FP8_DTYPES as FP8
 from ..offload import enable_block_swap
 from ..sampler import MovaTowers
 from . import sequence
@@ -30,6 +31,10 @@ def load_part(spec: dict, kind: str, compute: torch.dtype) -> nn.Module:
     with its LoRAs merged into the weights."""
     dtype = torch.float8_e4m3fn if spec.get("fp8") else compute
     model = load_component(spec["path"], kind, dtype=dtype, device="cpu", component=spec.get("component"))
+    if spec.get("fp8"):  # the weights that are not fp8 (bf16 from the loader) in the compute dtype: plain layers
+        for name, param in model.named_parameters():  # do not cast them on the fly as ComfyUI's do
+            if param.dtype not in FP8 and not name.endswith("scale_weight"):
+                param.data = param.data.to(compute)
     for lora in spec.get("loras") or ():
         patches = {key: LoraPatch(down=p["down"], up=p["up"], scale=float(p["scale"]))
                    for key, p in lora["patches"].items()}
