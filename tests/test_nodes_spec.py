@@ -16,7 +16,8 @@ PACK = Path(comfyui_mova.__file__).parent
 PLAIN_MODULES = ("spec", "handles", "model_files", "condition", "sampling", "audio_decode", "lora_patches",
                  "llm_client", "prompt_reply", "prompt_image", "prompt_instructions", "prompt_enhance",
                  "prompt_builder", "clips", "dataset", "training_run", "loss_plot", "text", "keyframes",
-                 "audio_input", "video_input", "conditioning_modes", "extend", "av_latent", "native_setup")
+                 "audio_input", "video_input", "conditioning_modes", "extend", "av_latent", "native_setup",
+                 "parallel.setup")
 
 
 def _comfy_available() -> bool:

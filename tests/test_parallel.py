@@ -110,6 +110,22 @@ def test_native_denoiser_equals_one_process(plan, pools, towers):
     assert all(rel_l2(f, n) <= PARITY for f, n in zip(state[far], state[local]))
 
 
+@pytest.mark.parametrize("plan", [ParallelPlan(2, 1), ParallelPlan(2, 1, True),
+                                  *[ParallelPlan(1, n, True) for n in ULYSSES]], ids=lambda p: p.describe())
+def test_one_expert_at_a_time(plan, pools, towers):
+    """Workers whose device cannot hold both experts: plain experts move between host and device, sharded ones
+    are loaded and sharded again at the switch; two runs in a row (the second starts from the low-noise one)."""
+    _skip_without_yunchang(plan)
+    _, _, tensors = golden()
+    opts = options(CASES)
+    ref = sampler.sample(towers, *inputs(tensors), opts)
+    models = {**golden_models(ROOT), "experts_resident": "one"}
+    models["key"] += "-one"
+    for _ in range(2):
+        video, audio, _ = pools.runner(plan).sample(models, remote.run_inputs(*inputs(tensors), opts))
+        assert rel_l2(video, ref[0]) <= PARITY and rel_l2(audio, ref[1]) <= PARITY
+
+
 @pytest.mark.parametrize("plan", [ParallelPlan(2, 1), *[ParallelPlan(1, n) for n in ULYSSES]],
                          ids=lambda p: p.describe())
 def test_fp8_lora_block_swap_and_given_audio(plan, pools):

@@ -117,7 +117,6 @@ class Worker:
         loaded = self.towers(job["models"])
         device, dtype = self.device, loaded.compute
         stats = {}
-        loaded.current = None
         with parallel_run(self.groups.sequence, self.groups.cfg):
             video, audio = sample(
                 loaded.towers, job["condition"], job["context_pos"], job["context_neg"], job["video_noise"],
@@ -134,7 +133,6 @@ class Worker:
     def job_open(self, job: dict) -> dict:
         loaded = self.towers(job["models"])
         device = self.device
-        loaded.current = None
         denoiser = JointDenoiser(
             loaded.towers, job["condition"], job["context_pos"], job["context_neg"], job["video_noise"],
             job["audio_noise"], options_from(job["options"]), job["sigmas"], dtype=loaded.compute, device=device,

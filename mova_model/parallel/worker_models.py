@@ -52,57 +52,82 @@ def _to_device(model: nn.Module, device: torch.device, skip_blocks: bool) -> Non
         param.data = param.data.to(device)
 
 
+def _bytes(model: nn.Module) -> int:
+    """Bytes of the model's weights held by this process (a sharded weight counts its local shard)."""
+    total = 0
+    for param in model.parameters():
+        local = param.to_local() if hasattr(param, "to_local") else param
+        total += local.numel() * local.element_size()
+    return total
+
+
 class WorkerTowers:
-    """The towers of one model description, placed for ``groups``; ``before_expert`` moves experts when both do
-    not fit the device."""
+    """The towers of one model description, placed for ``groups``. Both video experts stay on the device when
+    they fit; otherwise ``before_expert`` switches them: plain experts wait in host memory and move, sharded
+    ones are loaded (and sharded) again when their turn comes. ``models["experts_resident"]`` "one" forces the
+    one-at-a-time policy (tests)."""
 
     def __init__(self, models: dict, groups: ParallelGroups):
         self.key = models["key"]
         self.compute = getattr(torch, models["compute_dtype"])
-        device, plan = groups.device, groups.plan
-        experts = [load_part(spec, "video_dit", self.compute) for spec in models["experts"]]
-        audio_dit = load_part(models["audio_dit"], "audio_dit", self.compute)
-        bridge = load_part(models["bridge"], "dual_tower_bridge", self.compute)
-        swap = int(models.get("swap_blocks") or 0)
-        for expert in experts:
-            if groups.sequence is not None:
-                sequence.attach(expert, bridge)
-            if plan.shard_weights:
-                shard_blocks(expert, groups.shard_mesh)
-                _to_device(expert, device, skip_blocks=True)
-            elif swap:
-                enable_block_swap(expert, device, resident=max(0, len(expert.blocks) - swap))
-        audio_dit.to(device)
-        bridge.to(device)
-        self.placed = plan.shard_weights or bool(swap)
-        self.keep_both = self.placed or self._both_fit(experts, audio_dit, bridge, device)
-        for expert in experts if self.keep_both and not self.placed else ():
-            expert.to(device)
-        self.towers = MovaTowers(experts, audio_dit, bridge)
-        self.device = device
+        self.groups, self.device = groups, groups.device
+        self.specs = models["experts"]
+        self.swap = int(models.get("swap_blocks") or 0)
+        audio_dit = load_part(models["audio_dit"], "audio_dit", self.compute).to(self.device)
+        self.bridge = load_part(models["bridge"], "dual_tower_bridge", self.compute).to(self.device)
+        free = torch.cuda.mem_get_info(self.device)[0] if self.device.type == "cuda" else None
+        one = models.get("experts_resident") == "one"
+        first = self._load_expert(0)
+        if groups.plan.shard_weights:
+            self.policy = "reload" if one or (free is not None and 2 * _bytes(first) > 0.8 * free) else "both"
+        elif self.swap:
+            self.policy = "both"  # block swap keeps most blocks in host memory already
+        else:
+            self.policy = "move" if one or (free is not None and 2 * _bytes(first) > 0.8 * free) else "both"
+        second = None if self.policy == "reload" else self._load_expert(1)
+        if self.policy == "both" and not self._placed:
+            first, second = first.to(self.device), second.to(self.device)
+        self.towers = MovaTowers([first, second or first], audio_dit, self.bridge)
+        if second is None:
+            self.towers.video_experts[1] = None
         self.current: int | None = None
 
-    @staticmethod
-    def _both_fit(experts, audio_dit, bridge, device) -> bool:
-        if device.type != "cuda":
-            return True
-        size = sum(p.numel() * p.element_size() for m in (*experts, audio_dit, bridge) for p in m.parameters())
-        free, _ = torch.cuda.mem_get_info(device)
-        return size < 0.8 * free
+    @property
+    def _placed(self) -> bool:
+        """Whether a loaded expert is already on the device (sharded or block-swapped)."""
+        return self.groups.plan.shard_weights or bool(self.swap)
+
+    def _load_expert(self, index: int) -> nn.Module:
+        expert = load_part(self.specs[index], "video_dit", self.compute)
+        if self.groups.sequence is not None:
+            sequence.attach(expert, self.bridge)
+        if self.groups.plan.shard_weights:
+            shard_blocks(expert, self.groups.shard_mesh)
+            _to_device(expert, self.device, skip_blocks=True)
+        elif self.swap:
+            enable_block_swap(expert, self.device, resident=max(0, len(expert.blocks) - self.swap))
+        return expert
 
     def before_expert(self, index: int) -> None:
-        """Expert ``index`` on the device (the other moved to the CPU first when both do not fit)."""
-        if self.keep_both or self.current == index:
+        """Expert ``index`` ready on the device (sampling calls this on every process at the same step)."""
+        if self.policy == "both" or self.current == index:
             return
         experts = self.towers.video_experts
-        if self.current is not None:
-            experts[self.current].to("cpu")
-            torch.cuda.empty_cache()
-        experts[index].to(self.device)
+        if self.policy == "move":
+            if self.current is not None:
+                experts[self.current].to("cpu")
+            experts[index].to(self.device)
+        elif experts[index] is None:  # reload: drop the other expert's shards, then load and shard this one
+            experts[1 - index] = None
+            self._free()
+            experts[index] = self._load_expert(index)
         self.current = index
 
-    def release(self) -> None:
-        self.towers = None
+    def _free(self) -> None:
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+
+    def release(self) -> None:
+        self.towers = None
+        self._free()
