@@ -37,8 +37,15 @@ def _server(base) -> psutil.Process:
 
 
 def _workers(base) -> list[psutil.Process]:
-    """The MOVA Parallel workers the session's ComfyUI runs."""
-    return [p for p in _server(base).children() if any("worker_main.py" in part for part in p.cmdline())]
+    """The MOVA Parallel workers the session's ComfyUI runs (not those that have exited)."""
+    found = []
+    for proc in _server(base).children():
+        try:
+            if proc.status() != psutil.STATUS_ZOMBIE and any("worker_main.py" in part for part in proc.cmdline()):
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            pass
+    return found
 
 
 def _wait_for(condition, seconds: float = 60.0) -> bool:
@@ -75,6 +82,13 @@ def _with_reference(prompt: dict) -> dict:
     return prompt
 
 
+def _long_run(client, seed: int, steps: int = 400) -> dict:
+    """The i2va workflow on the workers with many steps (long enough to act in the middle of it)."""
+    prompt = _parallel(api_prompt(client, "mova_i2va.json", seed=seed, image_name="start.png"))
+    prompt[node_key(prompt, "MovaSampler")]["inputs"]["steps"] = steps
+    return prompt
+
+
 def _check_parity(outputs: dict) -> list[float]:
     errors = [rel_l2(out, ref) for out, ref in zip(probed_latents(outputs, PROBE), probed_latents(outputs, PROBE_REFERENCE))]
     assert all(e <= PARITY for e in errors), errors
@@ -95,7 +109,7 @@ def test_parallel_workflow_equals_one_device(client, base, tmp_path, mode):
     videos, progress = run_prompt(client, _with_reference(prompt), outputs, previews)
     print(f"{mode} on 2 processes vs one device, relative L2 (video, audio):", _check_parity(outputs))
     steps = [value for kind, value in progress if kind == "MovaSampler"]
-    assert steps.count(STEPS) == 2  # both samplers reached the last step
+    assert STEPS in steps  # the parallel sampler reached the last step (the reference may come from the cache)
     assert any(int.from_bytes(p[:4], "big") == 1 for p in previews)  # live previews from the workers' latents
     text = outputs[sampler]["text"][0]
     assert "parallel: 2 workers on cpu, cpu" in text
@@ -149,7 +163,7 @@ def test_parallel_fp8_weights(client):
 
 
 def test_cancel_stops_every_worker_and_comfyui_goes_on(client, base):
-    prompt = _parallel(api_prompt(client, "mova_i2va.json", seed=75, image_name="start.png", steps=400))
+    prompt = _long_run(client, seed=75)
     sampler = node_key(prompt, "MovaSampler")
     cancel_during(client, prompt, lambda data: data.get("node") == sampler and data.get("value", 0) >= 2,
                   "the parallel MOVA Sampler sent no progress")
@@ -166,7 +180,7 @@ def test_a_killed_worker_is_a_clear_error_and_comfyui_goes_on(client, base):
     message naming the worker, the others are stopped, and the next run starts new workers and succeeds."""
     from comfy_client import ServerError
     from run_workflow import wait
-    prompt = _parallel(api_prompt(client, "mova_i2va.json", seed=76, image_name="start.png", steps=400))
+    prompt = _long_run(client, seed=76)
     sampler = node_key(prompt, "MovaSampler")
     ws = client.websocket()
     try:
@@ -207,8 +221,8 @@ def test_what_cannot_run_is_refused_before_the_workers_start(client, base):
     """No GPU for devices 0,1 (at queue time); more Ulysses processes than the video expert's heads allow and three
     CFG processes without dual CFG (at run time, before any worker starts)."""
     prompt = _parallel(api_prompt(client, "mova_i2va.json", seed=78, image_name="start.png"), devices="0,1")
-    (details,) = refusal(client, prompt)[PARALLEL]
-    assert "ComfyUI sees no GPU" in details and "cpu:2" in details
+    details = refusal(client, prompt)[PARALLEL]
+    assert details and all("ComfyUI sees no GPU" in d and "cpu:2" in d for d in details), details
     before = {p.pid for p in _workers(base)}
     from comfy_client import ServerError
     from run_workflow import wait

@@ -51,8 +51,10 @@ def _track(pool: WorkerPool, setup: ParallelSetup, size: int) -> None:
     patcher = comfy.model_patcher.ModelPatcher(WorkersInMemory(), load_device=device,
                                                offload_device=mm.unet_offload_device(), size=size if shares else 0)
 
-    def unloaded(*_):
-        if _Active.pool is pool:
+    def unloaded(_patcher, unpatch_all=True):
+        # ComfyUI unloads with unpatch_all (Unload Models, room for other models); re-requesting a loaded model
+        # detaches it without, and loads it again at once
+        if unpatch_all and _Active.pool is pool:
             stop_workers("ComfyUI unloaded the models")
 
     patcher.add_callback(CallbacksMP.ON_DETACH, unloaded)
