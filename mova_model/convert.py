@@ -8,7 +8,9 @@ Writes <prefix>_video_dit_high_<fmt>, <prefix>_video_dit_low_<fmt>, <prefix>_aud
 fp8 files use ComfyUI's comfy_quant keys (weight_scale + comfy_quant per layer, ComfyUI v0.8.0 and later)
 or, with --fp8-layout scaled_fp8, the older scale_weight + scaled_fp8 marker keys; MOVA's loaders read both.
 Tensors are streamed one at a time (peak memory: a few copies of the largest tensor), each file
-is written as <name>.part, verified against the source, then renamed.
+is written under a temporary name of its own in the output folder, verified against the source, then renamed
+(``atomic_write``): an interrupted run, a full disk or another converter writing into the same folder at the
+same time never leaves a partial or mixed file. --prefix is a file name prefix: it cannot hold a folder.
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from .atomic_write import WriteError, atomic_write
 from .checkpoint import Checkpoint, CheckpointError, open_checkpoint
 from .configs import config_to_dict
 from .detect import METADATA_CONFIG, METADATA_EXPERT, METADATA_KIND, check_kind, detect_config
 from .loading import _is_aux, check_against_config, check_fp8_layout, expected_state, model_tensors, source_shapes
 from .quantize import (MARKER_KEY, QUANT_CONF_SUFFIX, QUANT_SCALE_SUFFIX, SCALE_SUFFIX, comfy_quant_entry,
                        fp8_entries, fp8_scale, is_fp8_target, quantize_fp8, rounding_bound)
+from .names import NameProblem, name_parts, path_inside
 from .safetensors_stream import NAME_DTYPES, RawReader, StreamWriter, TensorSpec
 
 FORMATS = {"bf16": (torch.bfloat16, "bf16"), "fp8_e4m3fn": (torch.float8_e4m3fn, "fp8_e4m3fn_scaled")}
@@ -210,8 +214,8 @@ def check_complete(ckpt: Checkpoint, kind: str, config) -> None:
 
 
 def convert_part(source: Path, part: Part, out_path: Path, fmt: str, verify: bool = True,
-                 layout: str = "comfy_quant") -> None:
-    """Convert one release folder to ``out_path`` (written as .part, verified, then renamed)."""
+                 layout: str = "comfy_quant", overwrite: bool = True) -> None:
+    """Convert one release folder to ``out_path`` (written under a temporary name, verified, then renamed)."""
     ckpt = open_checkpoint(source, part.folder)
     check_kind(ckpt, part.kind)
     check_fp8_layout(ckpt)
@@ -228,14 +232,24 @@ def convert_part(source: Path, part: Part, out_path: Path, fmt: str, verify: boo
         metadata[METADATA_FP8_LAYOUT] = layout
     if part.expert:
         metadata[METADATA_EXPERT] = part.expert
-    tmp = out_path.with_name(out_path.name + ".part")
-    try:
+    with atomic_write(out_path, overwrite, what=f"the {part.label}") as tmp:
         write_part(ckpt, part.kind, specs, tmp, metadata)
         if verify:
             verify_part(tmp, ckpt, part.kind, specs, metadata)
-        tmp.replace(out_path)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+
+def check_prefix(prefix: str, output: Path, parts, fmt: str) -> None:
+    """Refuse a --prefix that is not a plain file name prefix, or that makes a file name too long."""
+    if any(sep in prefix for sep in "/\\"):
+        raise CheckpointError(
+            f"--prefix {prefix!r} holds a folder separator; it is the start of each file name, not a path: give the "
+            "folder as the output argument (e.g. out/sub) and a plain --prefix (e.g. mova_360p).")
+    try:
+        name_parts(prefix, "--prefix", example="mova_360p")
+        for part in parts:
+            path_inside(output, output_name(prefix, part, fmt), "--prefix", example="mova_360p")
+    except NameProblem as exc:
+        raise CheckpointError(str(exc)) from None
 
 
 def _check_release(source: Path, parts) -> None:
@@ -303,6 +317,7 @@ def main(argv=None) -> int:
     prefix = args.prefix or default_prefix(args.source)
     created: list[Path] = []
     try:
+        check_prefix(prefix, args.output, parts, args.dtype)
         created = _prepare_output(args.output)  # before anything is read: a wrong output fails at once
         _check_release(args.source, parts)
         outputs = [args.output / output_name(prefix, p, args.dtype) for p in parts]
@@ -314,11 +329,16 @@ def main(argv=None) -> int:
             print(f"[{i}/{len(parts)}] {part.label}: {args.source / part.folder} -> {out}", file=sys.stderr)
             try:
                 convert_part(args.source, part, out, args.dtype, verify=not args.no_verify,
-                             layout=args.fp8_layout)
-            except OSError as exc:
+                             layout=args.fp8_layout, overwrite=args.overwrite)
+            except WriteError as exc:  # names the output file, the cause and the fix
+                raise CheckpointError(f"converting {args.source / part.folder}: {exc}") from exc
+            except FileExistsError as exc:  # another converter wrote it meanwhile
+                raise CheckpointError(f"{exc} (another converter wrote it meanwhile?) Pass --overwrite to replace "
+                                      "it.") from exc
+            except OSError as exc:  # reading the source
                 raise CheckpointError(
                     f"converting {args.source / part.folder} into {out} failed at {exc.filename or out}: "
-                    f"{exc.strerror or exc}. Check the free space and the permissions; no partial file was kept."
+                    f"{exc.strerror or exc}. Check that the release folder is readable; no partial file was kept."
                 ) from exc
     except CheckpointError as exc:
         _remove_empty(created)  # folders made for this run, when nothing was written into them

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+
+from .saving import save_safetensors
 
 FORMAT = "mova-latent-dataset/1"
 TENSORS = ("video", "condition", "audio", "text")
@@ -61,19 +62,16 @@ class LatentDataset:
 
 
 def save_latent_dataset(dataset: LatentDataset, path: str | os.PathLike) -> Path:
-    """Write ``dataset`` to ``path`` (through a temporary file, so a crash never leaves half a dataset)."""
+    """Write ``dataset`` to ``path`` through ``atomic_write``: a crash or a full disk never leaves half a dataset
+    (a WriteError names the file and the fix)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "format": FORMAT, "width": dataset.width, "height": dataset.height, "frames": dataset.frames,
         "fps": dataset.fps, "sample_rate": dataset.sample_rate, "hop_length": dataset.hop_length,
         "clips": dataset.clips, "fingerprint": dataset.fingerprint,
     }
     tensors = {name: getattr(dataset, name).float().contiguous() for name in TENSORS}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"mova_dataset": json.dumps(meta)})
-    os.replace(tmp, path)
-    return path
+    return save_safetensors(tensors, path, {"mova_dataset": json.dumps(meta)}, what="the dataset cache")
 
 
 def read_dataset_metadata(path: str | os.PathLike) -> dict | None:

@@ -2,7 +2,8 @@
 
 Layouts read:
 - accelerate trainer: ``lora_weights.pt`` with ``<component>.<module>.lora_A.weight`` [r,in] and
-  ``.lora_B.weight`` [out,r] (or ``.lora_A.default.weight``), rank/alpha in ``lora_config.pt`` beside it;
+  ``.lora_B.weight`` [out,r] (or ``.lora_A.default.weight``), rank/alpha in ``lora_config.pt`` beside it (when
+  that config names the digest of its weights, as ours do, a pair whose digests differ is refused);
 - low-resource trainer: one ``.pt`` holding ``{"lora_state_dict": {"<component>.<module>.lora_A": …},
   "rank": r, "alpha": a}``;
 - ``.safetensors`` with either key style; alpha from the metadata (``alpha``/``lora_alpha``) or a
@@ -24,8 +25,11 @@ import torch
 
 from .checkpoint import CheckpointError, read_header
 from .quantize import dequantize, quantize_fp8
+from .saving import file_digest
 
 LORA_COMPONENTS = ("video_dit_2", "video_dit", "audio_dit", "dual_tower_bridge")  # longest prefix first
+OFFICIAL_WEIGHTS, OFFICIAL_CONFIG = "lora_weights.pt", "lora_config.pt"
+WEIGHTS_DIGEST = "weights_sha256"  # in lora_config.pt: the SHA-256 of the lora_weights.pt it belongs to
 _KEY = re.compile(r"^(?P<module>.+?)\.lora_(?P<part>[AB])(?:\.default)?(?:\.weight)?$")
 
 
@@ -92,12 +96,18 @@ def _read_raw(path: Path) -> tuple[dict, dict]:
             raise CheckpointError(f"{path}: its lora_state_dict is a {type(tensors).__name__}, not a dict of tensors.")
         return dict(tensors), {k: v for k, v in data.items() if k != "lora_state_dict"}
     settings = {}
-    config = path.with_name("lora_config.pt")
+    config = path.with_name(OFFICIAL_CONFIG)
     if config.exists():
         settings = _load_plain(config, "settings")
         if not isinstance(settings, dict):
             raise CheckpointError(f"{config} holds a {type(settings).__name__}, not the LoRA settings (rank, alpha): "
                                   "use the lora_config.pt the trainer wrote beside lora_weights.pt.")
+        digest = settings.get(WEIGHTS_DIGEST)
+        if digest is not None and digest != file_digest(path):
+            raise CheckpointError(
+                f"{config} belongs to another {path.name} than the one beside it (its {WEIGHTS_DIGEST} differs): a "
+                "save of this pair was cut off between the two files. Save the LoRA again (MOVA Save LoRA with "
+                "overwrite, or python -m mova_model.lora_save LORA FOLDER --overwrite).")
     return data, dict(settings)
 
 
@@ -119,8 +129,11 @@ def _factor(path: Path, key: str, tensor: torch.Tensor) -> torch.Tensor:
         raise CheckpointError(f"{path}: {key} is a {tensor.dtype} tensor of shape {tuple(tensor.shape)}, not a LoRA "
                               "matrix: the file is damaged or not a MOVA LoRA.")
     if not bool(torch.isfinite(tensor).all()):
-        raise CheckpointError(f"{path}: {key} holds NaN or infinite values: the LoRA is broken (a diverged "
-                              "training run); use an earlier checkpoint of it.")
+        raise CheckpointError(f"{path}: {key} holds NaN or infinite values: the LoRA is broken (a training run that "
+                              "diverged). Use a checkpoint of that run from before it diverged (output/mova_training/"
+                              "<run_name>/step_*.safetensors, copied into models/loras: MOVA Train LoRA stops a run "
+                              "before it writes such values, so its checkpoints are finite), or train again with a "
+                              "lower learning_rate.")
     return tensor
 
 

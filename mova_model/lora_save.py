@@ -5,6 +5,12 @@
   ``<component>.<module>.alpha`` tensors when they differ). Read by the MOVA LoRA Loader.
 - the official folder: ``lora_weights.pt`` (the same keys) + ``lora_config.pt`` (rank, alpha, the parts), the
   layout MOVA's own inference script (``--lora_path``) and its accelerate trainer (``resume_from``) read.
+  ``lora_config.pt`` also holds ``weights_sha256``, the digest of the ``lora_weights.pt`` it belongs to: the pair
+  is written config first, weights last, each through a temporary file and a rename, and the MOVA LoRA Loader
+  refuses a pair whose digests differ (a save cut off between the two renames), naming both files.
+
+Every file is written through ``atomic_write``: an interrupted or failed save (disk full, permission, Cancel)
+leaves the previous file as it was.
 
 Command line (from the pack folder), to make the official folder from a .safetensors LoRA:
 ``python -m mova_model.lora_save my_lora.safetensors out_folder``
@@ -13,18 +19,19 @@ Command line (from the pack folder), to make the official folder from a .safeten
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
-from .lora import LoraFile, read_lora
+from .atomic_write import atomic_write
+from .lora import OFFICIAL_CONFIG, OFFICIAL_WEIGHTS, WEIGHTS_DIGEST, LoraFile, read_lora
+from .saving import file_digest, save_safetensors, save_torch
 
 SAVE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-OFFICIAL_WEIGHTS, OFFICIAL_CONFIG = "lora_weights.pt", "lora_config.pt"
 PART_ORDER = ("video_dit", "video_dit_2", "audio_dit", "dual_tower_bridge")
 
 
@@ -65,18 +72,18 @@ def save_lora_safetensors(lora: LoraFile, path: str | os.PathLike, dtype: torch.
     parts = sorted({k.split(".", 1)[0] for k in tensors}, key=PART_ORDER.index)
     metadata["mova_parts"] = json.dumps(parts)
     metadata.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in (extra_metadata or {}).items()})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
-    return path
+    return save_safetensors(tensors, path, metadata, overwrite=overwrite, what="the LoRA")
 
 
 def save_official_folder(lora: LoraFile, folder: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Write ``folder/lora_weights.pt`` + ``folder/lora_config.pt`` (plain tensors and numbers only, readable
-    with ``torch.load(weights_only=True)``); returns the weights file."""
+    """Write ``folder/lora_weights.pt`` + ``folder/lora_config.pt`` (plain tensors, numbers and texts only,
+    readable with ``torch.load(weights_only=True)``); returns the weights file. Both files are checked before
+    either is written; the config goes first and names the weights' digest, the weights go last."""
     folder = Path(folder)
     weights, config = folder / OFFICIAL_WEIGHTS, folder / OFFICIAL_CONFIG
+    if folder.exists() and not folder.is_dir():
+        raise FileExistsError(f"{folder} is a file, not a folder: choose another folder for lora_weights.pt and "
+                              "lora_config.pt.")
     for path in (weights, config):
         _refuse_existing(path, overwrite, "folder")
     tensors, settings = lora_tensors(lora, torch.float32)
@@ -84,10 +91,16 @@ def save_official_folder(lora: LoraFile, folder: str | os.PathLike, overwrite: b
         raise ValueError(f"{lora.path} mixes ranks or alphas across modules; the official lora_config.pt holds one "
                          "rank and one alpha")
     parts = sorted({k.split(".", 1)[0] for k in tensors}, key=PART_ORDER.index)
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.save(tensors, weights)
-    # target_modules: the official inference script puts LoRA layers into these parts of the pipeline
-    torch.save({"rank": settings["rank"], "alpha": settings["alpha"], "target_modules": parts}, config)
+    buffer = io.BytesIO()
+    torch.save(tensors, buffer)
+    with atomic_write(weights, overwrite, what="the official LoRA weights") as tmp:
+        with open(tmp, "wb") as f:
+            f.write(buffer.getbuffer())
+        del buffer
+        # target_modules: the official inference script puts LoRA layers into these parts of the pipeline
+        settings = {"rank": settings["rank"], "alpha": settings["alpha"], "target_modules": parts,
+                    WEIGHTS_DIGEST: file_digest(tmp)}
+        save_torch(settings, config, overwrite, what="the official LoRA config")  # first: the weights commit the pair
     return weights
 
 

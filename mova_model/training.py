@@ -30,6 +30,7 @@ from .lora_train import COMPONENTS, LoraSet, attached, make_lora_set, release_in
 from .sampler import MovaTowers
 from .scheduler import shifted_sigmas
 from .training_checkpoint import TrainingCheckpoints
+from .training_guard import StepGuard, check_dataset_finite
 
 HIGH, LOW = 0, 1
 EXPERT_NAMES = {HIGH: "high-noise", LOW: "low-noise"}
@@ -233,6 +234,7 @@ def train_lora(
     for expert in towers.video_experts:
         check_towers(expert, towers.audio_dit, towers.bridge)
     check_dataset(dataset, towers)
+    check_dataset_finite(dataset)
     scheduler = scheduler or SchedulerConfig()
     parts = _parts(towers)
     first = next(parts["video_dit"].parameters())
@@ -251,17 +253,21 @@ def train_lora(
             resumed = checkpoints.resume(settings, dataset.fingerprint, lora, optimizer)
             if resumed is not None:
                 start, history, last = resumed
+        guard = StepGuard(dataset, settings, checkpoints)
         with torch.enable_grad(), attached(lora, trained):
             _loop(towers, dataset, settings, lora, optimizer, history, start, checkpoints, device, dtype,
-                  scheduler, before_step, on_step)
+                  scheduler, before_step, on_step, guard)
         if checkpoints is not None and history and history[-1].step > start:
             last = checkpoints.last_saved or last
-        return TrainResult(state=lora.state_dict(), rank=settings.rank, alpha=settings.alpha, history=history,
-                           resumed_from=start, checkpoint=str(last) if last else None)
+        state = lora.state_dict()
+        guard.weights(history[-1].step if history else 0, state, "handing the LoRA on")
+        return TrainResult(state=state, rank=settings.rank, alpha=settings.alpha, history=history,
+                           resumed_from=start, checkpoint=str(last) if last else None,
+                           notes=list(checkpoints.notes) if checkpoints is not None else [])
 
 
 def _loop(towers, dataset, settings, lora: LoraSet, optimizer, history, start, checkpoints, device, dtype,
-          scheduler, before_step, on_step):
+          scheduler, before_step, on_step, guard: StepGuard):
     sigmas, timesteps = training_grid(scheduler)
     n_high = boundary_index(timesteps, settings.boundary_ratio, scheduler.num_train_timesteps)
     experts = rotation(settings.parts)
@@ -269,22 +275,26 @@ def _loop(towers, dataset, settings, lora: LoraSet, optimizer, history, start, c
     for step in range(start, settings.steps):
         expert = expert_for_step(step, experts)
         losses = torch.zeros(2)
-        used = []
+        used, used_clips = [], []
         for micro in range(settings.grad_accumulation):
             if before_step is not None:
                 before_step(expert)
                 prepare_networks(towers, all_parameters=False)  # weights the host (re)loaded meanwhile
             gen = step_generator(settings.seed, "step", step, micro)
             index = sample_timestep(expert, n_high, len(timesteps), gen)
-            batch = dataset.batch(sample_indices(settings.seed, step, micro, settings, len(dataset)))
+            indices = sample_indices(settings.seed, step, micro, settings, len(dataset))
+            batch = dataset.batch(indices)
             video_loss, audio_loss = flow_matching_loss(
                 towers.video_experts[expert], towers, batch, float(sigmas[index]), float(timesteps[index]), gen,
                 dataset.fps, dtype, device, settings.gradient_checkpointing, settings.offload_activations)
+            guard.loss(step + 1, EXPERT_NAMES[expert], indices, video_loss, audio_loss, float(timesteps[index]))
             ((video_loss + audio_loss) / settings.grad_accumulation).backward()
+            used_clips += indices
             losses += torch.stack([video_loss.detach().cpu(), audio_loss.detach().cpu()])
             used.append(float(timesteps[index]))
-        if settings.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], settings.grad_clip)
+        norm = torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None],
+                                              settings.grad_clip if settings.grad_clip > 0 else math.inf)
+        guard.gradients(step + 1, EXPERT_NAMES[expert], used_clips, norm)  # before the update
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         video_loss, audio_loss = (losses / settings.grad_accumulation).tolist()
@@ -292,6 +302,6 @@ def _loop(towers, dataset, settings, lora: LoraSet, optimizer, history, start, c
                             audio_loss=audio_loss, timestep=sum(used) / len(used))
         history.append(record)
         if checkpoints is not None and ((step + 1) % settings.checkpoint_every == 0 or step + 1 == settings.steps):
-            checkpoints.save(step + 1, settings, dataset.fingerprint, lora, optimizer, history)
+            checkpoints.save(step + 1, settings, dataset.fingerprint, lora, optimizer, history, guard)
         if on_step is not None:
             on_step(record, settings.steps)

@@ -21,13 +21,17 @@ import torch.nn.functional as F
 
 from ..mova_model.latent_dataset import LatentDataset, load_latent_dataset, read_dataset_metadata, save_latent_dataset
 from ..mova_model.latents import normalise_video_latents
+from ..mova_model.names import make_folder
 from ..mova_model.sizes import audio_num_samples, check_video_size
+from ..mova_model.training_guard import TENSOR_LABELS, listed, nonfinite_clips, nonfinite_values
 from .clips import ClipError, find_clips, inspect_clip, read_clip
 from .condition import build_condition, condition_frames
 
 FPS_MODES = ("refuse", "resample")
 CACHE_VERSION = 1
 SHOWN = 8  # problem clips named in the error (all of them go to the log)
+STEM_CHARS = 64  # of the clip folder's name in the cache file's name
+LABELS = dict(TENSOR_LABELS)  # encoded tensor -> its name in messages
 
 
 @dataclass(frozen=True)
@@ -120,7 +124,7 @@ def dataset_fingerprint(request: DatasetRequest, checks, encoders: Encoders) -> 
 
 def cache_path(cache_dir: Path, request: DatasetRequest, fingerprint: str) -> Path:
     """``<folder name>_<W>x<H>x<F>_<fps>fps_<fingerprint[:12]>.safetensors`` in ``cache_dir``."""
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.folder.name) or "clips"
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.folder.name)[:STEM_CHARS].strip("._") or "clips"
     size = f"{request.width}x{request.height}x{request.frames}_{request.fps:g}fps"
     return cache_dir / f"{stem}_{size}_{fingerprint[:12]}.safetensors"
 
@@ -157,8 +161,10 @@ def build_dataset(request: DatasetRequest, encoders: Encoders, cache_dir: Path,
     meta = read_dataset_metadata(path) if path.exists() else None
     if meta is not None and meta.get("fingerprint") == fingerprint:
         dataset = load_latent_dataset(path)
-        return dataset, path, [f"{len(dataset)} clips from the cache {path.name} (inputs unchanged)", *notes]
-    encoded = []
+        if not nonfinite_clips(dataset):  # a cache written before clips were checked is encoded again
+            return dataset, path, [f"{len(dataset)} clips from the cache {path.name} (inputs unchanged)", *notes]
+    make_folder(path.parent, "MOVA Dataset's cache folder")  # before any clip is encoded
+    encoded, broken = [], []
     for i, check in enumerate(checks):
         try:
             encoded.append(encode_clip(check, request, encoders))
@@ -166,8 +172,17 @@ def build_dataset(request: DatasetRequest, encoders: Encoders, cache_dir: Path,
             raise
         except ValueError as exc:
             raise ValueError(f"{check.clip.name}: {exc}") from exc
+        bad = nonfinite_values({LABELS[k]: v for k, v in encoded[-1].items()})
+        if bad:
+            broken.append(f"{check.clip.name}: {', '.join(bad)}")
         if progress is not None:
             progress(i + 1, len(checks))
+    if broken:
+        raise ClipError(
+            f"{len(broken)} clip(s) in {request.folder} encode to NaN or infinite values; nothing was cached:\n"
+            f"{listed(broken)}\nRe-encode those clips (e.g. ffmpeg -i clip.mp4 -c:v libx264 -c:a aac fixed.mp4) or "
+            "take them out of the folder. When only caption states are broken, the text encoder overflowed (start "
+            "ComfyUI with --fp32-text-enc); when every clip's video latents are, the VAE did (--fp32-vae).")
     longest = max(e["text"].shape[0] for e in encoded)
     for e in encoded:  # prompts of different token counts: zero rows after the last token, as the encoder pads
         e["text"] = F.pad(e["text"], (0, 0, 0, longest - e["text"].shape[0]))

@@ -12,6 +12,7 @@ import torch
 from comfy_api.latest import io, ui
 
 from . import spec
+from .clip_folder import ClipFolderError, resolve_clip_folder
 from .comfy_io import schema, show_text
 from .condition import text_states
 from .dataset import DatasetRequest, Encoders, build_dataset, module_fingerprint, output_fingerprint
@@ -22,9 +23,8 @@ PROBE_TEXT = "MOVA dataset cache probe"
 
 
 def clip_folder(folder: str) -> Path:
-    """A folder inside ComfyUI's input directory, or a full path."""
-    path = Path(folder.strip()).expanduser()
-    return path if path.is_absolute() else Path(folder_paths.get_input_directory()) / path
+    """The clip folder: inside ComfyUI's input directory or a folder the user listed in MOVA_DATASET_FOLDERS."""
+    return resolve_clip_folder(folder, folder_paths.get_input_directory())
 
 
 def folder_state(folder: Path) -> str:
@@ -65,8 +65,21 @@ class MovaDataset(io.ComfyNode):
         return schema(spec.DATASET_NODE, hidden=[io.Hidden.unique_id])
 
     @classmethod
+    def validate_inputs(cls, folder: str | None = None) -> bool | str:
+        """At queue time: the folder is one MOVA Dataset may read (nothing is read yet)."""
+        if folder is not None:
+            try:
+                clip_folder(folder)
+            except ClipFolderError as err:
+                return str(err)
+        return True
+
+    @classmethod
     def fingerprint_inputs(cls, folder: str = "", **kwargs) -> str:
-        return folder_state(clip_folder(folder))
+        try:
+            return folder_state(clip_folder(folder))
+        except ClipFolderError as err:  # execute raises it
+            return f"refused:{err}"
 
     @classmethod
     def execute(cls, vae, audio_vae: LoadedPart, clip, folder: str, width: int, height: int, length: int,

@@ -1,25 +1,23 @@
 """A small client for OpenAI-compatible chat servers (Ollama, LM Studio, llama.cpp's server, vLLM, hosted APIs).
 
-Standard library only (urllib). Every failure becomes an ``EnhanceError`` whose message says what to do; the API
-key lives in the ``Endpoint`` (never in its repr), goes only into the Authorization header, and is blanked out of
-any server text a message repeats. Nothing here logs headers or bodies.
+Standard library only. Where a request may go and which key it carries is decided by ``llm_access`` (the user's
+settings, never the workflow's); ``llm_http`` carries it out within a deadline. Every failure becomes an
+``EnhanceError`` whose message says what to do; the key lives in the ``Endpoint`` (never in its repr), goes only
+into the Authorization header, and is blanked out of any server text a message repeats. Nothing here logs headers
+or bodies.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import re
-import socket
-import ssl
-import urllib.error
-import urllib.parse
-import urllib.request
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
+from typing import Callable
 
-MAX_REPLY_BYTES = 16 * 1024 * 1024
-SERVER_TEXT_CHARS = 300  # how much of a server's own error text a message repeats
+from .llm_access import HOSTS_VAR, KEY_VAR, Access, AccessError, access_for, excerpt, parse_base_url
+from .llm_http import HTTPFailure, exchange
 
 START_SERVERS = (
     "Start the server or fix base_url. Ollama: run 'ollama serve' (or open the Ollama app), then "
@@ -41,6 +39,10 @@ class ServerTimeout(EnhanceError):
     pass
 
 
+class Cancelled(EnhanceError):
+    """The user cancelled the run while a request was under way (the request was stopped)."""
+
+
 class AuthError(EnhanceError):
     pass
 
@@ -54,17 +56,50 @@ class NoVision(EnhanceError):
 
 
 class BadReply(EnhanceError):
-    """The server answered, but not with a usable caption (malformed, empty, cut off)."""
+    """The server answered, but not with a usable caption (malformed, empty, cut off, not HTTP)."""
 
 
 @dataclass(frozen=True)
 class Endpoint:
-    """Where to send requests: ``base_url`` up to /v1 (no trailing slash), the key (or None), the timeout in s."""
+    """Where requests go and with which key (``access``), the seconds they may take in all (``timeout``, counted
+    from ``deadline`` when one is set: time.monotonic()), and ``should_stop`` (Cancel) polled while waiting."""
 
-    base_url: str
-    api_key: str | None = field(default=None, repr=False)
-    key_env: str = ""
+    access: Access
     timeout: float = 300.0
+    deadline: float | None = None
+    should_stop: Callable[[], bool] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def base_url(self) -> str:
+        return self.access.target.url
+
+    @property
+    def api_key(self) -> str | None:
+        return self.access.key
+
+    @property
+    def key_env(self) -> str:
+        return self.access.key_var
+
+
+def endpoint(base_url: str, api_key_env: str = "", environ=None, timeout: float = 300.0,
+             should_stop: Callable[[], bool] | None = None) -> Endpoint:
+    """The checked endpoint for ``base_url`` under the user's settings in ``environ`` (os.environ by default);
+    raises EnhanceError (AuthError for key problems) before any connection."""
+    environ = os.environ if environ is None else environ
+    try:
+        access = access_for(base_url, api_key_env, environ)
+    except AccessError as err:
+        raise (AuthError if err.auth else EnhanceError)(str(err)) from None
+    return Endpoint(access, float(timeout), None, should_stop)
+
+
+def normalise_base_url(url: str) -> str:
+    """``url`` checked (http/https with a host) and trimmed to the part before /chat/completions."""
+    try:
+        return parse_base_url(url).url
+    except AccessError as err:
+        raise EnhanceError(str(err)) from None
 
 
 @dataclass(frozen=True)
@@ -76,149 +111,60 @@ class Reply:
     text: str
 
 
-def normalise_base_url(url: str) -> str:
-    """``url`` checked (http/https with a host) and trimmed to the part before /chat/completions."""
-    url = (url or "").strip()
-    parsed = urllib.parse.urlsplit(url)
-    if parsed.scheme not in ("http", "https"):
-        raise EnhanceError(
-            f"base_url {url!r} is not an http:// or https:// address: give the server's OpenAI-compatible URL, "
-            "e.g. http://localhost:11434/v1 (Ollama)")
-    if not parsed.hostname:
-        raise EnhanceError(f"base_url {url!r} has no host name: e.g. http://localhost:11434/v1")
-    if parsed.username or parsed.password:
-        raise EnhanceError("base_url must not hold a user name or password: put the key in an environment "
-                           "variable and name it in api_key_env")
-    if parsed.query or parsed.fragment:
-        raise EnhanceError(f"base_url {url!r} has a query or fragment: give only the address up to /v1")
-    path = parsed.path.rstrip("/")
-    for tail in ("/chat/completions", "/completions"):
-        if path.endswith(tail):
-            path = path[: -len(tail)]
-    return urllib.parse.urlunsplit((parsed.scheme, parsed.netloc, path, "", ""))
-
-
-ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-def _looks_like_a_key(text: str) -> bool:
-    return len(text) >= 24 and any(c.isdigit() for c in text) and any(c.isupper() for c in text) and \
-        any(c.islower() for c in text)
-
-
-def api_key_from_env(name: str, environ=None) -> str | None:
-    """The key held by environment variable ``name`` (None when ``name`` is empty). Never echoes a value."""
-    environ = os.environ if environ is None else environ
-    name = (name or "").strip()
-    if not name:
-        return None
-    pasted = ("api_key_env looks like an API key, not the name of an environment variable: remove it from the "
-              "node (widget values are saved in workflows, so replace that key if the workflow was shared), put "
-              "the key in an environment variable before starting ComfyUI, and write the variable's NAME here")
-    if not ENV_NAME.fullmatch(name):
-        raise AuthError(pasted if len(name) >= 16 else
-                        f"api_key_env {name!r} is not an environment variable name (letters, digits and _ only)")
-    value = environ.get(name)
-    if value is None or not value.strip():
-        if _looks_like_a_key(name):
-            raise AuthError(pasted)
-        state = "is empty" if value is not None else "is not set"
-        raise AuthError(
-            f"environment variable {name} (api_key_env) {state}: set it to your API key before starting "
-            f"ComfyUI (e.g. 'export {name}=...' on Linux/macOS, 'setx {name} ...' on Windows), then restart "
-            "ComfyUI; or clear api_key_env for a local server that needs no key")
-    return value.strip()
-
-
-def is_local(url: str) -> bool:
-    """True when ``url`` points at this machine (loopback)."""
-    host = urllib.parse.urlsplit(url).hostname or ""
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def redact(text: str, key: str | None) -> str:
-    """``text`` with the key blanked out and cut to a short excerpt (server text repeated in messages)."""
-    text = " ".join(str(text).split())
-    if key:
-        text = text.replace(key, "***")
-    return text if len(text) <= SERVER_TEXT_CHARS else text[:SERVER_TEXT_CHARS] + " …"
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """Redirects are refused: following one would send the key to wherever the server points."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        raise urllib.error.HTTPError(req.full_url, code, f"redirect to {newurl}", headers, fp)
-
-
-def _opener(url: str) -> urllib.request.OpenerDirector:
-    # A local server is reached directly even when HTTP(S)_PROXY is set; remote ones follow the proxy settings.
-    proxies = urllib.request.ProxyHandler({}) if is_local(url) else urllib.request.ProxyHandler()
-    return urllib.request.build_opener(proxies, _NoRedirect())
-
-
 def _decode(raw: bytes) -> tuple[object, str]:
     text = raw.decode("utf-8", errors="replace")
     try:
         return json.loads(text), text
-    except ValueError:
+    except (ValueError, RecursionError):
         return None, text
 
 
 def request(endpoint: Endpoint, method: str, path: str, payload: dict | None = None) -> Reply:
     """One request to ``base_url + path``; HTTP error statuses come back as a Reply, transport failures raise."""
-    url = endpoint.base_url + path
-    headers = {"Accept": "application/json", "User-Agent": "comfyui-mova"}
+    access = endpoint.access
+    target = replace(access.target, path=access.target.path + path)
+    url, key = target.url, access.key
+    headers = {"Accept": "application/json", "User-Agent": "comfyui-mova", "Connection": "close"}
     body = None
     if payload is not None:
-        body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
+        body = json.dumps(payload, ensure_ascii=False, allow_nan=False).encode("utf-8")
         headers["Content-Type"] = "application/json"
-    if endpoint.api_key:
-        if urllib.parse.urlsplit(url).scheme != "https" and not is_local(url):
-            raise AuthError(f"refusing to send the API key from {endpoint.key_env} over plain http to {url}: use "
-                            "the server's https:// address (or clear api_key_env if it needs no key)")
-        headers["Authorization"] = f"Bearer {endpoint.api_key}"
-    req = urllib.request.Request(url, data=body, headers=headers, method=method)
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    deadline = endpoint.deadline if endpoint.deadline is not None else time.monotonic() + endpoint.timeout
     try:
-        with _opener(url).open(req, timeout=endpoint.timeout) as response:
-            data, text = _decode(response.read(MAX_REPLY_BYTES))
-            return Reply(response.status, data, text)
-    except urllib.error.HTTPError as err:
-        if 300 <= err.code < 400:
-            target = err.headers.get("Location", "?") if err.headers else "?"
-            raise ServerUnreachable(
-                f"{url} redirects (HTTP {err.code}) to {target}: set base_url to the address the server "
-                "answers on (redirects are not followed, so the key cannot go elsewhere)") from None
-        raw = err.read(MAX_REPLY_BYTES) if err.fp else b""
-        data, text = _decode(raw)
-        return Reply(err.code, data, text)
-    except (TimeoutError, socket.timeout) as err:
-        raise _timeout(endpoint, url) from err
-    except urllib.error.URLError as err:
-        reason = err.reason
-        if isinstance(reason, (TimeoutError, socket.timeout)):
-            raise _timeout(endpoint, url) from None
-        if isinstance(reason, ssl.SSLError):
-            raise ServerUnreachable(f"TLS failed talking to {url}: {reason}. Check that base_url's scheme "
-                                    "(http/https) matches the server") from None
-        if isinstance(reason, socket.gaierror):
-            raise ServerUnreachable(f"cannot reach the language model server at {endpoint.base_url}: host "
-                                    f"'{urllib.parse.urlsplit(url).hostname}' not found. {START_SERVERS}") from None
-        raise ServerUnreachable(f"cannot reach the language model server at {endpoint.base_url} ({reason}). "
-                                f"{START_SERVERS}") from None
-    except (ConnectionError, OSError) as err:  # reset or closed mid-reply
-        raise ServerUnreachable(f"the connection to {endpoint.base_url} broke ({err}). {START_SERVERS}") from None
+        response = exchange(target, access.route, method, headers, body, deadline=deadline,
+                            should_stop=endpoint.should_stop)
+    except HTTPFailure as failure:
+        raise _transport_error(endpoint, url, failure) from None
+    if 300 <= response.status < 400:
+        target_text = excerpt(response.location, key, 160) if response.location else "(no Location given)"
+        raise ServerUnreachable(
+            f"{url} redirects (HTTP {response.status}) to {target_text}: set base_url to the address the server "
+            "answers on (redirects are not followed, so neither the key nor your data goes elsewhere)")
+    data, text = _decode(response.body)
+    return Reply(response.status, data, text)
 
 
-def _timeout(endpoint: Endpoint, url: str) -> ServerTimeout:
-    return ServerTimeout(
-        f"no reply from {url} within {endpoint.timeout:g} s: the model may still be loading (the first request "
-        "loads it) or be too slow for this machine. Raise timeout, use a smaller model, or check the server's log")
+def _transport_error(endpoint: Endpoint, url: str, failure: HTTPFailure) -> EnhanceError:
+    detail = excerpt(str(failure), endpoint.api_key)
+    local = endpoint.access.route.loopback_only
+    if failure.kind == "cancelled":
+        return Cancelled(f"cancelled while waiting for {url}; the request was stopped")
+    if failure.kind == "timeout":
+        return ServerTimeout(
+            f"no complete reply from {url} within timeout ({endpoint.timeout:g} s; stopped {detail}): the model may "
+            "still be loading (the first request loads it) or be too slow for this machine. Raise timeout, use a "
+            "smaller model, or check the server's log")
+    if failure.kind == "tls":
+        return ServerUnreachable(f"TLS failed talking to {url}: {detail}. Check that base_url's scheme (http or "
+                                 "https) matches the server and that its certificate is valid for that host")
+    if failure.kind == "unreachable":
+        fix = START_SERVERS if local else "Check base_url, this machine's network and proxy settings, and the " \
+            "service's status page"
+        return ServerUnreachable(f"cannot reach the language model server at {endpoint.base_url}: {detail}. {fix}")
+    return BadReply(f"{url} did not give a usable HTTP reply: {detail}. Check that base_url points at the "
+                    "OpenAI-compatible server (its host, port and /v1 path), not another service")
 
 
 def server_message(reply: Reply, key: str | None) -> str:
@@ -229,8 +175,8 @@ def server_message(reply: Reply, key: str | None) -> str:
         if isinstance(error, dict):
             error = error.get("message") or json.dumps(error)
         if error:
-            return redact(error, key)
-    return redact(reply.text or "(empty body)", key)
+            return excerpt(error, key)
+    return excerpt(reply.text or "(empty body)", key)
 
 
 def list_models(endpoint: Endpoint) -> list[str]:
@@ -244,7 +190,7 @@ def list_models(endpoint: Endpoint) -> list[str]:
     if not isinstance(entries, list):
         raise BadReply(f"{endpoint.base_url}/models did not answer with a model list")
     names = [entry.get("id") or entry.get("name") if isinstance(entry, dict) else entry for entry in entries]
-    return sorted(str(n) for n in names if n)
+    return sorted(excerpt(n, endpoint.api_key, 120) for n in names if n)
 
 
 NO_VISION = re.compile(
@@ -255,6 +201,7 @@ NO_VISION = re.compile(
     r"(image|vision|multimodal)"
     r"|at most 0 image|not a multimodal model|vision (add-on|adapter) is not loaded",
     re.IGNORECASE)
+ERROR_TEXT_SEARCHED = 8192  # an error body is searched for these phrases only this far (a hostile one can be 16 MiB)
 MODEL_MISSING = re.compile(r"model.{0,120}(not found|does not exist|not exist|unknown|no such|not available|"
                            r"not loaded|invalid model|try pulling)|model_not_found|unknown model",
                            re.IGNORECASE)
@@ -283,14 +230,40 @@ def _unknown_model(endpoint: Endpoint, model: str, detail: str) -> UnknownModel:
 
 
 def _content(message: dict) -> str:
+    """The message's text: a string, or a list of parts whose text parts are joined (other parts skipped)."""
     content = message.get("content")
     if content is None:
         return ""
     if isinstance(content, list):  # a list of parts
-        return "".join(part.get("text", "") if isinstance(part, dict) else str(part) for part in content)
+        texts = []
+        for index, part in enumerate(content, start=1):
+            if isinstance(part, str):
+                texts.append(part)
+            elif isinstance(part, dict) and "text" in part:
+                if not isinstance(part["text"], str):
+                    raise BadReply(f"part {index} of the reply's message has text that is "
+                                   f"{_kind(part['text'])}, not a string: the server is not speaking the OpenAI "
+                                   "chat format; try another server or model")
+                texts.append(part["text"])
+            elif not isinstance(part, dict):
+                raise BadReply(f"part {index} of the reply's message is {_kind(part)}, not a text part: the server "
+                               "is not speaking the OpenAI chat format; try another server or model")
+        return "".join(texts)
     if not isinstance(content, str):
-        raise BadReply(f"the reply's message content is a {type(content).__name__}, not text")
+        raise BadReply(f"the reply's message content is {_kind(content)}, not text: the server is not speaking the "
+                       "OpenAI chat format; try another server or model")
     return content
+
+
+def _kind(value: object) -> str:
+    """A JSON value's kind in words ("null", "a number", "an object"...)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return {dict: "an object", list: "a list", str: "a string"}.get(type(value), f"a {type(value).__name__}")
 
 
 def chat_completion(endpoint: Endpoint, payload: dict, *, image_sent: bool = False) -> ChatResult:
@@ -307,18 +280,23 @@ def chat_completion(endpoint: Endpoint, payload: dict, *, image_sent: bool = Fal
     if reply.status != 200:
         detail = server_message(reply, key)
         if reply.status in (401, 403):
+            host = endpoint.access.target.netloc
             if endpoint.api_key:
                 fix = (f"the key in environment variable {endpoint.key_env} was refused: set {endpoint.key_env} to "
-                       "a valid key for this server and restart ComfyUI")
+                       f"a valid key for {host} and restart ComfyUI")
+            elif endpoint.access.listed:
+                fix = (f"the server needs an API key: set {KEY_VAR} to it before starting ComfyUI (it goes only to "
+                       f"the hosts in {HOSTS_VAR}, which lists {host})")
             else:
-                fix = ("the server needs an API key: put it in an environment variable (e.g. OPENAI_API_KEY) "
-                       "before starting ComfyUI and write that variable's name in api_key_env")
+                fix = (f"the server needs an API key, and a host on this machine gets none unless you list it: set "
+                       f"{HOSTS_VAR}={host} and {KEY_VAR}=<the key> before starting ComfyUI")
             raise AuthError(f"HTTP {reply.status} from {url} ({detail}): {fix}")
-        if image_sent and reply.status in (400, 415, 422, 500, 501) and NO_VISION.search(reply.text):
+        head = reply.text[:ERROR_TEXT_SEARCHED]
+        if image_sent and reply.status in (400, 415, 422, 500, 501) and NO_VISION.search(head):
             raise NoVision(f"model {payload.get('model')!r} cannot read images ({detail}): pick a vision model "
                            "(e.g. qwen2.5vl:7b or gemma3:12b in Ollama; for llama-server load the model's mmproj), "
                            "disconnect the image, or turn on retry_without_image")
-        if reply.status in (400, 404, 422) and MODEL_MISSING.search(reply.text):
+        if reply.status in (400, 404, 422) and MODEL_MISSING.search(head):
             raise _unknown_model(endpoint, str(payload.get("model")), detail)
         if reply.status == 404:
             raise EnhanceError(f"HTTP 404 from {url} ({detail}): the server has no chat endpoint there; base_url "
@@ -332,16 +310,16 @@ def chat_completion(endpoint: Endpoint, payload: dict, *, image_sent: bool = Fal
         raise EnhanceError(f"HTTP {reply.status} from {url}: {detail}")
     data = reply.data
     if not isinstance(data, dict):
-        raise BadReply(f"{url} answered with something that is not JSON ({redact(reply.text, key) or 'empty'}): "
+        raise BadReply(f"{url} answered with something that is not JSON ({excerpt(reply.text, key) or 'empty'}): "
                        "is base_url an OpenAI-compatible server?")
     if data.get("error"):
         raise EnhanceError(f"{url} reported an error: {server_message(reply, key)}")
     choices = data.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        raise BadReply(f"{url} answered without any choices ({redact(reply.text, key)}): is base_url an "
+        raise BadReply(f"{url} answered without any choices ({excerpt(reply.text, key)}): is base_url an "
                        "OpenAI-compatible server?")
     choice = choices[0]
     message = choice.get("message")
     if not isinstance(message, dict):
-        raise BadReply(f"{url} answered without a message in its first choice ({redact(reply.text, key)})")
+        raise BadReply(f"{url} answered without a message in its first choice ({excerpt(reply.text, key)})")
     return ChatResult(_content(message), choice.get("finish_reason"))

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import comfy.model_management as mm
 from comfy_api.latest import io, ui
 
 from . import spec
 from .comfy_io import schema
+from .llm_client import Cancelled
 from .prompt_builder import build_caption, speech_lines
 from .prompt_enhance import EnhanceSettings, enhance_prompt
 from .prompt_image import image_data_url
 
 
 class MovaPromptEnhance(io.ComfyNode):
-    # No fingerprint_inputs: ComfyUI's cache keys on the inputs (the key's variable NAME, never its value), so a
-    # re-queue with the same inputs and seed reuses the caption without a request.
+    # No fingerprint_inputs: ComfyUI's cache keys on the inputs (never the key: it is no input), so a re-queue with
+    # the same inputs and seed reuses the caption without a request.
     @classmethod
     def define_schema(cls) -> io.Schema:
         return schema(spec.PROMPT_ENHANCE)
@@ -23,7 +25,13 @@ class MovaPromptEnhance(io.ComfyNode):
                 max_tokens: int, timeout: int, retry_without_image: bool = False, image=None) -> io.NodeOutput:
         settings = EnhanceSettings(base_url, model, api_key_env, temperature, seed, max_tokens, timeout,
                                    retry_without_image)
-        result = enhance_prompt(idea, image_data_url(image) if image is not None else None, settings)
+        image_url = image_data_url(image) if image is not None else None
+        try:
+            # Cancel in ComfyUI stops the request (polled while waiting); hosts and key come from the environment
+            result = enhance_prompt(idea, image_url, settings, should_stop=mm.processing_interrupted)
+        except Cancelled:
+            mm.throw_exception_if_processing_interrupted()  # ComfyUI's own "interrupted", not an error
+            raise
         shown = "".join(f"warning: {w}\n\n" for w in result.warnings) + result.caption
         return io.NodeOutput(result.caption, ui=ui.PreviewText(shown))
 

@@ -3,6 +3,7 @@ and checked (empty, cut off, a model that could not see the image). Plain Python
 
 from __future__ import annotations
 
+import bisect
 import re
 
 from .llm_client import BadReply, NoVision
@@ -12,7 +13,7 @@ AUDIO_OPENING = "The audio shows"
 WORDS_THAT_FIT = 380
 
 _REASONING_TAGS = ("think", "thinking", "reasoning", "reflection", "analysis")
-_CLOSED_BLOCK = re.compile(r"<(%s)>.*?</\1>" % "|".join(_REASONING_TAGS), re.IGNORECASE | re.DOTALL)
+_TAG = re.compile(r"<(/?)(%s)>" % "|".join(_REASONING_TAGS), re.IGNORECASE)
 _OPEN_TAG = re.compile(r"<(%s)>" % "|".join(_REASONING_TAGS), re.IGNORECASE)
 _CLOSE_TAG = re.compile(r"</(%s)>" % "|".join(_REASONING_TAGS), re.IGNORECASE)
 _HARMONY_FINAL = "<|channel|>final<|message|>"  # gpt-oss style channels when a server passes them through
@@ -34,13 +35,42 @@ _CANNOT_SEE = re.compile(
     re.IGNORECASE)
 
 
+def _drop_closed_blocks(text: str) -> str:
+    """``text`` without <tag>…</tag> blocks (the first closing tag of the same name ends a block), in one pass
+    over the tags: a hostile reply of many unclosed tags costs linear time, not quadratic as a regex would."""
+    if "</" not in text:  # nothing can close: nothing to drop
+        return text
+    tags = list(_TAG.finditer(text))
+    closes: dict[str, list[int]] = {}
+    for index, tag in enumerate(tags):
+        if tag.group(1):
+            closes.setdefault(tag.group(2).lower(), []).append(index)
+    kept, position, index = [], 0, 0
+    while index < len(tags):
+        tag = tags[index]
+        if tag.group(1) or tag.start() < position:
+            index += 1
+            continue
+        later = closes.get(tag.group(2).lower(), [])
+        at = bisect.bisect_right(later, index)
+        if at == len(later):  # never closed: the tag stays
+            index += 1
+            continue
+        close = later[at]
+        kept.append(text[position:tag.start()])
+        position = tags[close].end()
+        index = close + 1
+    kept.append(text[position:])
+    return "".join(kept)
+
+
 def strip_reasoning(text: str) -> str:
     """``text`` without reasoning blocks (<think>…</think> and kin). Raises BadReply when only an unclosed
     reasoning block is left (the model ran out of tokens while thinking)."""
     if _HARMONY_FINAL in text:
         text = text.rsplit(_HARMONY_FINAL, 1)[1]
         text = text.split("<|end|>", 1)[0].split("<|return|>", 1)[0]
-    text = _CLOSED_BLOCK.sub("", text)
+    text = _drop_closed_blocks(text)
     closing = list(_CLOSE_TAG.finditer(text))
     if closing:  # the opening tag was in the chat template, not the reply: drop everything up to the close
         text = text[closing[-1].end():]

@@ -430,14 +430,18 @@ PROMPT_ENHANCE = NodeSpec(
         Widget("base_url", "STRING", default=DEFAULT_LLM_URL,
                tooltip="The server's OpenAI-compatible address (http or https), up to /v1. Ollama: "
                "http://localhost:11434/v1, LM Studio: http://localhost:1234/v1, llama.cpp's llama-server: "
-               "http://localhost:8080/v1. A remote address receives the idea and the first frame."),
+               "http://localhost:8080/v1. Only this machine (localhost, 127.x, ::1) or hosts you list in the "
+               "environment variable MOVA_LLM_HOSTS before starting ComfyUI are contacted: a workflow cannot send "
+               "your idea, picture or key anywhere else (docs/prompting.md)."),
         Widget("model", "STRING", default=DEFAULT_LLM_MODEL,
                tooltip="The model's name on the server (Ollama: as in 'ollama list'). With an image connected it "
                "must be a vision model (e.g. qwen2.5vl:7b, gemma3:12b). A wrong name lists the server's models."),
         Widget("api_key_env", "STRING", default="",
-               tooltip="The NAME of an environment variable holding the API key (e.g. OPENAI_API_KEY), set before "
-               "ComfyUI starts. Empty: no key (local servers). Never put the key itself here: widget values are "
-               "saved in workflows and images."),
+               tooltip="Leave empty. The API key comes only from the environment variable MOVA_LLM_API_KEY (or the "
+               "variable MOVA_LLM_HOSTS names for a host) and goes only to hosts listed in MOVA_LLM_HOSTS. Kept for "
+               "old workflows: a name here must be the variable your settings give the host, else the run stops "
+               "(the pack never reads a variable a workflow names). Never put a key here: widget values are saved "
+               "in workflows and images."),
         Widget("temperature", "FLOAT", default=0.7, min=0.0, max=2.0, step=0.05,
                tooltip="Sampling temperature of the language model: lower keeps closer to the idea, higher "
                "varies more."),
@@ -450,8 +454,9 @@ PROMPT_ENHANCE = NodeSpec(
                tooltip="Most tokens the model may write. A caption needs about 500; reasoning models spend more "
                "on thinking first. A reply cut off at this limit is an error."),
         Widget("timeout", "INT", default=300, min=5, max=3600,
-               tooltip="Seconds to wait for the reply. The first request loads the model into memory, which can "
-               "take minutes for a large local model."),
+               tooltip="Seconds the whole exchange with the server may take (connecting, every request, the "
+               "reply), however slowly it answers; Cancel stops it at once. The first request loads the model "
+               "into memory, which can take minutes for a large local model."),
         Widget("retry_without_image", "BOOLEAN", default=False,
                tooltip="When the model cannot read images: off stops with an error; on asks again without the "
                "first frame (the caption then follows the idea alone) and says so on the node."),
@@ -520,7 +525,8 @@ DATASET_NODE = NodeSpec(
         Socket("clip", "CLIP", "The text encoder (umt5_xxl with Load CLIP, type wan): encodes each caption as CLIP "
                "Text Encode does."),
         Widget("folder", "STRING", default="mova_clips",
-               tooltip="The clip folder: a folder inside ComfyUI/input or a full path. Each clip (mp4, mov, mkv, webm, "
+               tooltip="The clip folder: a folder inside ComfyUI/input (or a full path inside a folder listed in the "
+               "environment variable MOVA_DATASET_FOLDERS). Each clip (mp4, mov, mkv, webm, "
                "avi) needs a sound track and a caption in a .txt file of the same name."),
         Widget("width", "INT", default=640, min=16, max=4096, step=16,
                tooltip="Training width in pixels, a multiple of 16: clips are centre-cropped and resized to it "

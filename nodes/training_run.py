@@ -3,14 +3,14 @@ report, and the trained LoRA as the MOVA LoRA Loader reads it (plain Python; no 
 
 from __future__ import annotations
 
-import re
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Callable
 
 import torch
 
 from ..mova_model.latent_dataset import LatentDataset
-from ..mova_model.lora import LoraFile, lora_from_tensors
+from ..mova_model.lora import OFFICIAL_CONFIG, OFFICIAL_WEIGHTS, LoraFile, lora_from_tensors
+from ..mova_model.names import NameProblem, make_folder, path_inside
 from ..mova_model.sampler import MovaTowers
 from ..mova_model.training import EXPERT_NAMES, StepRecord, TrainResult, TrainSettings, train_lora
 from ..mova_model.training_checkpoint import TrainingCheckpoints
@@ -19,17 +19,14 @@ from .sampling import activation_bytes, check_roles
 
 PART_SWITCHES = (("train_high_noise", "video_dit"), ("train_low_noise", "video_dit_2"),
                  ("train_audio", "audio_dit"), ("train_bridge", "dual_tower_bridge"))
-_RUN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_. -]*$")
+RUN_NAME, LORA_NAME = "MOVA Train LoRA's run_name", "MOVA Save LoRA's filename"
 
 
-def run_folder(base: str | Path, run_name: str, what: str = "run_name") -> Path:
-    """The run's checkpoint folder ``base/run_name``; a clear error for names that would leave ``base``."""
-    name = run_name.strip()
-    parts = PurePosixPath(name.replace("\\", "/")).parts
-    if not parts or any(not _RUN_NAME.match(p) or p.strip(". ") == "" for p in parts):
-        raise ValueError(f"{what} {run_name!r} is not usable: use letters, digits, '_', '-', '.' and spaces "
-                         "(optionally sub/folders), e.g. my_mova_lora")
-    return Path(base).joinpath(*parts)
+def run_folder(base: str | Path, run_name: str, what: str = RUN_NAME) -> Path:
+    """The run's checkpoint folder ``base/run_name`` (sub/folders allowed, any characters the file system
+    stores); a message naming ``what``, the problem and the fix for names that would leave ``base`` or that
+    the file system refuses (checked before anything is written)."""
+    return path_inside(base, run_name, what)
 
 
 def parts_from_switches(**switches: bool) -> tuple[str, ...]:
@@ -66,6 +63,7 @@ def train_parts(high: LoadedPart, low: LoadedPart, tower: LoadedPart, dataset, s
     if not isinstance(dataset, LatentDataset):
         raise ValueError("dataset: expected the output of the MOVA Dataset node")
     towers = MovaTowers([high.model, low.model], tower.model.audio_dit, tower.model.bridge)
+    make_folder(folder, f"{RUN_NAME} {run_name!r}")  # a file in the way, or a refused name: before any step
     checkpoints = TrainingCheckpoints(folder, allow_resume=resume)
     result = train_lora(towers, dataset, settings, checkpoints, device=device, dtype=high.compute_dtype,
                         before_step=before_step, on_step=on_step)
@@ -96,6 +94,7 @@ def report(result: TrainResult, settings: TrainSettings) -> str:
              f"rank {settings.rank}, alpha {settings.alpha:g}, parts: {', '.join(settings.parts)}"]
     if result.checkpoint:
         lines.append(f"checkpoint: {result.checkpoint}")
+    lines += [f"note: {note}" for note in result.notes]
     return "\n".join(lines)
 
 
@@ -105,12 +104,18 @@ def lora_save_paths(loras: Path, filename: str, overwrite: bool, official: bool)
     name = filename.strip()
     if name.endswith(".safetensors"):
         name = name[: -len(".safetensors")]
-    target = run_folder(loras, name, "filename")  # the same name rules as run names
+    target = path_inside(loras, name, LORA_NAME, suffixes=(".safetensors", "_official"))
     path = target.with_name(target.name + ".safetensors")
     folder = target.with_name(target.name + "_official") if official else None
-    if not overwrite:
-        for existing in (path, folder / "lora_weights.pt" if folder else None):
-            if existing is not None and existing.exists():
+    if path.is_dir():
+        raise NameProblem(f"{LORA_NAME} {filename!r}: {path} is a folder: choose another filename.")
+    make_folder(path.parent, f"{LORA_NAME} {filename!r}", base=loras)
+    if folder is not None and folder.exists() and not folder.is_dir():
+        raise NameProblem(f"{LORA_NAME} {filename!r}: {folder} is a file, not a folder: choose another filename, "
+                          "or switch official_folder off.")
+    if not overwrite:  # every file of the save, before any is written
+        for existing in (path, *((folder / OFFICIAL_WEIGHTS, folder / OFFICIAL_CONFIG) if folder else ())):
+            if existing.exists():
                 raise FileExistsError(f"{existing} already exists: switch overwrite on to replace it, or choose "
                                       "another filename.")
     return path, folder

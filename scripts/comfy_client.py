@@ -13,6 +13,8 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+from safe_files import write_bytes
+
 
 class ServerError(RuntimeError):
     """The server is unreachable or refused a request; the message says what to do."""
@@ -77,9 +79,7 @@ class ComfyClient:
 
     def download(self, item: dict, target: Path) -> Path:
         query = urllib.parse.urlencode({k: item.get(k, "") for k in ("filename", "subfolder", "type")})
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(self._request(f"/view?{query}"))
-        return target
+        return write_bytes(target, self._request(f"/view?{query}"))  # never half a file, whatever happens
 
     def websocket(self) -> "WebSocket":
         return WebSocket(self.host, self.port, f"/ws?clientId={self.client_id}", self.timeout)

@@ -17,6 +17,8 @@ import json
 import sys
 from pathlib import Path
 
+from safe_files import write_text
+
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
 
 
@@ -50,10 +52,10 @@ def main(argv: list[str] | None = None) -> int:
         if target.exists() and not args.overwrite:
             raise ValueError(f"{target} already exists: pass --overwrite to replace it")
         entries = official_metadata(args.folder)
+        write_text(target, json.dumps(entries, indent=1, ensure_ascii=False) + "\n", overwrite=args.overwrite)
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    target.write_text(json.dumps(entries, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     print(f"wrote {target} ({len(entries)} clips)")
     return 0
 

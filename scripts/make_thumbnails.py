@@ -19,6 +19,7 @@ import base64
 import contextlib
 import hashlib
 import html
+import io
 import json
 import sys
 import tempfile
@@ -31,6 +32,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import frontend  # noqa: E402
+from safe_files import write_bytes, write_text  # noqa: E402
 import workflow_layout  # noqa: E402
 
 THUMB = 640         # thumbnails are square: the template browser shows them in square cards
@@ -44,7 +46,7 @@ def file_digest(path: Path) -> str:
 
 
 def save_json(workflow: dict, path: Path) -> None:
-    path.write_text(json.dumps(workflow, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_text(path, json.dumps(workflow, indent=2, ensure_ascii=False) + "\n")
 
 
 def measure(page, workflow: dict) -> dict:
@@ -96,8 +98,10 @@ def title_card(browser, shot: Path, title: str, target: Path, digest: str) -> No
     raw = target.with_suffix(".png.tmp")
     page.screenshot(path=str(raw), type="png")
     page.close()
+    jpeg = io.BytesIO()
     with Image.open(raw) as image:
-        image.convert("RGB").save(target, "JPEG", quality=88, optimize=True, comment=f"sha256:{digest}".encode())
+        image.convert("RGB").save(jpeg, "JPEG", quality=88, optimize=True, comment=f"sha256:{digest}".encode())
+    write_bytes(target, jpeg.getvalue())
     raw.unlink()
 
 

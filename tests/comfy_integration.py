@@ -32,8 +32,10 @@ INTEGRATION = [
 ]
 
 WIDTH, HEIGHT, FRAMES, FPS, STEPS = 32, 32, 25, 24.0, 4
-# The ComfyUI server gets this key in its environment, for MOVA Prompt Enhance's api_key_env.
-LLM_KEY_ENV, LLM_KEY = "MOVA_TEST_LLM_KEY", "sk-test-Zq8Xw2Lm4Np6Rt0Vb1Yc3Hd5"
+# The ComfyUI server's environment: the user's settings for MOVA Prompt Enhance (the test servers' host approved,
+# the key for it) and a decoy secret no workflow may reach.
+LLM_KEY, DECOY_ENV, DECOY = "sk-test-Zq8Xw2Lm4Np6Rt0Vb1Yc3Hd5", "MOVA_TEST_DECOY_SECRET", "sk-decoy-Aa1Bb2Cc3Dd4Ee5Ff6Gg"
+LLM_ENV = {"MOVA_LLM_HOSTS": "127.0.0.1", "MOVA_LLM_API_KEY": LLM_KEY, DECOY_ENV: DECOY}
 FP8_LAYOUTS = ("comfy_quant", "scaled_fp8")
 CONVERTED = {"MOVA-360p/video_dit": "video_dit_high", "MOVA-360p/video_dit_2": "video_dit_low",
              "MOVA-360p/audio_dit": "audio_dit", "MOVA-360p/dual_tower_bridge": "dual_tower_bridge"}
@@ -76,7 +78,7 @@ def base(tmp_path_factory) -> Path:
 def server(base):
     """A ComfyUI server on a free port, one for all the integration tests (stopped at the end); yields its
     URL."""
-    with comfy_server(base, env={LLM_KEY_ENV: LLM_KEY}) as url:
+    with comfy_server(base, env=LLM_ENV) as url:
         yield url
 
 

@@ -8,6 +8,7 @@ The default reply wraps a caption in a reasoning block and a markdown fence, as 
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -148,3 +149,92 @@ def completion(content, finish_reason="stop", model=VISION_MODEL) -> dict:
             "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
                          "finish_reason": finish_reason}],
             "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+
+
+class ScriptedServer:
+    """A raw TCP server on 127.0.0.1 that misbehaves on purpose: each connection's request is read (headers and a
+    Content-Length body) and recorded, then ``script(sock, request)`` writes whatever it likes (a trickle, a
+    header every few seconds, no HTTP at all...). ``hangups``: seconds from a request's arrival until the server
+    saw the client close the connection (None while the script ran to its end without noticing)."""
+
+    def __init__(self, script):
+        self.script = script
+        self.requests: list[dict] = []
+        self.hangups: list[float | None] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.05)
+        self.port = self._listener.getsockname()[1]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(5)
+        self._listener.close()
+
+    def _serve(self):
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except (TimeoutError, socket.timeout):
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket):
+        with conn:
+            conn.settimeout(5)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                data += chunk
+            head, _, body = data.partition(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            method, path, _ = lines[0].split(" ", 2)
+            headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+            length = int(headers.get("content-length", 0))
+            while len(body) < length:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                body += chunk
+            request = {"method": method, "path": path, "headers": headers, "body": body, "at": time.monotonic()}
+            self.requests.append(request)
+            try:
+                self.script(conn, request)
+                self.hangups.append(None)
+            except OSError:  # the client hung up (the test's deadline or Cancel)
+                self.hangups.append(time.monotonic() - request["at"])
+
+
+def http_reply(status: int, body: bytes | str | dict, headers: dict | None = None) -> bytes:
+    """The bytes of a whole HTTP/1.1 reply (JSON for a dict)."""
+    if isinstance(body, dict):
+        body = json.dumps(body)
+    if isinstance(body, str):
+        body = body.encode("utf-8")
+    lines = [f"HTTP/1.1 {status} X", f"Content-Length: {len(body)}", "Connection: close"]
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def wait_for_hangup(conn: socket.socket, limit: float = 10.0) -> None:
+    """Block until the client closes ``conn`` (raises ConnectionResetError then, as a hung-up send would)."""
+    conn.settimeout(limit)
+    try:
+        data = conn.recv(1)
+    except (TimeoutError, socket.timeout):
+        return  # the client never hung up: the hangups entry stays None
+    if data == b"":
+        raise ConnectionResetError("client closed")

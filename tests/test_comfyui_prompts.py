@@ -1,19 +1,21 @@
 """Prompts in a real ComfyUI: MOVA Prompt Enhance and Prompt Builder against a local stand-in language model
-server, the enhanced workflow end to end, and MOVA Text Encode (literal, cleaned, cut at 512 tokens, the wrong
-text encoder refused before any VAE work).
+server, the enhanced workflow end to end, what a workflow cannot make the enhancer do (read a variable it names,
+send anything to a host the user did not list, outlive its timeout or a Cancel), and MOVA Text Encode (literal,
+cleaned, cut at 512 tokens, the wrong text encoder refused before any VAE work).
 """
 
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
-from comfy_integration import (FPS, HEIGHT, INTEGRATION, LLM_KEY, LLM_KEY_ENV, STEPS, WIDTH, api_prompt, check_mp4,
-                               run_prompt)
+from comfy_integration import (DECOY, DECOY_ENV, FPS, HEIGHT, INTEGRATION, LLM_KEY, STEPS, WIDTH, api_prompt,
+                               check_mp4, run_prompt)
 from comfy_server import PACK, free_port
 from comfyui_mova.nodes import spec
-from fake_llm_server import TEXT_MODEL, VISION_MODEL, FakeLLMServer, caption_for
+from fake_llm_server import TEXT_MODEL, VISION_MODEL, FakeLLMServer, ScriptedServer, caption_for, wait_for_hangup
 
 pytestmark = INTEGRATION
 
@@ -33,7 +35,8 @@ def _enhancer(prompt: dict, llm, **inputs) -> tuple[str, dict]:
 
 def test_enhanced_workflow_end_to_end(client, base, llm, tmp_path):
     """Idea + first frame -> MOVA Prompt Enhance (the local test server) -> text encoder -> i2va -> MP4. The key
-    comes from ComfyUI's environment into the request only; a re-queue reuses the caption without a request."""
+    comes from ComfyUI's environment (MOVA_LLM_API_KEY, for the hosts in MOVA_LLM_HOSTS: 127.0.0.1) into the request
+    only, the workflow as shipped (api_key_env empty); a re-queue reuses the caption without a request."""
     import base64
     import io
 
@@ -44,7 +47,8 @@ def test_enhanced_workflow_end_to_end(client, base, llm, tmp_path):
     Image.new("RGB", (48, 40), (30, 160, 90)).save(tmp_path / "enhanced_start.png")  # no other test uploads it
     name = client.upload_image(tmp_path / "enhanced_start.png")
     prompt = api_prompt(client, "mova_i2va_enhanced.json", seed=12, image_name=name)
-    key, enhancer = _enhancer(prompt, llm, api_key_env=LLM_KEY_ENV)
+    key, enhancer = _enhancer(prompt, llm)
+    assert enhancer["inputs"]["api_key_env"] == ""
     outputs = {}
     videos, _ = run_prompt(client, prompt, outputs)
     check_mp4(client.download(videos[0], tmp_path / "enhanced.mp4"))
@@ -71,7 +75,7 @@ def test_enhanced_workflow_end_to_end(client, base, llm, tmp_path):
 
     # the key appears nowhere that is saved or logged
     history = json.dumps(client.get_json("/history"))
-    assert LLM_KEY_ENV in history and LLM_KEY not in history
+    assert LLM_KEY not in history
     assert LLM_KEY not in (base / "server.log").read_text()
     assert LLM_KEY not in (PACK / "example_workflows" / "mova_i2va_enhanced.json").read_text()
     assert LLM_KEY not in json.dumps(client.object_info()["MovaPromptEnhance"])
@@ -104,6 +108,97 @@ def test_prompt_tools_errors_reach_the_user(client, base, llm):
     prompt["2"]["inputs"]["base_url"] = f"http://127.0.0.1:{free_port()}/v1"
     with pytest.raises(ServerError, match="cannot reach the language model server at http://127.0.0.1:.*ollama serve"):
         run_prompt(client, prompt)
+
+
+def _enhance_graph(llm, **inputs) -> dict:
+    """MOVA Prompt Enhance (its defaults, the test server) -> Preview Any."""
+    enhance = {w.name: w.default for w in spec.PROMPT_ENHANCE.widgets}
+    enhance |= {"idea": "A tram passes in the rain.", "base_url": llm.url, "model": VISION_MODEL} | inputs
+    return {"2": {"class_type": "MovaPromptEnhance", "inputs": enhance},
+            "3": {"class_type": "PreviewAny", "inputs": {"source": ["2", 0]}}}
+
+
+def test_a_workflow_cannot_reach_a_secret_or_an_unlisted_host(client, base, llm):
+    """The server's environment holds a decoy secret: a workflow naming it in api_key_env is refused before any
+    request, a host the user did not list gets nothing, a loopback host the user did not list gets no key; neither
+    secret shows up in the history or the log."""
+    from comfy_client import ServerError
+    llm.reset()
+    log_start = len((base / "server.log").read_text())
+    with pytest.raises(ServerError, match=f"api_key_env names {DECOY_ENV}, but MOVA Prompt Enhance no longer reads "
+                       "a variable a workflow names.*clear api_key_env"):
+        run_prompt(client, _enhance_graph(llm, api_key_env=DECOY_ENV))
+    with pytest.raises(ServerError, match="collector.example is not on this machine and not in your MOVA_LLM_HOSTS "
+                       "list, so MOVA Prompt Enhance sends nothing there"):
+        run_prompt(client, _enhance_graph(llm, base_url="https://collector.example/v1", api_key_env="HOME"))
+    with pytest.raises(ServerError, match="api_key_env holds text that is not shaped like an environment variable's "
+                       "name"):
+        run_prompt(client, _enhance_graph(llm, api_key_env="3f9a1c0e7b2d4f6a8c0e2b4d6f8a0c2e"))
+    assert llm.requests == []
+    outputs = {}
+    run_prompt(client, _enhance_graph(llm, base_url=llm.url.replace("127.0.0.1", "localhost")), outputs)
+    (request,) = llm.chat_requests()
+    assert "authorization" not in request["headers"]  # localhost is not in MOVA_LLM_HOSTS: no key
+    assert outputs["3"]["text"][0].startswith("A woman waits under an awning")
+    history = json.dumps(client.get_json("/history"))
+    log = (base / "server.log").read_text()[log_start:]
+    for secret in (DECOY, LLM_KEY):
+        assert secret not in history and secret not in log
+
+
+def test_a_reply_that_echoes_the_key_is_blanked_on_the_node(client, base, llm):
+    llm.reset()
+    llm.respond = lambda r: (200, {"choices": [{"message": {"content": "A tram, sign " + r["headers"].get(
+        "authorization", "") + ".\n\nThe audio shows rain."}, "finish_reason": "stop"}]})
+    outputs = {}
+    run_prompt(client, _enhance_graph(llm), outputs)
+    shown = outputs["2"]["text"][0]
+    assert "contained (part of) your API key, blanked out here as ***" in shown and "sign Bearer ***." in shown
+    assert outputs["3"]["text"][0] == "A tram, sign Bearer ***.\n\nThe audio shows rain."
+    assert LLM_KEY[8:20] not in json.dumps(client.get_json("/history")) + (base / "server.log").read_text()
+
+
+def test_cancel_stops_a_request_at_once(client, base):
+    """A server that never answers, timeout 600 s: Cancel ends the run within a second or two, and the server sees
+    the connection closed."""
+    from comfy_client import ServerError
+    from run_workflow import wait
+    with ScriptedServer(lambda conn, request: wait_for_hangup(conn, 60)) as silent:
+        prompt = _enhance_graph(silent, timeout=600)
+        ws = client.websocket()
+        try:
+            prompt_id = client.queue(prompt)
+            deadline = time.monotonic() + 120
+            while not silent.requests:
+                assert time.monotonic() < deadline, "the enhancer never sent its request"
+                time.sleep(0.05)
+            cancelled_at = time.monotonic()
+            client.cancel(prompt_id)
+            with pytest.raises(ServerError, match="cancelled"):
+                wait(client, ws, prompt_id, prompt, timeout=60)
+            ended = time.monotonic() - cancelled_at
+        finally:
+            ws.close()
+        while not silent.hangups and time.monotonic() - cancelled_at < 10:
+            time.sleep(0.05)
+        hung_up = silent.requests[0]["at"] + silent.hangups[0] - cancelled_at
+    assert hung_up < 1.5 and ended < 5, (hung_up, ended)
+
+
+def test_timeout_cuts_a_trickling_server(client):
+    """A byte every 0.2 s: each read succeeds, the run still stops at timeout (5 s, the widget's least)."""
+    from comfy_client import ServerError
+
+    def trickle(conn, request):
+        for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b" " * 100:
+            conn.sendall(bytes([byte]))
+            time.sleep(0.2)
+    with ScriptedServer(trickle) as slow:
+        start = time.monotonic()
+        with pytest.raises(ServerError, match="no complete reply from .* within timeout \\(5 s; stopped while"):
+            run_prompt(client, _enhance_graph(slow, timeout=5))
+        elapsed = time.monotonic() - start
+    assert 5 <= elapsed < 9, elapsed
 
 
 def _text_graph(encoders: dict) -> dict:

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from comfy_fixtures import PROBED, STRENGTHS, lora_node, loaders, original, probe_node, probed
-from comfy_integration import FPS, HEIGHT, INTEGRATION, TRAIN_FRAMES, WIDTH, cancel_during, node_key, run_prompt
+from comfy_integration import (FPS, HEIGHT, INTEGRATION, TRAIN_FRAMES, WIDTH, cancel_during, node_key, refusal,
+                               run_prompt)
 from comfy_server import PACK
 
 pytestmark = INTEGRATION
@@ -146,3 +147,41 @@ def test_training_on_fp8_weights(client, base):
     saved = load_file(str(base / "models" / "loras" / "ifp8.safetensors"))
     assert all(t.dtype == torch.float32 for t in saved.values())
     assert any(t.abs().max() > 0 for k, t in saved.items() if "lora_B" in k)
+
+
+def test_run_and_file_names_from_the_widgets(client, base):
+    """Names the file system takes train and save (Japanese, sub/folders); names it refuses, or a file where the run
+    folder goes, stop the run with a message naming the widget, the problem and the fix."""
+    from comfy_client import ServerError
+    runs = base / "output" / "mova_training"
+    runs.mkdir(parents=True, exist_ok=True)
+    (runs / "taken").write_text("a file where the run folder goes")
+    with pytest.raises(ServerError, match=r"MOVA Train LoRA's run_name 'taken': .*taken is a file \(or a broken "
+                                          r"link\), not a folder: choose another name, or move that file away"):
+        run_prompt(client, _train_prompt(client, "taken", steps=2, filename="unused"))
+    with pytest.raises(ServerError, match=r"MOVA Train LoRA's run_name: the name 'x+'… is 300 bytes long; the file "
+                                          r"system takes at most 255 bytes per name"):
+        run_prompt(client, _train_prompt(client, "x" * 300, steps=2, filename="unused"))
+    with pytest.raises(ServerError, match=r"MOVA Save LoRA's filename '\.\./outside' goes up out of its folder"):
+        run_prompt(client, _train_prompt(client, "猫の歌", steps=2, filename="../outside"))
+    assert not (base / "models" / "outside.safetensors").exists()
+    outputs = {}
+    prompt = _train_prompt(client, "猫の歌", steps=2, filename="猫/歌")
+    run_prompt(client, prompt, outputs)
+    saved = base / "models" / "loras" / "猫" / "歌.safetensors"
+    assert outputs[node_key(prompt, "MovaSaveLora")]["text"][0].startswith(f"saved {saved}")
+    assert sorted(p.name for p in (runs / "猫の歌").iterdir()) == ["step_000002.safetensors"]
+    assert (runs / "taken").read_text() == "a file where the run folder goes"
+
+
+def test_clip_folders_a_workflow_may_not_name(client, base):
+    """MOVA Dataset's folder outside ComfyUI/input (a full path elsewhere, '..') is refused at queue time, naming
+    the widget and the fix, before any clip is read."""
+    for folder, message in (("/etc", "is outside ComfyUI/input: a workflow may only read clips from there"),
+                            ("../models", "goes up out of its folder ('..')")):
+        prompt = _train_prompt(client, "refused", steps=2, filename="unused")
+        key = node_key(prompt, "MovaDataset")
+        prompt[key]["inputs"]["folder"] = folder
+        errors = refusal(client, prompt)
+        assert any(f"MOVA Dataset's folder '{folder}' {message}" in e for e in errors[key]), errors
+    assert not (base / "output" / "mova_training" / "refused").exists()

@@ -2,6 +2,8 @@
 overwrite, the official folder (lora_weights.pt + lora_config.pt) and its command line, and the saved file
 going through the MOVA LoRA Loader's path as W + s·(alpha/rank)·B·A; plus the loss plot and the report."""
 
+import hashlib
+
 import pytest
 import torch
 from safetensors import safe_open
@@ -72,10 +74,11 @@ def test_existing_files_are_not_overwritten_unasked(trained, tmp_path):
         lora_save_paths(tmp_path, "my", overwrite=False, official=False)
     target, folder = lora_save_paths(tmp_path, "sub/new.safetensors", overwrite=False, official=True)
     assert target == tmp_path / "sub" / "new.safetensors" and folder == tmp_path / "sub" / "new_official"
-    for bad in ("../escape", "/abs/path", "a/../../b", ""):
-        with pytest.raises(ValueError, match="is not usable"):
+    for bad, problem in (("../escape", "goes up out of its folder"), ("/abs/path", "is an absolute path"),
+                         ("a/../../b", "goes up out of its folder"), ("", "is empty")):
+        with pytest.raises(ValueError, match=f"MOVA Save LoRA's filename '.*' {problem}.*: give a name inside"):
             lora_save_paths(tmp_path, bad, overwrite=False, official=False)
-    with pytest.raises(ValueError, match="run_name '..' is not usable"):
+    with pytest.raises(ValueError, match="MOVA Train LoRA's run_name '..' goes up out of its folder"):
         run_folder(tmp_path, "..")
 
 
@@ -86,8 +89,10 @@ def test_official_folder_and_command_line(trained, tmp_path, capsys):
     tensors, settings = lora_tensors(trained)
     assert set(state) == set(tensors) and all(torch.equal(state[k], tensors[k]) for k in state)
     # rank/alpha for the official loaders; target_modules: the pipeline parts its inference script injects into
+    # and the digest of the lora_weights.pt it belongs to (a pair cut apart by an interrupted save is refused)
     assert config == {"rank": RANK, "alpha": ALPHA,
-                      "target_modules": ["video_dit", "video_dit_2", "audio_dit", "dual_tower_bridge"]}
+                      "target_modules": ["video_dit", "video_dit_2", "audio_dit", "dual_tower_bridge"],
+                      "weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
     assert read_lora(weights).patches.keys() == trained.patches.keys()
     source = save_lora_safetensors(trained, tmp_path / "x.safetensors")
     assert main([str(source), str(tmp_path / "cli")]) == 0

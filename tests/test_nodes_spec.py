@@ -14,7 +14,7 @@ from comfyui_mova.nodes import spec
 
 PACK = Path(comfyui_mova.__file__).parent
 PLAIN_MODULES = ("spec", "handles", "model_files", "condition", "sampling", "audio_decode", "lora_patches",
-                 "llm_client", "prompt_reply", "prompt_image", "prompt_instructions", "prompt_enhance",
+                 "clip_folder", "llm_client", "llm_access", "llm_http", "prompt_reply", "prompt_image", "prompt_instructions", "prompt_enhance",
                  "prompt_builder", "clips", "dataset", "training_run", "loss_plot", "text", "keyframes",
                  "audio_input", "video_input", "conditioning_modes", "extend", "av_latent", "native_setup",
                  "parallel.setup")
@@ -77,8 +77,8 @@ def test_every_input_has_a_tooltip_and_valid_default(node):
 
 
 def test_network_code_uses_the_standard_library_only():
-    """The prompt enhancer talks HTTP with urllib: no new runtime dependency."""
-    for name in ("llm_client", "prompt_enhance", "prompt_reply", "prompt_instructions"):
+    """The prompt enhancer talks HTTP with the standard library: no new runtime dependency."""
+    for name in ("llm_client", "llm_access", "llm_http", "prompt_enhance", "prompt_reply", "prompt_instructions"):
         tree = ast.parse((PACK / "nodes" / f"{name}.py").read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):

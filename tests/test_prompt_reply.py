@@ -68,3 +68,24 @@ def test_long_caption_warns_about_the_token_limit():
     assert "512 tokens" in warning
     chinese = "她说" * 100 + "。The audio shows rain."
     assert check_caption(chinese, "stop", image_sent=False, max_tokens=4000) == []
+
+
+@pytest.mark.parametrize("hostile", ["x<think>" * 100000, "<think>x" * 100000, "<think></reasoning>" * 50000,
+                                     "**a" * 200000, "```a\n" * 100000, "I cannot see " * 50000])
+def test_hostile_replies_are_cleaned_in_linear_time(hostile):
+    """800 kB of unclosed reasoning tags took hours with a back-referencing regex (quadratic); a reply is cleaned
+    in one pass now, so the timeout bounds the whole node."""
+    import time
+    start = time.monotonic()
+    try:
+        check_caption(clean_reply(hostile), "stop", image_sent=True, max_tokens=100)
+    except (BadReply, NoVision):
+        pass
+    assert time.monotonic() - start < 5
+
+
+def test_reasoning_blocks_are_dropped_as_before():
+    assert clean_reply("<think>a</think>b<THINK>c</Think>d <analysis>e") == "bd"
+    assert clean_reply("<think>a<reasoning>b</think>c</reasoning>The caption.") == "The caption."
+    with pytest.raises(BadReply, match="only the model's reasoning"):
+        clean_reply("<think>never closed")

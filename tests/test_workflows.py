@@ -355,7 +355,8 @@ def test_enhanced_workflow_feeds_idea_and_first_frame_to_the_enhancer():
     plain = _load(WORKFLOWS / "mova_i2va.json")
     assert {n["type"] for n in wf["nodes"]} - {n["type"] for n in plain["nodes"]} == {"MovaPromptEnhance"}
     notes = _notes(wf)
-    assert "ollama pull" in notes and "api_key_env" in notes and "leave this machine" in notes
+    assert "ollama pull" in notes and "MOVA_LLM_HOSTS" in notes and "MOVA_LLM_API_KEY" in notes
+    assert "leave this machine" in notes
 
 
 def test_training_workflow_goes_from_clips_to_a_saved_lora():
