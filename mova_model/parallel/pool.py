@@ -3,9 +3,10 @@ stops them (on request, on Cancel's failure to stop, or when one dies).
 
 Workers are separate Python processes (``worker_main.py``), one per device, started with ``subprocess`` so that
 they import nothing of the host (ComfyUI's ``main.py`` would run again under multiprocessing's spawn). They
-meet through a ``torch.distributed.TCPStore`` the pool serves on 127.0.0.1 (the rendezvous of their process
-group, under a random prefix), and each one offers the pool a ``multiprocessing.connection`` socket guarded by
-a random key. Everything here is plain Python and torch (no ComfyUI import).
+meet through a ``torch.distributed.TCPStore`` the pool serves on 127.0.0.1 only (the rendezvous of their
+process group, under a random prefix), talk to each other over the loopback interface (gloo and NCCL's sockets;
+NCCL's GPU transfers take NVLink or PCIe), and each one offers the pool a ``multiprocessing.connection`` socket
+on 127.0.0.1 guarded by a random key. Everything here is plain Python and torch (no ComfyUI import).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -34,6 +36,7 @@ from .plan import ParallelPlan
 log = logging.getLogger(__name__)
 WORKER_MAIN = Path(__file__).resolve().parent / "worker_main.py"
 LOG_TAIL = 20  # lines of a failed worker's log quoted in the error
+LOOPBACK = ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")  # Linux's loopback interface for the workers' sockets
 
 
 class WorkerError(RuntimeError):
@@ -91,8 +94,12 @@ class WorkerPool:
     def start(self) -> None:
         """Start the workers and wait until all have joined the run (a WorkerError when one cannot)."""
         token, authkey = secrets.token_hex(16), secrets.token_bytes(32)
-        self.store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False,
-                                   timeout=timedelta(seconds=self.start_timeout))
+        listen = socket.socket(socket.AF_INET, socket.SOCK_STREAM)  # the store listens on the loopback only
+        listen.bind(("127.0.0.1", 0))
+        listen.listen(64)
+        port = listen.getsockname()[1]
+        self.store = dist.TCPStore("127.0.0.1", port, is_master=True, wait_for_workers=False,
+                                   timeout=timedelta(seconds=self.start_timeout), master_listen_fd=listen.detach())
         self.log_dir = Path(tempfile.mkdtemp(prefix="mova-parallel-"))
         cpu_threads = max(1, (os.cpu_count() or 1) // self.plan.world)
         for rank, device in enumerate(self.devices):
@@ -102,6 +109,8 @@ class WorkerPool:
                    "MOVA_PARALLEL_TOKEN": token, "MOVA_PARALLEL_AUTHKEY": authkey.hex(),
                    "MOVA_PARALLEL_STORE": f"127.0.0.1:{self.store.port}", "MOVA_PARALLEL_DEVICE": seen_as,
                    "MOVA_PARALLEL_TIMEOUT": str(self.timeout), "MOVA_PARALLEL_PARENT": str(os.getpid())}
+            for name in LOOPBACK:  # gloo and NCCL between the workers on the loopback (the user's choice kept)
+                env.setdefault(name, "lo")
             if seen_as == "cpu":
                 env["OMP_NUM_THREADS"] = str(cpu_threads)
             with open(self.log_dir / f"worker{rank}.log", "wb") as out:
