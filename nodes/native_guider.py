@@ -191,7 +191,7 @@ class JointGuider:
         experts = (p.high, p.low)
         memory = activation_bytes(video.shape, audio.shape, p.high.model.config, p.tower.model.audio_dit.config,
                                   p.high.compute_dtype)
-        before_expert = expert_loader(experts, p.tower, memory, device, "MOVA Guider")
+        before_expert = None if parallel is not None else expert_loader(experts, p.tower, memory, device, "MOVA Guider")
         negative = p.conditioning.context_neg if needs_negative(options) else None
         if parallel is None:
             make_denoiser = JointDenoiser

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from dataclasses import dataclass
 
@@ -9,6 +10,7 @@ import torch
 
 from ...mova_model.parallel.plan import ParallelPlan, plan_for, plan_problems
 from ...mova_model.parallel.remote import model_spec, models_description
+from ...mova_model.parallel.sequence import YUNCHANG_HINT
 from ...mova_model.sampler import SamplingOptions
 from ..handles import LoadedPart
 
@@ -83,6 +85,8 @@ def check_run(setup: ParallelSetup, high: LoadedPart, options: SamplingOptions, 
     passes = max(options.guidance(step).passes(has_negative) for step in range(options.steps))
     problems = plan_problems(setup.plan, high.model.config.num_heads, passes, options.compile, options.attention,
                              setup.swap_blocks)
+    if setup.plan.ulysses > 1 and importlib.util.find_spec("yunchang") is None:
+        problems.append(f"Ulysses needs the yunchang package: {YUNCHANG_HINT}; or choose mode cfg")
     if setup.swap_blocks >= high.model.config.num_layers:
         problems.append(f"swap_blocks {setup.swap_blocks} would keep all {high.model.config.num_layers} blocks "
                         "of the video expert off the GPU: use fewer")
