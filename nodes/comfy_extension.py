@@ -10,6 +10,7 @@ from .conditioning.node import MovaConditioning, MovaExtend, MovaJoin, MovaTextE
 from .loaders.node import MovaAudioTowerLoader, MovaAudioVAELoader, MovaVideoExpertLoader
 from .lora.node import MovaLoraLoader, MovaSaveLora
 from .native.node import MovaGuider, MovaScheduler, MovaSeparateAVLatent
+from .parallel.node import MovaParallel
 from .prompts.node import MovaPromptBuilder, MovaPromptEnhance
 from .sampling.node import MovaAudioDecode, MovaSampler, MovaSamplerOptions
 from .training.node import MovaDataset, MovaTrainLora
@@ -17,7 +18,7 @@ from .training.node import MovaDataset, MovaTrainLora
 NODE_CLASSES = [
     MovaVideoExpertLoader, MovaAudioTowerLoader, MovaAudioVAELoader, MovaConditioning, MovaSampler, MovaAudioDecode,
     MovaLoraLoader, MovaSamplerOptions, MovaPromptEnhance, MovaPromptBuilder, MovaDataset, MovaTrainLora,
-    MovaSaveLora, MovaTextEncode, MovaExtend, MovaJoin, MovaGuider, MovaScheduler, MovaSeparateAVLatent,
+    MovaSaveLora, MovaTextEncode, MovaExtend, MovaJoin, MovaGuider, MovaScheduler, MovaSeparateAVLatent, MovaParallel,
 ]
 
 

@@ -39,6 +39,11 @@ class LoadedPart:
     source: str
     role: str | None = None  # video experts: HIGH_NOISE / LOW_NOISE when the file says so
     patcher: Any = None
+    # For worker processes that load the same networks themselves (nodes/parallel): the files (the audio tower:
+    # audio DiT, bridge), whether the block weights are fp8, and the LoRAs as [(patches, strength)] per part.
+    files: tuple[str, ...] = ()
+    fp8: bool = False
+    loras: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,7 @@ class SamplerSettings:
     compile: str = "off"
     fp8_compute: str = "auto"
     clean_given: bool = False           # a modality given whole is fed clean at timestep 0
+    parallel: Any = None                # MOVA Parallel's ParallelSetup (nodes/parallel), None: one device
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ GROUPS = (
     ("Prompt", "#8A8", ("MovaPromptBuilder", "MovaPromptEnhance", "MovaTextEncode", "CLIPTextEncode", "LoadImage",
                         "LoadAudio", "LoadVideo", "GetVideoComponents")),
     ("Data", "#8AA", ("MovaDataset",)),
-    ("Sampling", "#b58b2a", ("MovaConditioning", "MovaSamplerOptions", "MovaSampler", "MovaExtend", "MovaGuider",
+    ("Sampling", "#b58b2a", ("MovaConditioning", "MovaSamplerOptions", "MovaParallel", "MovaSampler", "MovaExtend", "MovaGuider",
                              "MovaScheduler", "RandomNoise", "KSamplerSelect", "SamplerCustomAdvanced")),
     ("Training", "#b58b2a", ("MovaTrainLora",)),
     ("Output", "#a1309b", ("MovaSeparateAVLatent", "VAEDecode", "VAEDecodeTiled", "MovaAudioDecode", "MovaJoin", "CreateVideo", "SaveVideo",

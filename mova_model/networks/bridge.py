@@ -10,7 +10,6 @@ import torch
 from torch import nn
 
 from ..configs import BridgeConfig
-from .attention import attention
 from .dit import Attention
 from .fused import rms_rope_half, scaled_residual
 from .layers import param_like
@@ -39,7 +38,7 @@ class Conditioner(nn.Module):
             q, k, v = inner.q(x), inner.k(y), inner.v(y)
             q = rms_rope_half(q, param_like(inner.norm_q.weight, q), inner.norm_q.eps, *x_rope, self.num_heads)
             k = rms_rope_half(k, param_like(inner.norm_k.weight, k), inner.norm_k.eps, *y_rope, self.num_heads)
-        return inner.o(attention(q, k, v, self.num_heads))
+        return inner.o(inner.attend(q, k, v, self.num_heads))
 
 
 class DualTowerBridge(nn.Module):

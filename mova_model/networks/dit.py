@@ -45,6 +45,8 @@ def run_float32(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
 class Attention(nn.Module):
     """Multi-head attention with RMS-normed q/k; q from x, k/v from ``context`` (or x)."""
 
+    attend = staticmethod(attention)  # a parallel run swaps in its own per instance (parallel/sequence.py)
+
     def __init__(self, dim: int, num_heads: int, eps: float, kv_dim: int | None = None,
                  operations=torch_ops, device=None, dtype=None):
         super().__init__()
@@ -69,7 +71,7 @@ class Attention(nn.Module):
             q, k, v = self.q(x), self.k(x), self.v(x)
             q = rms_rope_interleaved(q, param_like(self.norm_q.weight, q), self.norm_q.eps, rope, self.num_heads)
             k = rms_rope_interleaved(k, param_like(self.norm_k.weight, k), self.norm_k.eps, rope, self.num_heads)
-        return self.o(attention(q, k, v, self.num_heads))
+        return self.o(self.attend(q, k, v, self.num_heads))
 
 
 class DiTBlock(nn.Module):

@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 
 from .joint import JointOutput
+from ..parallel.context import current_cfg_parallel
 
 # run(video_in, audio_in, context, bridge_scale) -> JointOutput
 JointRun = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], JointOutput]
@@ -64,12 +65,19 @@ def guided_velocity(run: JointRun, video_in, audio_in, pos, neg, guidance: Guida
             parts.update(cond=out, uncond=out)
         return out
     uncond_ctx = neg if neg is not None else pos
-    if batch:
+    split = current_cfg_parallel()
+    if split is not None:  # the passes run on different processes (parallel/cfg.py)
+        calls = [(video_in, audio_in, pos, 1.0), (video_in, audio_in, uncond_ctx, 1.0),
+                 (video_in, audio_in, uncond_ctx, 0.0)][:passes]
+        cond, bridged, *rest = split.run(run, calls)
+        base = rest[0] if rest else bridged
+    elif batch:
         cond, bridged = _split(run(torch.cat([video_in, video_in]), torch.cat([audio_in, audio_in]),
                                    torch.cat([pos, uncond_ctx]), 1.0), 2)
     else:
         cond, bridged = run(video_in, audio_in, pos, 1.0), run(video_in, audio_in, uncond_ctx, 1.0)
-    base = run(video_in, audio_in, uncond_ctx, 0.0) if passes == 3 else bridged
+    if split is None:
+        base = run(video_in, audio_in, uncond_ctx, 0.0) if passes == 3 else bridged
     if parts is not None:
         parts.update(cond=cond, uncond=bridged)
     g = guidance

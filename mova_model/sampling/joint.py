@@ -10,6 +10,7 @@ from torch.utils.checkpoint import checkpoint as _checkpoint
 from ..memory.offload import iter_blocks
 from ..networks.bridge import DualTowerBridge
 from ..networks.dit import WanDiT
+from ..parallel.context import current_sequence_parallel
 
 
 @dataclass
@@ -84,6 +85,9 @@ def joint_forward(
     v_rope = video_dit.rope(v_grid, device)
     a_rope = audio_dit.rope(a_grid, device)
     bv_rope, ba_rope = bridge.aligned_rope(v_grid, a_grid[0], video_fps, device=device, dtype=dtype)
+    split = current_sequence_parallel()
+    if split is not None:  # this process holds a slice of the video tokens (parallel/sequence.py)
+        video, v_rope, bv_rope = split.split_video(video, v_rope, bv_rope)
 
     run = _run_checkpointed if checkpoint else _run
     video_blocks, audio_blocks = iter_blocks(video_dit), iter_blocks(audio_dit)
@@ -93,8 +97,11 @@ def joint_forward(
             audio = run(next(audio_blocks), audio, a_ctx, a_mod, a_rope)
         video = run(next(video_blocks), video, v_ctx, v_mod, v_rope)
 
-    video = video_dit.unpatchify(video_dit.head(video, v_emb), v_grid)
-    audio = audio_dit.unpatchify(audio_dit.head(audio, a_emb), a_grid)
+    video, audio = video_dit.head(video, v_emb), audio_dit.head(audio, a_emb)
+    if split is not None:
+        video, audio = split.gather(video, audio)
+    video = video_dit.unpatchify(video, v_grid)
+    audio = audio_dit.unpatchify(audio, a_grid)
     return JointOutput(video=video.float(), audio=audio.float())
 
 

@@ -129,7 +129,7 @@ def load_video_expert(path: Path, dtype: torch.dtype | None = None, operations=t
     ``fp8_layout``: the fp8 keys ``operations`` take (see mova_model.weights.loading)."""
     model = _load(path, "video_dit", dtype, operations, device, fp8_layout)
     stored = _part_dtype(model)
-    return LoadedPart(model, compute_dtype_for(stored), str(path), role=expert_role(Path(path)))
+    return LoadedPart(model, compute_dtype_for(stored), str(path), role=expert_role(Path(path)), files=(str(path),))
 
 
 def load_audio_tower(dit_path: Path, bridge_path: Path, dtype: torch.dtype | None = None,
@@ -144,7 +144,8 @@ def load_audio_tower(dit_path: Path, bridge_path: Path, dtype: torch.dtype | Non
             f"audio DiT {dit_path} (dim {a.dim}, {a.num_layers} layers): load both from the same MOVA release."
         )
     stored = _part_dtype(audio_dit)
-    return LoadedPart(AudioTower(audio_dit, bridge), compute_dtype_for(stored), f"{dit_path} + {bridge_path}")
+    return LoadedPart(AudioTower(audio_dit, bridge), compute_dtype_for(stored), f"{dit_path} + {bridge_path}",
+                      files=(str(dit_path), str(bridge_path)))
 
 
 def load_audio_vae(path: Path, dtype: torch.dtype | None = None, operations=torch_ops, device="cpu",

@@ -83,7 +83,7 @@ def _load(node: str, loader, dtype_choice: str, *paths) -> LoadedPart:
     patcher = cls(part.model, load_device=load_device, offload_device=offload_device)
     log.info("%s: %s loaded with %s layers, patcher %s.%s, computes in %s", node, part.source, ops_name,
              cls.__module__, cls.__name__, compute)
-    return dataclasses.replace(part, compute_dtype=compute, patcher=patcher)
+    return dataclasses.replace(part, compute_dtype=compute, patcher=patcher, fp8=fp8_layout is not None)
 
 
 class MovaVideoExpertLoader(io.ComfyNode):

@@ -44,7 +44,7 @@ def patched(part: LoadedPart, entries) -> LoadedPart:
         if len(added) != len(adapters):  # the keys come from this patcher's own state dict
             missing = sorted(set(adapters) - set(added))
             raise RuntimeError(f"ComfyUI refused the LoRA patches for {missing[:5]} ({part.source})")
-    return dataclasses.replace(part, patcher=patcher)
+    return dataclasses.replace(part, patcher=patcher, loras=part.loras + tuple(entries))
 
 
 class MovaLoraLoader(io.ComfyNode):

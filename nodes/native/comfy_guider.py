@@ -198,8 +198,10 @@ class JointGuider:
         noise_video, noise_audio = _two_parts(noise, "noise")
         towers = check_native_setup(p.high, p.low, p.tower, p.conditioning, video_raw.shape, audio.shape)
         device = mm.get_torch_device()
-        check_native_memory(p.high, p.tower, p.conditioning, video_raw.shape[0], audio.shape[1],
-                            mm.get_total_memory(device))
+        parallel = p.settings.parallel if p.settings is not None else None
+        if parallel is None:  # MOVA Parallel's workers check their own devices
+            check_native_memory(p.high, p.tower, p.conditioning, video_raw.shape[0], audio.shape[1],
+                                mm.get_total_memory(device))
         options = sampling_options(1, p.cfg, p.shift, p.boundary_ratio, p.conditioning.fps, p.settings,
                                    scheduler=p.release.scheduler)
         video_raw, audio = video_raw.float().cpu(), audio.float().cpu()
@@ -210,16 +212,22 @@ class JointGuider:
         experts = (p.high, p.low)
         memory = activation_bytes(video.shape, audio.shape, p.high.model.config, p.tower.model.audio_dit.config,
                                   p.high.compute_dtype)
-        before_expert = expert_loader(experts, p.tower, memory, device, "MOVA Guider")
+        before_expert = None if parallel is not None else expert_loader(experts, p.tower, memory, device, "MOVA Guider")
         # the negative prompt whenever given: a per-step override may turn CFG on (a pass runs only while it is)
         negative = p.conditioning.context_neg
-        denoiser = JointDenoiser(
+        if parallel is None:
+            make_denoiser = JointDenoiser
+        else:  # MOVA Parallel: the denoiser runs on its worker processes (nodes/parallel)
+            from ..parallel.comfy_run import parallel_denoiser
+            make_denoiser = parallel_denoiser(parallel, p.high, p.low, p.tower)
+        denoiser = make_denoiser(
             towers, p.conditioning.condition, p.conditioning.context_pos, negative, noise_video.float(),
             noise_audio.float(), options, sigmas.tolist(), dtype=p.high.compute_dtype, device=device,
             known_video=None if video_mask is None else KnownLatents(video, video_mask),
             known_audio=None if audio_mask is None else KnownLatents(audio, audio_mask),
             before_expert=before_expert)
-        attention, speed = prepare_speed(towers, denoiser.options, device)
+        attention, speed = ((denoiser.attention, denoiser.speed) if parallel is not None
+                            else prepare_speed(towers, denoiser.options, device))
         log.info("MOVA Guider: %d steps, %s; attention %s; %s", denoiser.steps,
                  "the official timesteps (MOVA's schedule)" if denoiser.official else "timesteps 1000·sigma",
                  attention, "; ".join(speed or ["eager"]))
@@ -241,6 +249,8 @@ class JointGuider:
                                          packed_latent.to(device), None, disable_pbar)
         finally:
             self._run = None
+            if parallel is not None:
+                denoiser.close()
         video_out, audio_out = comfy.utils.unpack_latents(samples.float(), shapes)
         if denoiser.known is not None:  # the kept parts: the given latents exactly
             video_out, audio_out = denoiser.known.finish(video_out, audio_out)

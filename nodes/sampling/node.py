@@ -12,6 +12,7 @@ import latent_preview
 from comfy_api.latest import io, ui
 
 from ...mova_model.networks.attention import resolve_attention_backend
+from ...mova_model.sampling.sampler import sample
 from ..comfy_io import schema, show_text
 from ..handles import AudioLatent, LoadedPart, MovaConditioning, SamplerSettings
 from ..input_values import checked_inputs
@@ -39,7 +40,13 @@ class MovaSampler(io.ComfyNode):
         memory = activation_bytes(video.shape, audio.samples.shape, high_noise_expert.model.config,
                                   audio_tower.model.audio_dit.config, high_noise_expert.compute_dtype)
 
-        before_expert = expert_loader(experts, audio_tower, memory, device, "MOVA Sampler")
+        parallel = options.parallel if options is not None else None
+        if parallel is None:
+            before_expert, sampler, device_memory = (expert_loader(experts, audio_tower, memory, device, "MOVA Sampler"),
+                                                     sample, mm.get_total_memory(device))
+        else:  # MOVA Parallel: worker processes on its devices sample (nodes/parallel)
+            from ..parallel.comfy_run import parallel_sample
+            before_expert, sampler, device_memory = None, parallel_sample(parallel, *experts, audio_tower), None
 
         progress = comfy.utils.ProgressBar(steps)
         previewer = latent_preview.get_previewer(device, comfy.latent_formats.Wan21())
@@ -62,9 +69,11 @@ class MovaSampler(io.ComfyNode):
         video_latent, audio_latent = sample_joint(
             high_noise_expert, low_noise_expert, audio_tower, conditioning, latent, seed, steps, cfg, shift,
             boundary_ratio, device=device, before_expert=before_expert, on_step=on_step, settings=options,
-            stats=stats, release=release, device_memory=mm.get_total_memory(device),
+            stats=stats, release=release, device_memory=device_memory, sampler=sampler,
         )
         log.info("MOVA Sampler: attention %s; %s", stats.get("attention"), "; ".join(stats.get("speed") or ["eager"]))
+        if parallel is not None:
+            lines.append(f"parallel: {stats['parallel']}")
         if options is not None and options.cache_threshold > 0:
             report = cache_report(stats)
             log.info("MOVA Sampler: %s (threshold %g)", report, options.cache_threshold)

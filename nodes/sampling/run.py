@@ -224,14 +224,15 @@ def sample_joint(high: LoadedPart, low: LoadedPart, tower: LoadedPart, cond: Mov
                  before_expert: Callable[[int], None] | None = None,
                  on_step: Callable[[int, int, torch.Tensor, torch.Tensor], None] | None = None,
                  settings: SamplerSettings | None = None, stats: dict | None = None,
-                 release: ReleaseSettings | None = None, device_memory: int | None = None
+                 release: ReleaseSettings | None = None, device_memory: int | None = None, sampler=sample
                  ) -> tuple[dict, AudioLatent]:
     """Denoise MOVA's joint latent (either form) from seeded noise. Returns the video as a ComfyUI LATENT (raw Wan 2.1
     latents, float32, CPU) and the audio latents. ``before_expert(i)`` runs before expert i (0 high,
     1 low) is first used; ``on_step(step, total, video, audio)`` after every step (raise to cancel).
     ``settings`` come from MOVA Sampler Options; ``release``: the experts' release settings (read from their
     folder when None); ``device_memory``: bytes of the sampling device, checked against what the run needs;
-    ``stats`` receives computed_steps / skipped_steps and ``scheduler`` (the one used)."""
+    ``stats`` receives computed_steps / skipped_steps and ``scheduler`` (the one used); ``sampler``: what runs
+    the sampling, with ``mova_model.sampler.sample``'s signature (MOVA Parallel's workers, nodes/parallel)."""
     video, audio, video_mask = joint_latent(latent)
     towers = check_setup(high, low, tower, cond, video, audio)
     if device_memory is not None:
@@ -245,7 +246,7 @@ def sample_joint(high: LoadedPart, low: LoadedPart, tower: LoadedPart, cond: Mov
     negative = cond.context_neg if needs_negative(options) else None
     known_video = None if video_mask is None else KnownLatents(normalise_video_latents(video), video_mask.float())
     known_audio = None if audio.noise_mask is None else KnownLatents(audio.samples.float(), audio.noise_mask.float())
-    out_video, out_audio = sample(
+    out_video, out_audio = sampler(
         towers, cond.condition, cond.context_pos, negative, video_noise, audio_noise, options,
         callback=on_step, before_expert=before_expert, dtype=high.compute_dtype, device=device, stats=stats,
         known_video=known_video, known_audio=known_audio,

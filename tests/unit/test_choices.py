@@ -9,6 +9,7 @@ import pytest
 from comfyui_mova.mova_model.lora.save import SAVE_DTYPES
 from comfyui_mova.mova_model.memory.speed import COMPILE_MODES, FP8_COMPUTE, check_speed_options
 from comfyui_mova.mova_model.networks import attention
+from comfyui_mova.mova_model.parallel.plan import MODES as PARALLEL_MODES
 from comfyui_mova.nodes.catalog import NODES_BY_ID
 from comfyui_mova.nodes.loaders.model_files import WEIGHT_DTYPES, weight_dtype
 from comfyui_mova.nodes.native.spec import OFFICIAL_SCHEDULE, STOCK_SCHEDULERS
@@ -33,6 +34,7 @@ REGISTRIES = {
     # ComfyUI's stock schedulers: comfy.samplers.SCHEDULER_NAMES (checked against a real server in
     # tests/comfyui/test_comfyui_native.py)
     ("MovaScheduler", "scheduler"): ((OFFICIAL_SCHEDULE, *STOCK_SCHEDULERS), "equal"),
+    ("MovaParallel", "mode"): (PARALLEL_MODES, "equal"),
 }
 
 

@@ -21,7 +21,7 @@ PACK = Path(comfyui_mova.__file__).parent
 PLAIN_MODULES = sorted(".".join(p.relative_to(PACK / "nodes").with_suffix("").parts)
                        for p in (PACK / "nodes").rglob("*.py")
                        if p.name != "node.py" and not p.name.startswith("comfy_") and p.name != "__init__.py")
-WINGS = ("loaders", "conditioning", "sampling", "native", "prompts", "training", "lora")
+WINGS = ("loaders", "conditioning", "sampling", "native", "prompts", "training", "lora", "parallel")
 
 
 def _comfy_available() -> bool:

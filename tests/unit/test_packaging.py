@@ -24,7 +24,7 @@ def _requirements() -> list[str]:
 
 def test_requirements_hold_only_what_comfyui_does_not_ship():
     names = {_name(r) for r in _requirements()}
-    assert names == {"ftfy"}
+    assert names == {"ftfy", "yunchang"}
     assert not names & COMFYUI_SHIPS
     comfyui = os.environ.get("COMFYUI_PATH")
     if comfyui:  # the ComfyUI at hand: none of its own requirements again

@@ -13,6 +13,7 @@ from comfyui_mova.nodes.catalog import NODES_BY_ID
 from comfyui_mova.nodes.conditioning.spec import CONDITIONING
 from comfyui_mova.nodes.lora.spec import SAVE_LORA
 from comfyui_mova.nodes.native.spec import GUIDER, SCHEDULER
+from comfyui_mova.nodes.parallel.spec import PARALLEL
 from comfyui_mova.nodes.prompts.spec import PROMPT_ENHANCE
 from comfyui_mova.nodes.sampling.spec import AUDIO_DECODE, SAMPLER, SAMPLER_OPTIONS_NODE
 from comfyui_mova.nodes.training.spec import TRAIN_LORA
@@ -487,3 +488,16 @@ def test_extend_workflow_two_prompts_about_16_seconds():
     length, overlap, fps, crossfade = extend["widgets_values"]
     frames = cond["widgets_values"][2] + length - overlap
     assert abs(frames / fps - 16.0) < 0.1 and 0 < crossfade < overlap / fps
+
+
+def test_parallel_workflow_adds_only_mova_parallel():
+    """mova_i2va_parallel: the i2va graph with MOVA Parallel at its defaults (every GPU, Ulysses) feeding the MOVA
+    Sampler's options; its note points at the guide."""
+    wf = _load(WORKFLOWS / "mova_i2va_parallel.json")
+    (sampler,) = _by_type(wf, "MovaSampler")
+    (parallel,) = _by_type(wf, "MovaParallel")
+    assert _source(wf, sampler, "options") == (parallel, "options") and _source(wf, parallel, "options") is None
+    assert _values(PARALLEL, parallel) == {w.name: w.default for w in PARALLEL.widgets}
+    plain = _load(WORKFLOWS / "mova_i2va.json")
+    assert {n["type"] for n in wf["nodes"]} - {n["type"] for n in plain["nodes"]} == {"MovaParallel"}
+    assert "docs/multi_gpu.md" in _notes(wf)
