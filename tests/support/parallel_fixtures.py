@@ -12,11 +12,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from comfyui_mova.mova_model.sampling import sampler
 from comfyui_mova.mova_model.parallel import remote
 from comfyui_mova.mova_model.parallel.plan import ParallelPlan
 from comfyui_mova.mova_model.parallel.pool import WorkerPool
-from conftest import golden_root
+from comfyui_mova.mova_model.sampling import sampler
+from mova_pack import golden_root
 from mova_testing import golden_scheduler
 
 START_TIMEOUT = 180.0   # seconds for the workers to start (2 cores shared with other work)
