@@ -48,7 +48,8 @@ def test_pyproject_matches_requirements_and_is_complete():
         assert comfy.get(field), field
     extras = {name: {_name(r) for r in reqs} for name, reqs in project["optional-dependencies"].items()}
     # the CPU suite runs without ComfyUI: what ComfyUI would bring is in the test extra, and nothing else
-    assert extras["test"] == {"torch", "torchaudio", "safetensors", "einops", "av", "pytest", "pillow", "numpy", "ftfy"}
+    assert extras["test"] == {"torch", "torchaudio", "safetensors", "einops", "av", "pytest", "pillow", "numpy", "ftfy",
+                               "yunchang"}
     # the browser test's tools and the real-ComfyUI runs, for ComfyUI's own Python, in extras of their own
     assert extras["browser"] == {"pytest", "playwright", "comfyui-frontend-package"}
     assert extras["comfyui"] == {"pytest"}
