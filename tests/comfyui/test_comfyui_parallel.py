@@ -15,9 +15,9 @@ import urllib.request
 import pytest
 
 from comfy_fixtures import probed_latents
-from comfy_integration import INTEGRATION, STEPS, api_prompt, cancel_during, check_mp4, node_key, refusal, run_prompt
+from comfy_integration import (INTEGRATION, STEPS, api_prompt, cancel_during, check_mp4, needs_native, node_key, refusal,
+                               run_prompt)
 from mova_testing import rel_l2
-from test_comfyui_native import needs_native
 
 pytestmark = INTEGRATION
 psutil = pytest.importorskip("psutil", reason="psutil (ComfyUI ships it) finds the worker processes")
