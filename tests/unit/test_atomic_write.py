@@ -81,9 +81,12 @@ def test_ctrl_c_while_writing_keeps_the_old_file(tmp_path):
     target = write_bytes(tmp_path / "file.bin", b"old")
     ready = tmp_path / "writing"
     script = PREAMBLE + f"""
+import signal
 import time
 from pathlib import Path
 from comfyui_mova.mova_model.files.atomic_write import atomic_write
+# a shell's background job starts with Ctrl+C ignored, and Python keeps that: take the usual Ctrl+C back
+signal.signal(signal.SIGINT, signal.default_int_handler)
 try:
     with atomic_write({str(target)!r}) as tmp:
         tmp.write_bytes(b"half of the new")
