@@ -97,15 +97,21 @@ class Case:
     cheap: bool = False     # runs in well under a second with nothing heavy loaded
 
 
+# errors Python raises for code that met data it did not expect: raw wherever they come from
+SLIPS = (TypeError, KeyError, IndexError, AttributeError, UnicodeError, AssertionError, ZeroDivisionError,
+         RecursionError, NameError)
+
+
 def _pack_frame(exc: BaseException) -> bool:
-    """Whether the innermost frame that raised ``exc`` is the pack's own code (a message it wrote), not a library's
-    or Python's (a raw error that went through)."""
+    """Whether ``exc`` is a message the pack wrote: raised by the pack's own code (its innermost frame), and not one
+    of Python's own slips (a raw error that went through)."""
+    if isinstance(exc, SLIPS) and not type(exc).__module__.startswith(("comfyui_mova", "workflow_")):
+        return False
     frames = traceback.extract_tb(exc.__traceback__)
     if not frames:
         return False
     path = Path(frames[-1].filename).resolve()
-    inside = path.is_relative_to(ROOT) and not path.is_relative_to(ROOT / "tests")
-    return inside
+    return path.is_file() and path.is_relative_to(ROOT) and not path.is_relative_to(ROOT / "tests")
 
 
 def attempt(call: Callable[[], object], expect_error: str = "refused") -> tuple[Result, object]:
@@ -178,6 +184,8 @@ def run_case(case: Case, lab: Lab) -> Result:
     finally:
         root.removeHandler(collect)
         root.setLevel(old_level)
+    for path, name in ((lab.scratch, "<tmp>"), (lab.golden_dir, "<golden>"), (ROOT, "<repo>")):
+        result.message = result.message.replace(str(path), name)
     if result.outcome != case.expect:
         result.problems.append(f"outcome {result.outcome}, expected {case.expect}")
     for where, text in (("message", result.message), ("log", "\n".join(collect.lines))):
@@ -227,7 +235,8 @@ def report(results: list[tuple[Case, Result]], command: str, machine: str) -> st
         "processes started at one moment, the golden tiny release), and the message each gets now. **refused**: stopped",
         "before anything was sent, read or written; **stopped**: stopped part way, naming what and why, nothing lost;",
         "**handled**: taken and done right (the message column then says what happened). No message or log line of",
-        "any case holds a fake key or 8 characters of one; seconds are given where a deadline is the point.",
+        "any case holds a fake key or 8 characters of one; seconds are given where a deadline is the point. In the",
+        "messages, `<tmp>` is the run's scratch folder, `<golden>` the golden tiny release, `<repo>` this repository.",
         "The rules these cases check are in [SECURITY.md](../SECURITY.md).",
         "",
         f"Made by `{command}` on {today}; machine: {machine}.",
@@ -287,7 +296,9 @@ def main(argv=None) -> int:
     print(f"{len(results)} cases, {fails} FAIL")
     if not args.classes and not args.keys:
         from comfyui_mova.mova_model.files.atomic_write import write_text
-        command = "python tests/support/tools/issue20_cases.py"
+        import os
+        golden = os.environ.get("MOVA_GOLDEN_DIR")
+        command = (f"MOVA_GOLDEN_DIR={golden} " if golden else "") + "python tests/support/tools/issue20_cases.py"
         write_text(args.out, report(results, command, machine_line()) + "\n", what="the cases document")
         print(f"wrote {args.out}")
     return 1 if fails else 0
