@@ -13,6 +13,7 @@ from workflow_widgets import (  # scripts/ is on the path wherever this module i
     CONTROL, MISSING, UPLOAD, StoredValues, WidgetError, lay_out, prompt_widgets,
 )
 from workflow_widgets import combo_options  # noqa: F401  (part of this module's interface)
+from workflow_shape import ShapeError, check_shape
 
 SKIPPED_TYPES = {"Note", "MarkdownNote"}
 TEXT_NODES = ("MovaTextEncode", "CLIPTextEncode")  # nodes whose "text" holds a prompt
@@ -60,6 +61,10 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
     if not isinstance(workflow, dict) or not isinstance(workflow.get("nodes"), list):
         raise WorkflowError("this is not a UI-format ComfyUI workflow (no list of nodes): give a workflow saved by "
                             "ComfyUI's Save / Export, not an API prompt")
+    try:
+        check_shape(workflow)  # nodes and links as ComfyUI writes them, before anything below reads them
+    except ShapeError as exc:
+        raise WorkflowError(str(exc)) from None
     links = {link[0]: link for link in workflow.get("links", [])}
     nodes = {str(node["id"]): node for node in workflow["nodes"]}  # numbers, or strings (newer frontends)
     prompt = {}

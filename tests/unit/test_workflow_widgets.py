@@ -149,3 +149,28 @@ def test_api_prompt_given_for_a_ui_workflow_is_refused():
     api = {"3": {"class_type": "SaveVideo", "inputs": {}}}
     with pytest.raises(WorkflowError, match="not a UI-format ComfyUI workflow"):
         ui_to_api(api, OBJECT_INFO)
+
+
+def _drop(node: dict, key: str) -> None:
+    node.pop(key)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda wf: wf["nodes"].append(5), r"entry 4 of the workflow's nodes is 5, not a node"),
+    (lambda wf: _drop(wf["nodes"][2], "type"), r"node 3 has no type"),
+    (lambda wf: _drop(wf["nodes"][2], "id"), r"entry 3 of the workflow's nodes \('SaveVideo'\) has no id"),
+    (lambda wf: wf["nodes"][1].update(id=3), r"two nodes of the workflow have the id 3"),
+    (lambda wf: wf["nodes"][2]["inputs"].append("video"), r"node 3 \(SaveVideo\): its inputs are .* not a list of "
+                                                          r"sockets"),
+    (lambda wf: wf["nodes"][2]["inputs"][0].update(link=[2]), r"input 'video' names the link \[2\], not a link number"),
+    (lambda wf: wf["links"].append(7), r"entry 3 of the workflow's links is 7, not a link \[id, from node"),
+    (lambda wf: wf["links"].__setitem__(1, [2, 2]), r"entry 2 of the workflow's links is \[2, 2\]"),
+    (lambda wf: wf.update(links={"2": [2, 2, 0, 3, 0, "VIDEO"]}), r"the workflow's links are \{'2'.*not a list"),
+])
+def test_nodes_and_links_not_shaped_as_comfyui_writes_them_are_refused(damage, message):
+    """A hand-edited or damaged workflow is named where it breaks, with the fix, not a KeyError or TypeError from
+    inside the conversion."""
+    workflow = _workflow(["video/MOVA", "auto", "auto"])
+    damage(workflow)
+    with pytest.raises(WorkflowError, match=message + r".*open the workflow in ComfyUI and save it again"):
+        ui_to_api(workflow, OBJECT_INFO)
