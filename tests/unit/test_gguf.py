@@ -2,6 +2,7 @@
 numpy one, the loader (quantised layers that dequantise on the fly), and the errors for files it cannot use."""
 
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -194,3 +195,29 @@ def test_gguf_experts_take_compute_layers_of_the_host(converted):
     assert linears and all(isinstance(m, GGUFLinearMixin) for m in linears)
     assert any(m.quant_type is None for m in linears) and any(m.quant_type for m in linears)
 
+
+
+def test_loader_lists_find_and_check_gguf_files(converted, tmp_path):
+    """The loaders' lists: .gguf files (which ComfyUI's own lists leave out) are found, told apart by what they
+    hold, and checked at queue time like safetensors files."""
+    from comfyui_mova.nodes.loaders.model_checks import check_choice, filter_choices, identify_path
+    from comfyui_mova.nodes.loaders.model_files import expert_role, gguf_files, list_choices
+
+    root = tmp_path / "diffusion_models"
+    (root / "mova").mkdir(parents=True)
+    (root / ".hidden").mkdir()
+    source = converted["golden", "gguf_q4_k"]
+    for part in PARTS:
+        shutil.copy(source / _gguf_name(part, "gguf_q4_k"), root / "mova" / _gguf_name(part, "gguf_q4_k"))
+    shutil.copy(source / _gguf_name("high", "gguf_q4_k"), root / ".hidden" / "skipped.gguf")
+    found = gguf_files([root])
+    assert found == sorted(f"mova/{_gguf_name(p, 'gguf_q4_k')}" for p in PARTS)
+    choices = list_choices(found, [root])
+    assert filter_choices(choices, [root], ("video_dit",), "MOVA Video Expert Loader") == sorted(
+        f"mova/{_gguf_name(p, 'gguf_q4_k')}" for p in ("high", "low"))
+    high = f"mova/{_gguf_name('high', 'gguf_q4_k')}"
+    assert identify_path(root / high).kind == "video_dit"
+    assert expert_role(root / high) == "high_noise"
+    assert check_choice(high, [root], "diffusion_models", "video_dit") is None
+    problem = check_choice(high, [root], "diffusion_models", "dual_tower_bridge")
+    assert "holds a MOVA video expert" in problem and "dual-tower bridge" in problem
