@@ -20,9 +20,9 @@ from mova_testing import rel_l2
 PARTS = {"high": ("video_dit", "video_dit_high"), "low": ("video_dit", "video_dit_low"),
          "audio": ("audio_dit", "audio_dit"), "bridge": ("dual_tower_bridge", "dual_tower_bridge")}
 FORMATS = ("gguf_q8_0", "gguf_q6_k", "gguf_q5_k", "gguf_q4_k")
-# rel. L2 of a dequantised block weight against its source, per type: measured on these random weights
-# (Q8_0 0.005, Q6_K 0.02, Q5_0 0.04, Q5_K 0.04, Q4_0 0.09, Q4_K 0.08); the bounds leave about 2x.
-WEIGHT_BOUND = {"Q8_0": 0.012, "Q6_K": 0.04, "Q5_0": 0.08, "Q5_K": 0.08, "Q4_0": 0.18, "Q4_K": 0.16}
+# rel. L2 of a dequantised block weight against its source, per type: largest measured on these random weights
+# Q8_0 0.0055, Q6_K 0.015, Q5_K 0.030, Q5_0 0.044, Q4_K 0.061, Q4_0 0.088; the bounds leave about 2x.
+WEIGHT_BOUND = {"Q8_0": 0.011, "Q6_K": 0.03, "Q5_K": 0.06, "Q5_0": 0.09, "Q4_K": 0.12, "Q4_0": 0.18}
 
 
 def _gguf_name(part, fmt):
