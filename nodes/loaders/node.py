@@ -84,7 +84,7 @@ def _load(node: str, loader, dtype_choice: str, *paths) -> LoadedPart:
     cls = patcher_class()
     if quantized_layers(part.model):  # LoRA on the quantised weights applied on the fly, not merged (comfy_gguf)
         cls = gguf_patcher_class(cls)
-        ops_name += " with GGUF-quantised Linear weights dequantised on the fly"
+        ops_name += " (GGUF-quantised Linear weights dequantised on the fly)"
     patcher = cls(part.model, load_device=load_device, offload_device=offload_device)
     log.info("%s: %s loaded with %s layers, patcher %s.%s, computes in %s", node, part.source, ops_name,
              cls.__module__, cls.__name__, compute)

@@ -70,3 +70,45 @@ def write_raw_gguf(path: Path, tensors: dict[str, tuple[np.ndarray, str]], metad
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+GGUF_PROBE_NODE = '''
+import json
+import comfy.model_management as mm
+import torch
+
+class TestMovaGGUFProbe:
+    """Test only: weights of MOVA parts as their GGUF layers compute them once ComfyUI loaded them: the
+    dequantised bytes with the patches the weight carries and the layer's weight_function applied. keys as
+    TestMovaWeightProbe's; reports the GGUF type (or the float dtype) and the float32 values."""
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"expert": ("MOVA_VIDEO_EXPERT",), "audio_tower": ("MOVA_AUDIO_TOWER",),
+                             "keys": ("STRING", {"default": ""})}}
+    RETURN_TYPES = ()
+    FUNCTION = "probe"
+    OUTPUT_NODE = True
+    CATEGORY = "testing"
+
+    @classmethod
+    def IS_CHANGED(cls, **kwargs):
+        return float("nan")
+
+    def probe(self, expert, audio_tower, keys):
+        mm.load_models_gpu([expert.patcher, audio_tower.patcher])
+        found = {}
+        for entry in keys.split(","):
+            part, key = entry.split(":")
+            module = (expert if part == "expert" else audio_tower).model.get_submodule(key.rsplit(".", 1)[0])
+            kind = getattr(module, "quant_type", None)
+            weight = module.dequantized_weight(torch.float32) if kind else module.weight.float()
+            for patch in getattr(module.weight, "weight_patches", ()):
+                weight = patch(weight)
+            for function in getattr(module, "weight_function", ()):
+                weight = function(weight)
+            found[entry] = {"dtype": kind or str(module.weight.dtype), "values": weight.cpu().flatten().tolist(),
+                            "bytes": str(module.weight.dtype)}
+        return {"ui": {"weights": [json.dumps(found)]}}
+
+NODE_CLASS_MAPPINGS = {"TestMovaGGUFProbe": TestMovaGGUFProbe}
+'''
