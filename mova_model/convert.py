@@ -1,10 +1,12 @@
-"""Convert a Hugging Face MOVA release into one ComfyUI-ready .safetensors per component.
+"""Convert a Hugging Face MOVA release into one ComfyUI-ready file per component.
 
     cd ComfyUI/custom_nodes/<this pack>
     python -m mova_model.convert /path/to/MOVA-360p /path/to/out --dtype fp8_e4m3fn
 
 Writes <prefix>_video_dit_high_<fmt>, <prefix>_video_dit_low_<fmt>, <prefix>_audio_dit_<fmt>,
-<prefix>_dual_tower_bridge_<fmt> (fmt: bf16 or fp8_e4m3fn_scaled) and <prefix>_audio_vae_fp32.
+<prefix>_dual_tower_bridge_<fmt> (fmt: bf16 or fp8_e4m3fn_scaled .safetensors, or q8_0 / q6_k / q5_k / q4_k
+.gguf with --dtype gguf_q8_0 ... gguf_q4_k) and <prefix>_audio_vae_fp32.safetensors.
+GGUF files keep the Linear weights of the blocks quantised (see mova_model.gguf.write) and the rest in bf16/fp32.
 fp8 files use ComfyUI's comfy_quant keys (weight_scale + comfy_quant per layer, ComfyUI v0.8.0 and later)
 or, with --fp8-layout scaled_fp8, the older scale_weight + scaled_fp8 marker keys; MOVA's loaders read both.
 Tensors are streamed one at a time (peak memory: a few copies of the largest tensor), each file
@@ -31,6 +33,8 @@ from .configs import config_to_dict
 from .files.atomic_write import WriteError, atomic_write
 from .files.names import NameProblem, name_parts, path_inside
 from .files.safetensors_stream import NAME_DTYPES, RawReader, StreamWriter, TensorSpec
+from .gguf import conversion as gguf_conversion
+from .gguf.write import FORMATS as GGUF_FORMATS
 from .weights.checkpoint import Checkpoint, CheckpointError, open_checkpoint
 from .weights.detect import METADATA_CONFIG, METADATA_EXPERT, METADATA_KIND, check_kind, detect_config
 from .weights.loading import (
@@ -91,7 +95,14 @@ def default_prefix(source: Path) -> str:
     return name if name.startswith("mova") else f"mova_{name}"
 
 
+def is_gguf(part: Part, fmt: str) -> bool:
+    """Whether ``part`` is written as .gguf (the audio VAE is always fp32 safetensors)."""
+    return fmt in GGUF_FORMATS and part.kind != "audio_vae"
+
+
 def output_name(prefix: str, part: Part, fmt: str) -> str:
+    if is_gguf(part, fmt):
+        return f"{prefix}_{part.stem}_{GGUF_FORMATS[fmt].lower()}.gguf"
     tag = VAE_TAG if part.kind == "audio_vae" else FORMATS[fmt][1]
     return f"{prefix}_{part.stem}_{tag}.safetensors"
 
@@ -241,6 +252,9 @@ def convert_part(source: Path, part: Part, out_path: Path, fmt: str, verify: boo
             f"{ckpt.name} is already a converted (scaled) file: convert from the Hugging Face release folder.")
     config = detect_config(ckpt, part.kind)
     check_complete(ckpt, part.kind, config)
+    if is_gguf(part, fmt):
+        _convert_gguf(source, ckpt, part, config, out_path, fmt, verify, overwrite)
+        return
     specs = plan(ckpt, part.kind, fmt, layout)
     metadata = {"format": "pt", METADATA_KIND: part.kind, METADATA_CONFIG: json.dumps(config_to_dict(config)),
                 METADATA_FORMAT: VAE_TAG if part.kind == "audio_vae" else FORMATS[fmt][1],
@@ -253,6 +267,24 @@ def convert_part(source: Path, part: Part, out_path: Path, fmt: str, verify: boo
         write_part(ckpt, part.kind, specs, tmp, metadata)
         if verify:
             verify_part(tmp, ckpt, part.kind, specs, metadata)
+
+
+def _convert_gguf(source: Path, ckpt: Checkpoint, part: Part, config, out_path: Path, fmt: str, verify: bool,
+                  overwrite: bool) -> None:
+    specs = gguf_conversion.plan_gguf(ckpt, fmt)
+    metadata = {METADATA_KIND: part.kind, METADATA_CONFIG: json.dumps(config_to_dict(config)), METADATA_FORMAT: fmt,
+                "mova.source": f"{source.resolve().name}/{part.folder}"}
+    if part.expert:
+        metadata[METADATA_EXPERT] = part.expert
+    total = sum(s.nbytes for s in specs)
+    with atomic_write(out_path, overwrite, what=f"the {part.label}") as tmp:
+        progress = Progress("write", total)
+        gguf_conversion.write_part(ckpt, specs, tmp, metadata, progress.add)
+        progress.close()
+        if verify:
+            progress = Progress("verify", total)
+            gguf_conversion.verify_part(tmp, ckpt, specs, metadata, progress.add)
+            progress.close()
 
 
 def check_prefix(prefix: str, output: Path, parts, fmt: str) -> None:
@@ -317,8 +349,10 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m mova_model.convert", description=__doc__.split("\n\n")[0])
     parser.add_argument("source", type=Path, help="the Hugging Face MOVA release folder (with model_index.json)")
     parser.add_argument("output", type=Path, help="folder for the .safetensors files (created if missing)")
-    parser.add_argument("--dtype", choices=sorted(FORMATS), default="fp8_e4m3fn",
-                        help="weights of the experts, audio DiT and bridge (the audio VAE is always fp32)")
+    parser.add_argument("--dtype", choices=sorted(FORMATS) + list(GGUF_FORMATS), default="fp8_e4m3fn",
+                        help="weights of the experts, audio DiT and bridge (the audio VAE is always fp32): bf16 or "
+                        "fp8 .safetensors, or .gguf with the blocks' Linear weights quantised (gguf_q8_0 best "
+                        "quality, gguf_q4_k smallest)")
     parser.add_argument("--prefix", help="file name prefix (default: from the source folder, e.g. mova_360p)")
     parser.add_argument("--components", nargs="+", choices=[p.name for p in PARTS], default=[p.name for p in PARTS])
     parser.add_argument("--fp8-layout", choices=FP8_LAYOUTS, default="comfy_quant",

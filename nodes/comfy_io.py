@@ -9,7 +9,7 @@ from comfy_api.latest import io
 
 from . import spec_types
 from .loaders.model_checks import filter_choices
-from .loaders.model_files import list_choices
+from .loaders.model_files import gguf_files, list_choices
 from .lora.patches import lora_choices
 
 CUSTOM_TYPES = {
@@ -34,7 +34,7 @@ def model_choices(folder: str, kinds: tuple[str, ...] | None = None, loader: str
     if folder == "loras":
         return lora_choices(folder_paths.get_filename_list(folder))
     roots = folder_paths.get_folder_paths(folder)
-    choices = list_choices(folder_paths.get_filename_list(folder), roots)
+    choices = list_choices([*folder_paths.get_filename_list(folder), *gguf_files(roots)], roots)
     return filter_choices(choices, roots, kinds, loader) if kinds else choices
 
 

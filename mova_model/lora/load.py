@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from ..files.saving import file_digest
+from ..gguf.layers import LoraDelta, add_weight_patch, quantized_layers, weight_shapes
 from ..weights.checkpoint import CheckpointError, read_header
 from ..weights.quantize import dequantize, quantize_fp8
 
@@ -229,12 +230,18 @@ def _merged(weight: torch.Tensor, scale, patch: LoraPatch, strength: float) -> t
 def merge_lora_(model: torch.nn.Module, patches: dict[str, LoraPatch], strength: float) -> list[str]:
     """Add strength · scale · B·A to the model's weights in place (plain torch use); returns misses.
     Every merged weight is checked first: when one would hold NaN or infinite values (an update too large for
-    the weights' dtype) nothing is changed and a ValueError names it."""
+    the weights' dtype) nothing is changed and a ValueError names it. GGUF-quantised weights keep their bytes:
+    the update is applied to the dequantised weight in each forward (``gguf.layers.add_weight_patch``)."""
     params = dict(model.named_parameters())
-    fits, misses = match_patches(patches, {k: tuple(p.shape) for k, p in params.items()})
+    fits, misses = match_patches(patches, weight_shapes(model))
+    quantized = {f"{name}.weight": layer for name, layer in quantized_layers(model).items()}
     targets = {key: (params[key], getattr(model.get_submodule(key[: -len(".weight")]), "scale_weight", None))
-               for key in fits}
+               for key in fits if key not in quantized}
     for key, patch in fits.items():
+        if key in quantized:
+            if not bool(torch.isfinite(patch.delta()).all()):
+                raise ValueError(f"the LoRA update of {key} holds NaN or infinite values: the LoRA file is damaged.")
+            continue
         weight, scale = targets[key]
         merged = _merged(weight, scale, patch, strength)
         if scale is None:
@@ -245,6 +252,9 @@ def merge_lora_(model: torch.nn.Module, patches: dict[str, LoraPatch], strength:
                 f"does not fit {weight.dtype}): lower the strength, or load the model in bf16 or fp32."
             )
     for key, patch in fits.items():
+        if key in quantized:
+            add_weight_patch(quantized[key], LoraDelta(patch.up, patch.down, strength * patch.scale))
+            continue
         weight, scale = targets[key]
         merged = _merged(weight, scale, patch, strength)
         if scale is None:

@@ -15,6 +15,8 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from ..gguf.layers import PATCHES
+
 
 def _tensors(module: nn.Module) -> list[torch.Tensor]:
     return [t for _, t in sorted({**dict(module.named_parameters()), **dict(module.named_buffers())}.items())]
@@ -66,6 +68,10 @@ class BlockSwap:
         """Start copying swapped block ``index`` into its slot (asynchronously on CUDA)."""
         slot = index % 2
         source, target = self._host_tensors[index], self._slot_tensors[slot]
+        for dst, src in zip(target, source):  # patches a GGUF weight carries (its LoRA) go with it
+            patches = getattr(src, PATCHES, None)
+            if patches is not None or hasattr(dst, PATCHES):
+                setattr(dst, PATCHES, list(patches or ()))
         if self.copy_stream is None:
             for dst, src in zip(target, source):
                 dst.data.copy_(src.data)

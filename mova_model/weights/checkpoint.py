@@ -274,7 +274,7 @@ def open_checkpoint(path: str | os.PathLike, component: str | None = None) -> Ch
     if path.name.endswith(".index.json"):
         return _open_index(path, _read_config(path.parent))
     if path.suffix != ".safetensors":
-        raise CheckpointError(f"{path} is not a .safetensors file: convert it, or pick the safetensors weights.")
+        raise CheckpointError(f"{path} is not a .safetensors or .gguf file: convert it, or pick the MOVA weights.")
     ckpt = Checkpoint(files=[path])
     _add_file(ckpt, path)
     return ckpt

@@ -24,9 +24,11 @@ from torch import nn
 
 from ..networks.dac import weight_from_norm
 from ..networks.ops import fp8_ops, torch_ops
-from .checkpoint import Checkpoint, CheckpointError, open_checkpoint
+from ..gguf.layers import GGUFLinearMixin, gguf_operations
+from .checkpoint import Checkpoint, CheckpointError
 from .detect import check_kind, detect_config
 from .fp8_files import KNOWN_DTYPES, aux_module, check_fp8_layout, is_aux, read_scales  # noqa: F401 (re-exported)
+from .sources import is_gguf, open_weights
 from .quantize import (
     FP8_DTYPES,
     INPUT_SCALE_SUFFIX,
@@ -45,7 +47,10 @@ _is_aux = is_aux  # the converter's name for it
 
 
 def stored_dtype(ckpt: Checkpoint) -> torch.dtype:
-    """The float dtype the non-fp8 weights are stored in (float32 when mixed or not a plain float type)."""
+    """The float dtype the non-fp8 weights are stored in (float32 when mixed or not a plain float type); bf16
+    for .gguf files (their float tensors are BF16 and F32 norms, their quantised weights compute in bf16)."""
+    if is_gguf(ckpt):
+        return torch.bfloat16
     names = {d for k, d in ckpt.dtypes().items() if not _is_aux(k) and d not in STORED_FP8}
     stored = {STORED_DTYPES.get(name) for name in names}
     return stored.pop() if len(stored) == 1 and None not in stored else torch.float32
@@ -164,13 +169,15 @@ def _built_dtypes(model: nn.Module, state: dict) -> None:
             state[key] = tensor.to(target.dtype)
 
 
-def _fill(model: nn.Module, state: dict, ckpt: Checkpoint, operations) -> None:
-    """load_state_dict(assign=True): every layer takes its tensors its own way (lazily created ones too)."""
+def _fill(model: nn.Module, state: dict, ckpt: Checkpoint, operations, held: frozenset = frozenset()) -> None:
+    """load_state_dict(assign=True): every layer takes its tensors its own way (lazily created ones too);
+    ``held``: keys the layers already hold (GGUF-quantised weights)."""
     _built_dtypes(model, state)
     try:
         missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     except (RuntimeError, ValueError) as exc:
         raise CheckpointError(f"{ckpt.name}: the layers of {_ops_name(operations)} refused the weights: {exc}") from exc
+    missing = [k for k in missing if k not in held]
     if missing or unexpected:
         raise CheckpointError(
             f"{ckpt.name}: the layers of {_ops_name(operations)} do not take this model's keys "
@@ -204,8 +211,10 @@ def load_component(
     ``dtype`` stores the Linear weights of blocks / conditioners in fp8 and the rest in bf16.
     ``fp8_layout``: the keys the fp8 layers of ``operations`` take (module docstring).
     """
-    ckpt = path if isinstance(path, Checkpoint) else open_checkpoint(path, component or kind)
+    ckpt = path if isinstance(path, Checkpoint) else open_weights(path, component or kind)
     check_kind(ckpt, kind)
+    if is_gguf(ckpt):
+        return _load_gguf(ckpt, kind, dtype, device, operations, config)
     check_fp8_layout(ckpt)
     config = config or detect_config(ckpt, kind)
     keep_fp8 = dtype is None or dtype in FP8_DTYPES
@@ -238,4 +247,39 @@ def load_component(
         state[key] = tensor.to(device=device, dtype=base if tensor.is_floating_point() else tensor.dtype)
     _scale_slots(model, state, device)
     _fill(model, state, ckpt, operations)
+    return model.eval().requires_grad_(False)
+
+
+def _load_gguf(ckpt, kind: str, dtype, device, operations, config) -> nn.Module:
+    """A component from a .gguf file: quantised Linear weights stay quantised (``dtype`` None: dequantised on the
+    fly in each forward), the other tensors in bf16; a float ``dtype`` dequantises everything into a plain model."""
+    if dtype in FP8_DTYPES:
+        raise CheckpointError(
+            f"{ckpt.name} is a GGUF file: it loads as stored (weight_dtype default; dequantised on the fly) or "
+            "dequantised to bf16, fp16 or fp32, not as fp8: pick one of those, or convert the release to fp8 with "
+            "python -m mova_model.convert --dtype fp8_e4m3fn.")
+    config = config or detect_config(ckpt, kind)
+    base = dtype or torch.bfloat16
+    want, linears = expected_state(kind, config, base)
+    check_against_config(ckpt, kind, want, linears)
+    quantized = set(ckpt.quantized_keys) if dtype is None else set()
+    wrong = sorted(k for k in quantized if k[: -len(".weight")] not in linears or not k.endswith(".weight"))
+    if wrong:
+        raise CheckpointError(f"{ckpt.name} stores {wrong[0]} quantised, which is no Linear weight of "
+                              f"{kind}: only Linear weights can be; the file was not written by "
+                              "python -m mova_model.convert. Convert the release again.")
+    if quantized:
+        operations = gguf_operations(operations)
+    model = _build(kind, config, operations, base)
+    state = {}
+    for key in ckpt.keys():
+        if key in quantized:
+            layer = model.get_submodule(key[: -len(".weight")])
+            if not isinstance(layer, GGUFLinearMixin):
+                raise CheckpointError(f"{ckpt.name}: {key} is quantised but {_ops_name(operations)} gave a "
+                                      f"{type(layer).__name__} there: load with dtype=torch.bfloat16.")
+            layer.set_quantized(ckpt.get(key).to(device), ckpt.dtypes()[key], ckpt.shapes()[key])
+            continue
+        state[key] = ckpt.dequantized(key, base, device)
+    _fill(model, state, ckpt, operations, frozenset(quantized))
     return model.eval().requires_grad_(False)

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterable
 
-from ...mova_model.weights.checkpoint import CheckpointError, open_checkpoint
+from ...mova_model.weights.checkpoint import CheckpointError
+from ...mova_model.weights.sources import open_weights
 from ...mova_model.weights.detect import KIND_NAMES, describe, identify
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ def _signature(path: Path) -> tuple:
 
 
 def identify_path(path: str | os.PathLike) -> Found:
-    """What ``path`` (a .safetensors file or a component folder) holds, from its headers only; cached until the
+    """What ``path`` (a .safetensors or .gguf file, or a component folder) holds, from its headers only; cached until the
     files change."""
     path = Path(path)
     signature = _signature(path)
@@ -70,7 +71,7 @@ def identify_path(path: str | os.PathLike) -> Found:
     if cached is not None and cached[0] == signature:
         return cached[1]
     try:
-        shapes = open_checkpoint(path).shapes()
+        shapes = open_weights(path).shapes()
     except (CheckpointError, OSError, ValueError) as exc:
         found = Found(problem=str(exc))
     else:

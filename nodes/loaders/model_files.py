@@ -1,8 +1,9 @@
 """Finding MOVA weights in ComfyUI's model folders and loading them (plain torch; no ComfyUI import).
 
-A model folder may hold single ``.safetensors`` files or Hugging Face component folders (a folder with
-``config.json`` and its weights, possibly sharded). Component folders are offered as one choice
-(``MOVA-360p/video_dit``); the files inside them are not offered on their own.
+A model folder may hold single ``.safetensors`` or ``.gguf`` files or Hugging Face component folders (a folder
+with ``config.json`` and its weights, possibly sharded). Component folders are offered as one choice
+(``MOVA-360p/video_dit``); the files inside them are not offered on their own. ComfyUI's own file lists leave
+``.gguf`` out (its model folders know no such extension): ``gguf_files`` finds them.
 """
 
 from __future__ import annotations
@@ -14,9 +15,12 @@ from typing import Iterable
 import torch
 
 from ...mova_model.networks.ops import torch_ops
-from ...mova_model.weights.checkpoint import INDEX_NAME, CheckpointError, open_checkpoint
+from ...mova_model.gguf.files import SUFFIX as GGUF_SUFFIX
+from ...mova_model.weights.checkpoint import INDEX_NAME, CheckpointError
 from ...mova_model.weights.detect import METADATA_EXPERT
 from ...mova_model.weights.loading import load_component, stored_dtype
+from ...mova_model.weights.sources import WEIGHT_SUFFIXES
+from ...mova_model.weights.sources import open_weights
 from ..handles import HIGH_NOISE, LOW_NOISE, AudioTower, LoadedPart
 
 WEIGHT_DTYPES = {
@@ -51,7 +55,7 @@ def needs_fp8_layers(paths: Iterable[Path], dtype: torch.dtype | None) -> bool:
         return True
     if dtype is not None:
         return False  # a float dtype dequantises stored fp8 weights
-    return any(name.startswith("F8_") for path in paths for name in open_checkpoint(path).dtypes().values())
+    return any(name.startswith("F8_") for path in paths for name in open_weights(path).dtypes().values())
 
 
 def float_dtype(paths: Iterable[Path], dtype: torch.dtype | None) -> torch.dtype:
@@ -59,7 +63,7 @@ def float_dtype(paths: Iterable[Path], dtype: torch.dtype | None) -> torch.dtype
     else as the first file stores them."""
     if dtype in FP8_DTYPES:
         return torch.bfloat16
-    return dtype or stored_dtype(open_checkpoint(next(iter(paths))))
+    return dtype or stored_dtype(open_weights(next(iter(paths))))
 
 
 def _is_component_dir(folder: Path) -> bool:
@@ -68,12 +72,12 @@ def _is_component_dir(folder: Path) -> bool:
 
 def list_choices(filenames: Iterable[str], roots: Iterable[str | os.PathLike]) -> list[str]:
     """Widget choices from a model folder's file list (paths relative to one of ``roots``, '/'-separated):
-    safetensors files, with the files of a component folder replaced by the folder itself."""
+    safetensors and gguf files, with the files of a component folder replaced by the folder itself."""
     roots = [Path(r) for r in roots]
     choices, seen_dirs = set(), {}
     for name in filenames:
         rel = PurePosixPath(name.replace("\\", "/"))
-        if rel.suffix != ".safetensors":
+        if rel.suffix.lower() not in WEIGHT_SUFFIXES:
             continue
         parent = rel.parent
         if str(parent) != ".":
@@ -85,6 +89,22 @@ def list_choices(filenames: Iterable[str], roots: Iterable[str | os.PathLike]) -
                 continue
         choices.add(str(rel))
     return sorted(choices)
+
+
+def gguf_files(roots: Iterable[str | os.PathLike]) -> list[str]:
+    """The .gguf files under ``roots`` (paths relative to their root, '/'-separated), links followed as ComfyUI's
+    own lists follow them; hidden folders skipped."""
+    found = set()
+    for root in roots:
+        root = Path(root)
+        if not root.is_dir():
+            continue
+        for folder, dirs, files in os.walk(root, followlinks=True):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            for name in files:
+                if name.lower().endswith(GGUF_SUFFIX):
+                    found.add((Path(folder) / name).relative_to(root).as_posix())
+    return sorted(found)
 
 
 def resolve_choice(name: str, roots: Iterable[str | os.PathLike], folder: str) -> Path:
@@ -107,7 +127,7 @@ def expert_role(path: Path) -> str | None:
     "low", None when the file does not say."""
     if path.is_dir():
         return EXPERT_ROLES.get(path.name)
-    return METADATA_ROLES.get(open_checkpoint(path).metadata.get(METADATA_EXPERT))
+    return METADATA_ROLES.get(open_weights(path).metadata.get(METADATA_EXPERT))
 
 
 def _load(path, kind, dtype, operations, device, fp8_layout=None):

@@ -14,8 +14,10 @@ from comfy_api.latest import io
 
 from ..comfy_io import schema
 from ..handles import LoadedPart
+from ...mova_model.gguf.layers import quantized_layers
 from ..input_values import checked_inputs
 from . import spec
+from .comfy_gguf import gguf_patcher_class
 from .model_checks import check_choice, check_tower_fit
 from .model_files import (
     float_dtype,
@@ -80,6 +82,9 @@ def _load(node: str, loader, dtype_choice: str, *paths) -> LoadedPart:
     operations, ops_name, fp8_layout = operations_for(paths, dtype, compute)
     part = loader(*paths, dtype=dtype, operations=operations, device=offload_device, fp8_layout=fp8_layout)
     cls = patcher_class()
+    if quantized_layers(part.model):  # LoRA on the quantised weights applied on the fly, not merged (comfy_gguf)
+        cls = gguf_patcher_class(cls)
+        ops_name += " (GGUF-quantised Linear weights dequantised on the fly)"
     patcher = cls(part.model, load_device=load_device, offload_device=offload_device)
     log.info("%s: %s loaded with %s layers, patcher %s.%s, computes in %s", node, part.source, ops_name,
              cls.__module__, cls.__name__, compute)

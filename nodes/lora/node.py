@@ -3,7 +3,8 @@ ModelPatchers) and MOVA Save LoRA (a trained LoRA into models/loras, official ke
 
 The loader's clones share the networks; ComfyUI patches the weights when a clone is loaded and restores them from its
 backup when another clone (or the original) is loaded, so the inputs stay untouched and unplugging the node removes
-the LoRA. Scaled-fp8 layers dequantise, add the update and requantise in ComfyUI's patcher.
+the LoRA. Scaled-fp8 layers dequantise, add the update and requantise in ComfyUI's patcher; GGUF-quantised layers
+keep their bytes and apply the update to the dequantised weight in each forward (loaders/comfy_gguf.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import folder_paths
 from comfy.weight_adapter import LoRAAdapter
 from comfy_api.latest import io, ui
 
+from ...mova_model.gguf.layers import weight_shapes
 from ...mova_model.lora.load import LoraFile, read_lora
 from ...mova_model.lora.save import PART_ORDER, SAVE_DTYPES, save_lora_safetensors, save_official_folder
 from ..comfy_io import schema, show_text
@@ -72,7 +74,7 @@ class MovaLoraLoader(io.ComfyNode):
         else:
             lora_name = lora.path
         parts = dict(zip(SLOTS, (high_noise_expert, low_noise_expert, audio_tower)))
-        shapes = {slot: {k: tuple(v.shape) for k, v in part.model.state_dict().items()} for slot, part in parts.items()}
+        shapes = {slot: weight_shapes(part.model) for slot, part in parts.items()}  # GGUF weights: [out, in]
         strengths = {"video_dit": strength_high_noise, "video_dit_2": strength_low_noise,
                      "audio_dit": strength_audio, "dual_tower_bridge": strength_bridge}
         plan = plan_lora(lora, shapes, strengths, name=lora_name)

@@ -24,6 +24,7 @@ import torch
 from comfy_fixtures import (CONCAT_PROBE_NODE, GOLDEN_INPUTS_NODE, INTEGER_MEDIA_NODE, LATENT_PROBE_NODE, PROBE_NODE,
                             write_mode_media, write_test_loras)
 from comfy_server import COMFYUI, PACK, comfy_server, new_base, write_wan_vae
+from gguf_files import GGUF_PROBE_NODE
 
 # every integration test module: pytestmark = INTEGRATION
 INTEGRATION = [
@@ -105,6 +106,7 @@ def base(tmp_path_factory) -> Path:
     root = new_base(tmp_path_factory.mktemp("comfy_base"))
     (root / "custom_nodes" / "test_text_nodes.py").write_text((Path(__file__).parent / "comfy_text_nodes.py").read_text())
     (root / "custom_nodes" / "test_weight_probe.py").write_text(PROBE_NODE)
+    (root / "custom_nodes" / "test_gguf_probe.py").write_text(GGUF_PROBE_NODE)
     (root / "custom_nodes" / "test_concat_probe.py").write_text(CONCAT_PROBE_NODE)
     (root / "custom_nodes" / "test_latent_probe.py").write_text(LATENT_PROBE_NODE)
     (root / "custom_nodes" / "test_golden_inputs.py").write_text(GOLDEN_INPUTS_NODE)

@@ -161,7 +161,7 @@ def test_release_root_needs_a_component_name(golden_dir):
 def test_not_safetensors_and_missing_path(tmp_path):
     bad = tmp_path / "weights.ckpt"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match=r"not a \.safetensors file"):
+    with pytest.raises(CheckpointError, match=r"not a \.safetensors or \.gguf file"):
         open_checkpoint(bad)
     with pytest.raises(CheckpointError, match=r"does not exist"):
         open_checkpoint(tmp_path / "nope.safetensors")

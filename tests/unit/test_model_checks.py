@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from comfyui_mova.mova_model.weights import checkpoint as checkpoint_module
+from comfyui_mova.mova_model.weights import sources as sources_module
 from comfyui_mova.mova_model.configs import DiTConfig, config_from_dict
 from comfyui_mova.mova_model.weights.detect import identify
 from comfyui_mova.mova_model.networks.dit import WanDiT
@@ -109,8 +109,8 @@ def test_each_loader_lists_what_it_loads_and_what_cannot_be_told(folders, caplog
 def test_headers_are_read_once_until_the_file_changes(folders, monkeypatch):
     diffusion, _ = folders
     opened = []
-    real = model_checks.open_checkpoint
-    monkeypatch.setattr(model_checks, "open_checkpoint", lambda path: opened.append(path) or real(path))
+    real = model_checks.open_weights
+    monkeypatch.setattr(model_checks, "open_weights", lambda path: opened.append(path) or real(path))
     target = diffusion / "swap.safetensors"
     _tiny(target, WAN_VAE_KEYS)
     for _ in range(3):
@@ -119,7 +119,7 @@ def test_headers_are_read_once_until_the_file_changes(folders, monkeypatch):
     save_file(load_file(str(diffusion / "MOVA-360p" / "audio_dit" / "diffusion_pytorch_model.safetensors")),
               str(target))
     assert identify_path(target).kind == "audio_dit" and len(opened) == 2
-    assert checkpoint_module.open_checkpoint is real  # the loaders' own reader is untouched
+    assert sources_module.open_weights is real  # the loaders' own reader is untouched
 
 
 def test_missing_file_names_folder_and_download(folders):

@@ -24,7 +24,7 @@ def _requirements() -> list[str]:
 
 def test_requirements_hold_only_what_comfyui_does_not_ship():
     names = {_name(r) for r in _requirements()}
-    assert names == {"ftfy", "yunchang"}
+    assert names == {"ftfy", "yunchang", "gguf"}
     assert not names & COMFYUI_SHIPS
     comfyui = os.environ.get("COMFYUI_PATH")
     if comfyui:  # the ComfyUI at hand: none of its own requirements again
@@ -49,7 +49,7 @@ def test_pyproject_matches_requirements_and_is_complete():
     extras = {name: {_name(r) for r in reqs} for name, reqs in project["optional-dependencies"].items()}
     # the CPU suite runs without ComfyUI: what ComfyUI would bring is in the test extra, and nothing else
     assert extras["test"] == {"torch", "torchaudio", "safetensors", "einops", "av", "pytest", "pillow", "numpy", "ftfy",
-                               "yunchang"}
+                               "yunchang", "gguf"}
     # the browser test's tools and the real-ComfyUI runs, for ComfyUI's own Python, in extras of their own
     assert extras["browser"] == {"pytest", "playwright", "comfyui-frontend-package"}
     assert extras["comfyui"] == {"pytest"}
