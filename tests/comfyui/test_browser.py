@@ -43,7 +43,8 @@ ARTEFACTS = PACK / "out" / "browser" / f"comfyui-{_version()}"
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> Path:
     """The files the example workflows name, installed where the README says: the tiny MOVA release, a Wan 2.1 VAE,
-    a text encoder file (only its name matters here: nothing is run), a LoRA and the media the Load nodes name
+    a text encoder, an image checkpoint and an upscale model file (only their names matter here: nothing is run),
+    a LoRA and the media the Load nodes name
     (ComfyUI's example.png; made for others)."""
     from comfy_fixtures import write_test_loras
     from tiny_release import write_release
@@ -58,6 +59,11 @@ def base(tmp_path_factory) -> Path:
     (models / "text_encoders").mkdir(parents=True, exist_ok=True)
     save_file({"shared.weight": torch.zeros(2, 2)}, str(models / "text_encoders" /
                                                          "umt5_xxl_fp8_e4m3fn_scaled.safetensors"))
+    # the chaining examples' image checkpoint and upscale model (names only, like the text encoder)
+    (models / "checkpoints").mkdir(parents=True, exist_ok=True)
+    save_file({"stub.weight": torch.zeros(2, 2)}, str(models / "checkpoints" / "sd_xl_base_1.0.safetensors"))
+    (models / "upscale_models").mkdir(parents=True, exist_ok=True)
+    torch.save({"stub.weight": torch.zeros(2, 2)}, models / "upscale_models" / "RealESRGAN_x2plus.pth")
     write_test_loras(models / "loras")
     provide_inputs(root, EXAMPLES)
     return root
