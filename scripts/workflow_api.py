@@ -23,6 +23,9 @@ STOCK_MODEL_INPUTS = {
     ("CLIPLoader", "clip_name"): "text_encoders",
     ("VAELoader", "vae_name"): "vae",
     ("UNETLoader", "unet_name"): "diffusion_models",
+    ("CheckpointLoaderSimple", "ckpt_name"): "checkpoints",
+    ("UpscaleModelLoader", "model_name"): "upscale_models",
+    ("FrameInterpolationModelLoader", "model_name"): "frame_interpolation",
 }
 
 

@@ -28,17 +28,25 @@ VIEW = (70, 100, 1850, 995)          # left, top, right, bottom
 MINIMAP = (1550, 730)                # the corner right of x and below y
 MIN_SCALE = 0.65                     # below this the widgets' text gets hard to read (checked on 1080p screenshots)
 
+# A VAE Decode fed by a KSampler decodes an image model's picture (a first frame), not MOVA's video: it is
+# placed by this name.
+FIRST_FRAME_DECODE = "VAEDecode (first frame)"
 # Stage groups, left to right: (title, colour, node types in the order they stack).
 GROUPS = (
     ("Models", "#3f789e", ("MovaVideoExpertLoader", "UNETLoader", "MovaAudioTowerLoader", "MovaLoraLoader",
-                           "MovaAudioVAELoader", "VAELoader", "CLIPLoader")),
+                           "MovaAudioVAELoader", "VAELoader", "CLIPLoader", "CheckpointLoaderSimple",
+                           "UpscaleModelLoader", "FrameInterpolationModelLoader")),
+    # an image model making the first frame (CLIP Text Encode .. KSampler, and its VAE Decode: FIRST_FRAME_DECODE)
+    # stacks with the prompt
     ("Prompt", "#8A8", ("MovaPromptBuilder", "MovaPromptEnhance", "MovaTextEncode", "CLIPTextEncode", "LoadImage",
-                        "LoadAudio", "LoadVideo", "GetVideoComponents")),
+                        "LoadAudio", "LoadVideo", "GetVideoComponents", "EmptyLatentImage", "KSampler",
+                        FIRST_FRAME_DECODE)),
     ("Data", "#8AA", ("MovaDataset",)),
     ("Sampling", "#b58b2a", ("MovaConditioning", "MovaSamplerOptions", "MovaParallel", "MovaSampler", "MovaExtend", "MovaGuider",
                              "MovaScheduler", "RandomNoise", "KSamplerSelect", "SamplerCustomAdvanced")),
     ("Training", "#b58b2a", ("MovaTrainLora",)),
-    ("Output", "#a1309b", ("MovaSeparateAVLatent", "VAEDecode", "VAEDecodeTiled", "MovaAudioDecode", "MovaJoin", "CreateVideo", "SaveVideo",
+    ("Output", "#a1309b", ("MovaSeparateAVLatent", "VAEDecode", "VAEDecodeTiled", "ImageUpscaleWithModel", "ImageScaleBy",
+                           "FrameInterpolate", "MovaAudioDecode", "MovaJoin", "ComfyMathExpression", "CreateVideo", "SaveVideo",
                            "SaveAudio",
                            "PreviewAudio", "MovaSaveLora", "PreviewImage", "SaveImage", "PreviewAny")),
 )
@@ -63,6 +71,17 @@ def group_of(node_type: str) -> str:
     if node_type.startswith("Load"):
         return "Prompt"
     return "Sampling"
+
+
+def placement(workflow: dict, node: dict) -> str:
+    """The name a node is placed by: its type, or FIRST_FRAME_DECODE for a VAE Decode of a KSampler's picture."""
+    if node["type"] == "VAEDecode":
+        entry = next((i for i in node.get("inputs", []) if i["name"] == "samples"), None)
+        link = next((lk for lk in workflow.get("links", []) if entry and lk[0] == entry.get("link")), None)
+        source = next((n for n in workflow["nodes"] if link and n["id"] == link[1]), None)
+        if source is not None and source["type"] == "KSampler":
+            return FIRST_FRAME_DECODE
+    return node["type"]
 
 
 def _rank(node_type: str) -> int:
@@ -145,9 +164,9 @@ def _arrange(workflow: dict, sizes: dict | None, column_heights: dict[str, float
     main, others = all_notes[0], all_notes[1:]
     nodes = [n for n in wf["nodes"] if n["type"] not in NOTE_TYPES]
     by_group: dict[str, list[dict]] = {}
-    for node in sorted(nodes, key=lambda n: (_rank(n["type"]), round(n.get("pos", [0, 0])[0]), n.get("pos", [0, 0])[1],
-                                             n["id"])):
-        by_group.setdefault(group_of(node["type"]), []).append(node)
+    for node in sorted(nodes, key=lambda n: (_rank(placement(wf, n)), round(n.get("pos", [0, 0])[0]),
+                                             n.get("pos", [0, 0])[1], n["id"])):
+        by_group.setdefault(group_of(placement(wf, node)), []).append(node)
     loose = others
     _stack([main, *loose], 0, 0, width=max(n["size"][0] for n in [main, *loose]))
     x = NOTE_WIDTH + GAP_X
@@ -237,7 +256,7 @@ def problems(workflow: dict) -> list[str]:
         label = f"node {node['id']} ({node['type']})"
         if node["type"] in NOTE_TYPES:
             continue
-        want = group_of(node["type"])
+        want = group_of(placement(workflow, node))
         if want not in rects:
             found.append(f"{label} belongs in a {want} group, which the workflow lacks")
         elif not _inside(_rect(node), rects[want]):

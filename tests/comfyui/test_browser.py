@@ -43,7 +43,8 @@ ARTEFACTS = PACK / "out" / "browser" / f"comfyui-{_version()}"
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> Path:
     """The files the example workflows name, installed where the README says: the tiny MOVA release, a Wan 2.1 VAE,
-    a text encoder file (only its name matters here: nothing is run), a LoRA and the media the Load nodes name
+    a text encoder, an image checkpoint and an upscale model file (only their names matter here: nothing is run),
+    a LoRA and the media the Load nodes name
     (ComfyUI's example.png; made for others)."""
     from comfy_fixtures import write_test_loras
     from tiny_release import write_release
@@ -58,6 +59,11 @@ def base(tmp_path_factory) -> Path:
     (models / "text_encoders").mkdir(parents=True, exist_ok=True)
     save_file({"shared.weight": torch.zeros(2, 2)}, str(models / "text_encoders" /
                                                          "umt5_xxl_fp8_e4m3fn_scaled.safetensors"))
+    # the chaining examples' image checkpoint and upscale model (names only, like the text encoder)
+    (models / "checkpoints").mkdir(parents=True, exist_ok=True)
+    save_file({"stub.weight": torch.zeros(2, 2)}, str(models / "checkpoints" / "sd_xl_base_1.0.safetensors"))
+    (models / "upscale_models").mkdir(parents=True, exist_ok=True)
+    torch.save({"stub.weight": torch.zeros(2, 2)}, models / "upscale_models" / "RealESRGAN_x2plus.pth")
     write_test_loras(models / "loras")
     provide_inputs(root, EXAMPLES)
     return root
@@ -170,6 +176,16 @@ def test_template_browser_lists_every_example_with_its_thumbnail(browser_page):
         # the cards below the fold load their pictures when scrolled to (frontend 1.35): look at each in view
         selector = f"[data-testid='template-workflow-{path.stem}']"
         card = page.locator(selector).first
+        for _ in range(10):  # frontend 1.27 shows 12 cards and adds more as the list is scrolled to its end
+            if card.count():
+                break
+            last = page.locator("[data-testid^='template-workflow-']").last
+            last.scroll_into_view_if_needed()
+            box = last.bounding_box()
+            if box:
+                page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+                page.mouse.wheel(0, 1500)
+            frontend.settle(page, 0.5)
         card.wait_for(state="attached", timeout=30_000)
         card.scroll_into_view_if_needed()
         page.wait_for_function("""sel => Array.from(document.querySelectorAll(sel + ' img'))

@@ -90,7 +90,8 @@ def test_workflows_served_as_templates(client):
     """ComfyUI's template browser lists the shipped workflows under the pack and serves them unchanged."""
     assert sorted(client.get_json("/workflow_templates")["comfyui-mova"]) == \
         ["mova_a2v", "mova_extend", "mova_flf2va", "mova_i2va", "mova_i2va_dual_cfg", "mova_i2va_enhanced",
-         "mova_i2va_lora", "mova_i2va_native", "mova_i2va_parallel", "mova_t2va", "mova_train_lora", "mova_v2a"]
+         "mova_i2va_lora", "mova_i2va_native", "mova_i2va_parallel", "mova_i2va_upscale", "mova_t2va",
+         "mova_t2va_image_model", "mova_train_lora", "mova_v2a"]
     served = client.get_json("/api/workflow_templates/comfyui-mova/mova_i2va.json")
     assert served == json.loads((PACK / "example_workflows" / "mova_i2va.json").read_text())
 

@@ -158,9 +158,10 @@ def refusal(client, prompt) -> dict:
     return {key: [e["details"] for e in entry["errors"]] for key, entry in answer["node_errors"].items()}
 
 
-def api_prompt(client, workflow: str, **params):
+def api_prompt(client, workflow: str, stock: dict | None = None, **params):
     """The shipped workflow as an API prompt, with the tiny real CLIP in place of Load CLIP (UMT5-XXL): its
-    MOVA Text Encode nodes run as they are."""
+    MOVA Text Encode nodes run as they are. ``stock``: {class_type: {input: value}} set on stock nodes (the test's
+    own model files, sizes)."""
     from workflow_api import missing_models, set_parameters, ui_to_api
     info = client.object_info()
     prompt = ui_to_api(json.loads((PACK / "example_workflows" / workflow).read_text()), info)
@@ -168,6 +169,7 @@ def api_prompt(client, workflow: str, **params):
     for node in prompt.values():
         if node["class_type"] == "CLIPLoader":
             node["class_type"], node["inputs"] = "TestTinyUMT5Loader", {"kind": "umt5xxl"}
+        node["inputs"].update((stock or {}).get(node["class_type"], {}))
     assert sum(n["class_type"] == "MovaTextEncode" for n in prompt.values()) >= 2
     assert missing_models(prompt, info) == []
     return prompt

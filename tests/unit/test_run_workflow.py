@@ -82,6 +82,16 @@ def object_info():
         "LoadAudio": _entry({"audio": [["example_speech.wav"], {"audio_upload": True}]}),
         "LoadVideo": _entry({"file": ["COMBO", {"options": ["example_video.mp4"], "video_upload": True}]}),
         "GetVideoComponents": _entry({"video": ["VIDEO"]}),
+        "UpscaleModelLoader": _entry({"model_name": ["COMBO", {"options": ["RealESRGAN_x2plus.pth"]}]}),
+        "ImageUpscaleWithModel": _entry({"upscale_model": ["UPSCALE_MODEL"], "image": ["IMAGE"]}),
+        "CheckpointLoaderSimple": _entry({"ckpt_name": [["sd_xl_base_1.0.safetensors"]]}),
+        "EmptyLatentImage": _entry({"width": ["INT", {"default": 512}], "height": ["INT", {"default": 512}],
+                                    "batch_size": ["INT", {"default": 1}]}),
+        "KSampler": _entry({"model": ["MODEL"], "seed": ["INT", {"control_after_generate": True}],
+                            "steps": ["INT", {"default": 20}], "cfg": ["FLOAT", {"default": 8.0}],
+                            "sampler_name": [["euler", "dpmpp_2m"]], "scheduler": [["normal", "karras"]],
+                            "positive": ["CONDITIONING"], "negative": ["CONDITIONING"], "latent_image": ["LATENT"],
+                            "denoise": ["FLOAT", {"default": 1.0}]}),
     }
     return info
 
@@ -292,3 +302,27 @@ def test_widget_values_as_a_mapping_refused(object_info):
     node["widgets_values"] = {"width": 640, "height": 352, "length": 193, "fps": 24}
     with pytest.raises(WorkflowError, match=r"'MOVA Conditioning'.*widgets_values is a mapping \('width', 'height'"):
         ui_to_api(workflow, object_info)
+
+
+def test_chaining_workflows_convert_and_name_their_stock_model_files(object_info):
+    """mova_i2va_upscale and mova_t2va_image_model convert; a missing upscaler or image checkpoint is named with its
+    folder before anything is queued, as the MOVA files are."""
+    upscale = ui_to_api(_workflow("mova_i2va_upscale.json"), object_info)
+    set_parameters(upscale, image_name="example.png", seed=5)
+    assert missing_models(upscale, object_info) == []
+    assert _node(upscale, "UpscaleModelLoader")["inputs"] == {"model_name": "RealESRGAN_x2plus.pth"}
+    create = _node(upscale, "CreateVideo")["inputs"]
+    assert upscale[create["images"][0]]["class_type"] == "ImageUpscaleWithModel"
+    image_model = ui_to_api(_workflow("mova_t2va_image_model.json"), object_info)
+    set_parameters(image_model, prompt_text="a woman in the rain says \"hello\"", seed=6)  # no --image: fine
+    ksampler = _node(image_model, "KSampler")["inputs"]
+    assert (ksampler["seed"], ksampler["steps"], ksampler["sampler_name"]) == (7, 30, "dpmpp_2m")  # not MOVA's seed
+    assert _node(image_model, "EmptyLatentImage")["inputs"] == {"width": 1280, "height": 720, "batch_size": 1}
+    with pytest.raises(WorkflowError, match="starts from an image|no start image"):
+        set_parameters(ui_to_api(_workflow("mova_t2va_image_model.json"), object_info), image_name="face.png")
+    object_info["UpscaleModelLoader"]["input"]["required"]["model_name"][1]["options"] = []
+    object_info["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"] = [[]]
+    (problem,) = missing_models(upscale, object_info)
+    assert "'RealESRGAN_x2plus.pth'" in problem and "ComfyUI/models/upscale_models" in problem
+    (problem,) = missing_models(image_model, object_info)
+    assert "'sd_xl_base_1.0.safetensors'" in problem and "ComfyUI/models/checkpoints" in problem

@@ -49,6 +49,11 @@ STOCK_WIDGETS = {
     "RandomNoise": ("noise_seed", "control_after_generate"),
     "KSamplerSelect": ("sampler_name",),
     "SamplerCustomAdvanced": (),
+    "UpscaleModelLoader": ("model_name",),
+    "ImageUpscaleWithModel": (),
+    "CheckpointLoaderSimple": ("ckpt_name",),
+    "EmptyLatentImage": ("width", "height", "batch_size"),
+    "KSampler": ("seed", "control_after_generate", "steps", "cfg", "sampler_name", "scheduler", "denoise"),
 }
 STOCK_SOCKETS = {
     "CLIPTextEncode": {"clip": "CLIP"},
@@ -60,7 +65,13 @@ STOCK_SOCKETS = {
     "GetVideoComponents": {"video": "VIDEO"},
     "SamplerCustomAdvanced": {"noise": "NOISE", "guider": "GUIDER", "sampler": "SAMPLER", "sigmas": "SIGMAS",
                               "latent_image": "LATENT"},
+    "ImageUpscaleWithModel": {"upscale_model": "UPSCALE_MODEL", "image": "IMAGE"},
+    "KSampler": {"model": "MODEL", "positive": "CONDITIONING", "negative": "CONDITIONING", "latent_image": "LATENT"},
 }
+# Core image nodes between MOVA's decoded frames and Create Video that keep the number of frames (so the fps and
+# the sound stay as MOVA Conditioning made them): the input that takes the frames.
+FRAME_KEEPING = {"ImageUpscaleWithModel": "image"}
+LOADER_FOLDERS = {"CLIPLoader": "text_encoders", "VAELoader": "vae", "CheckpointLoaderSimple": "checkpoints"}
 CONTROL_VALUES = ("fixed", "increment", "decrement", "randomize")
 
 
@@ -115,7 +126,8 @@ def test_all_workflows_shipped():
     assert {p.name for p in FILES} >= {"mova_i2va.json", "mova_t2va.json", "mova_i2va_lora.json",
                                        "mova_i2va_dual_cfg.json", "mova_i2va_enhanced.json", "mova_flf2va.json",
                                        "mova_a2v.json", "mova_v2a.json", "mova_extend.json", "mova_train_lora.json",
-                                       "mova_i2va_native.json"}
+                                       "mova_i2va_native.json", "mova_i2va_upscale.json",
+                                       "mova_t2va_image_model.json"}
     assert {p.name for p in NATIVE} == {"mova_i2va_native.json"}
     assert {p.name for p in SAMPLING} == {p.name for p in FILES} - {"mova_train_lora.json", "mova_i2va_native.json"}
 
@@ -188,12 +200,12 @@ def test_model_downloads_are_single_files_with_direct_links(path):
         models = node.get("properties", {}).get("models")
         if node["type"].startswith("Mova"):
             assert models is None, f"{node['type']} declares {models}: the release folders cannot be downloaded"
-        if node["type"] in ("CLIPLoader", "VAELoader"):
+        if node["type"] in LOADER_FOLDERS:
             (entry,) = models
             assert entry["name"] == node["widgets_values"][0] and entry["name"].endswith(".safetensors")
             assert entry["url"].startswith("https://huggingface.co/") and "/resolve/" in entry["url"]
             assert entry["url"].endswith("/" + entry["name"])
-            assert entry["directory"] == {"CLIPLoader": "text_encoders", "VAELoader": "vae"}[node["type"]]
+            assert entry["directory"] == LOADER_FOLDERS[node["type"]]
     assert _by_type(wf, "CLIPLoader")[0]["widgets_values"][1] == "wan"
     assert _by_type(wf, "VAELoader")[0]["widgets_values"][0] == "wan_2.1_vae.safetensors"
 
@@ -244,7 +256,10 @@ def test_mova_graph_wired_end_to_end(path):
         if _source(wf, cond, "video") is not None:  # video -> audio: the video's own frames
             assert _source(wf, create, "images") == (cond, "video") and decoded is None
         else:
-            assert _source(wf, create, "images") == (decoded, "IMAGE")
+            frames = _source(wf, create, "images")
+            while frames[0]["type"] in FRAME_KEEPING:  # an upscaler: other sizes, the same frames
+                frames = _source(wf, frames[0], FRAME_KEEPING[frames[0]["type"]])
+            assert frames == (decoded, "IMAGE")
     sound = _source(wf, create, "audio")
     assert any(_source(wf, n, "audio") == sound for n in _by_type(wf, "PreviewAudio"))
     for encoder in [n for n in wf["nodes"] if n["type"] in ("MovaConditioning", "MovaExtend")]:
@@ -501,3 +516,71 @@ def test_parallel_workflow_adds_only_mova_parallel():
     plain = _load(WORKFLOWS / "mova_i2va.json")
     assert {n["type"] for n in wf["nodes"]} - {n["type"] for n in plain["nodes"]} == {"MovaParallel"}
     assert "docs/multi_gpu.md" in _notes(wf)
+
+
+def test_upscale_workflow_adds_only_the_upscaler_between_decode_and_create_video():
+    """mova_i2va_upscale: the i2va graph with Load Upscale Model + Upscale Image (using Model) between MOVA's VAE
+    Decode and Create Video; Create Video keeps MOVA Conditioning's fps and MOVA Audio Decode's sound."""
+    wf = _load(WORKFLOWS / "mova_i2va_upscale.json")
+    (sampler,) = _by_type(wf, "MovaSampler")
+    (cond,) = _by_type(wf, "MovaConditioning")
+    (upscale,) = _by_type(wf, "ImageUpscaleWithModel")
+    (create,) = _by_type(wf, "CreateVideo")
+    decoded, audio = _decoded(wf, sampler)
+    assert _source(wf, upscale, "image") == (decoded, "IMAGE")
+    loader, _ = _source(wf, upscale, "upscale_model")
+    assert loader["type"] == "UpscaleModelLoader" and loader["widgets_values"] == ["RealESRGAN_x2plus.pth"]
+    assert _source(wf, create, "images") == (upscale, "IMAGE")
+    assert _source(wf, create, "fps") == (cond, "fps") and _source(wf, create, "audio") == (audio, "audio")
+    plain = _load(WORKFLOWS / "mova_i2va.json")
+    assert {n["type"] for n in wf["nodes"]} - {n["type"] for n in plain["nodes"]} == {"UpscaleModelLoader",
+                                                                                    "ImageUpscaleWithModel"}
+    assert len(wf["nodes"]) == len(plain["nodes"]) + 2
+    notes = _notes(wf)
+    assert "models/upscale_models/" in notes and "RealESRGAN_x2plus.pth" in notes and "in sync" in notes
+
+
+def test_image_model_workflow_makes_the_first_frame():
+    """mova_t2va_image_model: Load Checkpoint's model, CLIP and VAE make the first frame (CLIP Text Encode positive
+    and negative, Empty Latent Image, KSampler, VAE Decode) that MOVA Conditioning starts from; the size is the
+    video's aspect; the rest is the i2va graph without Load Image."""
+    wf = _load(WORKFLOWS / "mova_t2va_image_model.json")
+    (cond,) = _by_type(wf, "MovaConditioning")
+    (ckpt,) = _by_type(wf, "CheckpointLoaderSimple")
+    (ksampler,) = _by_type(wf, "KSampler")
+    (empty,) = _by_type(wf, "EmptyLatentImage")
+    frame, output = _source(wf, cond, "start_image")
+    assert frame["type"] == "VAEDecode" and output == "IMAGE"
+    assert _source(wf, frame, "samples") == (ksampler, "LATENT") and _source(wf, frame, "vae") == (ckpt, "VAE")
+    assert _source(wf, ksampler, "model") == (ckpt, "MODEL")
+    assert _source(wf, ksampler, "latent_image") == (empty, "LATENT")
+    texts = [_source(wf, ksampler, name)[0] for name in ("positive", "negative")]
+    assert [t["type"] for t in texts] == ["CLIPTextEncode"] * 2 and texts[0] is not texts[1]
+    assert all(_source(wf, t, "clip") == (ckpt, "CLIP") for t in texts)
+    assert ckpt["widgets_values"] == ["sd_xl_base_1.0.safetensors"]
+    width, height, batch = empty["widgets_values"]
+    assert batch == 1 and width % 16 == 0 and height % 16 == 0
+    mova_width, mova_height = cond["widgets_values"][:2]
+    assert abs(width / height - mova_width / mova_height) / (mova_width / mova_height) < 0.05  # little is cropped
+    assert not _by_type(wf, "LoadImage")
+    plain = _load(WORKFLOWS / "mova_i2va.json")
+    assert {n["type"] for n in wf["nodes"]} - {n["type"] for n in plain["nodes"]} == {
+        "CheckpointLoaderSimple", "CLIPTextEncode", "EmptyLatentImage", "KSampler"}
+    notes = _notes(wf)
+    assert "issue #38" in notes and "models/checkpoints/" in notes and "centre-crops" in notes
+    assert "1280x720" in notes and "640x352" in notes
+
+
+def test_image_model_first_frame_stacks_with_the_prompt():
+    """The image model's nodes sit in the Prompt group (its VAE Decode too: it makes the first frame, not MOVA's
+    video), MOVA's VAE Decode in Output."""
+    wf = _load(WORKFLOWS / "mova_t2va_image_model.json")
+    placed = {n["id"]: workflow_layout.group_of(workflow_layout.placement(wf, n)) for n in wf["nodes"]
+              if n["type"] not in workflow_layout.NOTE_TYPES}
+    (cond,) = _by_type(wf, "MovaConditioning")
+    frame, _ = _source(wf, cond, "start_image")
+    assert placed[frame["id"]] == "Prompt"
+    assert all(placed[n["id"]] == "Prompt" for n in wf["nodes"] if n["type"] in ("KSampler", "EmptyLatentImage"))
+    (sampler,) = _by_type(wf, "MovaSampler")
+    decoded, _ = _decoded(wf, sampler)
+    assert placed[decoded["id"]] == "Output"
