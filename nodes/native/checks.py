@@ -69,7 +69,11 @@ def sigma_values(sigmas) -> list[float]:
             raise ValueError(f"MOVA Guider: sigmas of shape {tuple(sigmas.shape)}, expected a list [N]; "
                              f"{USE_MOVA_SCHEDULER}")
         return sigmas.double().tolist()
-    return [float(s) for s in sigmas]
+    try:
+        return [float(s) for s in sigmas]
+    except (TypeError, ValueError):
+        raise ValueError(f"MOVA Guider: sigmas of type {type(sigmas).__name__}, expected a list [N] of numbers; "
+                         f"{USE_MOVA_SCHEDULER}") from None
 
 
 def sigma_problem(values: list[float]) -> tuple[str, str] | None:

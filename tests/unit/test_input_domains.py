@@ -187,6 +187,8 @@ def test_mova_schedules_pass(scheduler, steps):
     (torch.tensor([0.0, 0.5, 1.0]), r"sigma 2 of 3 \(0.5\) is not below the one before it \(0\).*remove Flip Sigmas"),
     (torch.tensor([1.0, 0.5, 0.5, 0.0]), r"sigma 3 of 4 \(0.5\) is not below the one before it \(0.5\)"),
     (torch.ones(2, 3), r"sigmas of shape \(2, 3\), expected a list \[N\]"),
+    (None, r"sigmas of type NoneType, expected a list \[N\] of numbers; connect MOVA Scheduler"),
+    (["1", "half"], r"sigmas of type list, expected a list \[N\] of numbers"),
 ])
 def test_bad_sigmas_are_refused_naming_mova_scheduler(sigmas, message):
     with pytest.raises(ValueError, match="^MOVA Guider: " + message):
