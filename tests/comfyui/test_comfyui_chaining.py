@@ -12,7 +12,7 @@ import torch
 
 from chain_models import UPSCALE, write_image_checkpoint, write_upscaler
 from comfy_fixtures import probed_latents
-from comfy_integration import FPS, FRAMES, HEIGHT, INTEGRATION, WIDTH, api_prompt, check_mp4, node_key, run_prompt
+from comfy_integration import FPS, FRAMES, HEIGHT, INTEGRATION, RATE, WIDTH, api_prompt, check_mp4, node_key, run_prompt
 from comfy_server import COMFYUI
 
 pytestmark = INTEGRATION
@@ -49,7 +49,7 @@ def test_upscale_workflow_end_to_end(client, base, chain_files, tmp_path):
     (video,) = videos
     frames, samples = check_mp4(client.download(video, tmp_path / "upscaled.mp4"),
                                 size=(UPSCALE * WIDTH, UPSCALE * HEIGHT))
-    assert frames == FRAMES and abs(samples / 16000 - FRAMES / FPS) < 2048 / 16000
+    assert frames == FRAMES and abs(samples / RATE - FRAMES / FPS) < 2048 / RATE
 
 
 def _image_model_prompt(client, frame_seed: int) -> tuple[dict, str, str]:

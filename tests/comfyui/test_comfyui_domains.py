@@ -74,9 +74,9 @@ def test_training_numbers_and_dataset_domains(client, base):
     """MOVA Dataset: a caption in Windows-1252 is read (with a note on the node), a caption without a clip is listed,
     a clip link that leads nowhere stops the run naming it; MOVA Train LoRA refuses a NaN learning rate."""
     from clip_files import write_clip
-    from comfy_integration import FPS, HEIGHT, TRAIN_FRAMES, WIDTH
+    from comfy_integration import FPS, HEIGHT, RATE, TRAIN_FRAMES, WIDTH
     folder = base / "input" / "mova_domain_clips"
-    write_clip(folder / "cafe.mp4", TRAIN_FRAMES + 3, FPS, WIDTH + 16, HEIGHT + 8, sample_rate=16000, tone=330.0,
+    write_clip(folder / "cafe.mp4", TRAIN_FRAMES + 3, FPS, WIDTH + 16, HEIGHT + 8, sample_rate=RATE, tone=330.0,
                caption=None)
     (folder / "cafe.txt").write_bytes("Un café. The audio shows a tone.".encode("cp1252"))
     (folder / "notes.txt").write_text("how these clips were made")

@@ -101,8 +101,9 @@ NODE_CLASS_MAPPINGS = {"TestGuiderCFGOverride": TestGuiderCFGOverride}
 def base(tmp_path_factory) -> Path:
     """ComfyUI base directory: the pack, the test text node, tiny models, a start image."""
     from PIL import Image
-    from tiny_release import write_release
+    from tiny_release import DAC_16K, write_release
 
+    assert DAC_16K.sample_rate == RATE, "RATE must be the tiny release's audio rate"
     root = new_base(tmp_path_factory.mktemp("comfy_base"))
     (root / "custom_nodes" / "test_text_nodes.py").write_text((Path(__file__).parent / "comfy_text_nodes.py").read_text())
     (root / "custom_nodes" / "test_weight_probe.py").write_text(PROBE_NODE)
@@ -127,7 +128,7 @@ def base(tmp_path_factory) -> Path:
     from clip_files import write_clip
     for i in range(2):  # training clips: real H.264 + AAC files, a little larger and longer than needed
         write_clip(root / "input" / "mova_clips" / f"clip{i}.mp4", TRAIN_FRAMES + 3, FPS, WIDTH + 16, HEIGHT + 8,
-                   sample_rate=16000, tone=330.0 * (i + 1), seed=i, caption=f"clip {i}. The audio shows a tone.")
+                   sample_rate=RATE, tone=330.0 * (i + 1), seed=i, caption=f"clip {i}. The audio shows a tone.")
     write_mode_media(root / "input")
     return root
 
@@ -214,13 +215,13 @@ def check_mp4(path: Path, frames_wanted: int = FRAMES, size: tuple[int, int] = (
         assert len(frames) == frames_wanted and (frames[0].width, frames[0].height) == size
         assert video.average_rate == Fraction(int(FPS))
         # our AUDIO is mono; ComfyUI's muxer may store it as a stereo AAC track
-        assert audio.codec_context.sample_rate == 16000 and audio.channels in (1, 2)
+        assert audio.codec_context.sample_rate == RATE and audio.channels in (1, 2)
     with av.open(str(path)) as container:
         samples = sum(f.samples for f in container.decode(audio=0))
-    expected = int(16000 * frames_wanted / FPS)
+    expected = int(RATE * frames_wanted / FPS)
     # AAC encodes whole 1024-sample frames: the track holds the audio, padded to at most one more frame.
     assert expected <= samples <= expected + 1024 + 1024, (samples, expected)
-    duration = samples / 16000
+    duration = samples / RATE
     assert abs(duration - frames_wanted / FPS) < 0.15
     return len(frames), samples
 
