@@ -165,10 +165,21 @@ def frontend_session(comfyui: str, python: str | None, paths: list[Path]):
                 browser.close()
 
 
+def unregistered(page, workflow: dict) -> list[str]:
+    """The workflow's node types this frontend does not know (core nodes of a newer ComfyUI)."""
+    return page.evaluate("types => types.filter(t => !LiteGraph.registered_node_types[t])",
+                         sorted({n["type"] for n in workflow["nodes"]}))
+
+
 def measure_all(comfyui: str, python: str | None, paths: list[Path]) -> dict[Path, dict]:
-    """Every workflow's node sizes as the frontend of ``comfyui`` computes them."""
+    """Every workflow's node sizes as the frontend of ``comfyui`` computes them (none for a workflow with node
+    types it lacks: it would measure their placeholders)."""
     with frontend_session(comfyui, python, paths) as (_, page, _):
-        return {path: measure(page, json.loads(path.read_text(encoding="utf-8"))) for path in paths}
+        found = {}
+        for path in paths:
+            workflow = json.loads(path.read_text(encoding="utf-8"))
+            found[path] = {} if unregistered(page, workflow) else measure(page, workflow)
+        return found
 
 
 def run(comfyui: str, python: str | None, names: list[str], layout: bool = True, shots: Path | None = None,
@@ -181,6 +192,11 @@ def run(comfyui: str, python: str | None, names: list[str], layout: bool = True,
     with frontend_session(comfyui, python, paths) as (browser, page, tmp):
         for path in paths:
             workflow = json.loads(path.read_text(encoding="utf-8"))
+            lacking = unregistered(page, workflow)
+            if lacking:  # mova_i2va_interpolate in v0.3.64 and v0.8.0: leave it as a newer ComfyUI laid it out
+                print(f"{path.name}: skipped, this ComfyUI lacks {', '.join(lacking)}: lay it out with one that has "
+                      "them (--comfyui)", file=sys.stderr)
+                continue
             if layout:
                 sizes = largest(measure(page, workflow), *(one[path] for one in elsewhere))
                 workflow = workflow_layout.tidy(workflow, sizes)
