@@ -130,6 +130,21 @@ def largest(*measured: dict) -> dict:
     return sizes
 
 
+def provide_stock_models(base: Path, paths: list[Path]) -> None:
+    """Empty files under the names the workflows' stock loaders (Load VAE, Load Frame Interpolation Model, ...)
+    pick, in their model folders: newer frontends (1.49) outline a loader whose file the server does not list in red,
+    and the thumbnails show the workflow as it looks with its files installed. Nothing is queued, nothing reads them."""
+    from workflow_api import STOCK_MODEL_INPUTS
+    loaders = {node_type: folder for (node_type, _), folder in STOCK_MODEL_INPUTS.items()}
+    for path in paths:
+        for node in json.loads(path.read_text(encoding="utf-8"))["nodes"]:
+            name = (node.get("widgets_values") or [None])[0]
+            if node["type"] in loaders and isinstance(name, str) and "/" not in name and name not in ("", ".", ".."):
+                target = base / "models" / loaders[node["type"]] / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.touch()
+
+
 @contextlib.contextmanager
 def frontend_session(comfyui: str, python: str | None, paths: list[Path]):
     """ComfyUI (with this pack, a temporary base folder holding the media ``paths`` name) and its frontend in
@@ -140,6 +155,7 @@ def frontend_session(comfyui: str, python: str | None, paths: list[Path]):
     with tempfile.TemporaryDirectory(prefix="mova_thumbs_") as tmp:
         base = new_base(Path(tmp))
         provide_inputs(base, paths, comfyui)
+        provide_stock_models(base, paths)
         with comfy_server(base, comfyui=comfyui, python=python) as url, sync_playwright() as playwright:
             frontend.store_settings(url, frontend.FIRST_RUN_DONE | frontend.GRAPH_ONLY)
             browser = frontend.launch(playwright)
@@ -149,10 +165,21 @@ def frontend_session(comfyui: str, python: str | None, paths: list[Path]):
                 browser.close()
 
 
+def unregistered(page, workflow: dict) -> list[str]:
+    """The workflow's node types this frontend does not know (core nodes of a newer ComfyUI)."""
+    return page.evaluate("types => types.filter(t => !LiteGraph.registered_node_types[t])",
+                         sorted({n["type"] for n in workflow["nodes"]}))
+
+
 def measure_all(comfyui: str, python: str | None, paths: list[Path]) -> dict[Path, dict]:
-    """Every workflow's node sizes as the frontend of ``comfyui`` computes them."""
+    """Every workflow's node sizes as the frontend of ``comfyui`` computes them (none for a workflow with node
+    types it lacks: it would measure their placeholders)."""
     with frontend_session(comfyui, python, paths) as (_, page, _):
-        return {path: measure(page, json.loads(path.read_text(encoding="utf-8"))) for path in paths}
+        found = {}
+        for path in paths:
+            workflow = json.loads(path.read_text(encoding="utf-8"))
+            found[path] = {} if unregistered(page, workflow) else measure(page, workflow)
+        return found
 
 
 def run(comfyui: str, python: str | None, names: list[str], layout: bool = True, shots: Path | None = None,
@@ -165,6 +192,11 @@ def run(comfyui: str, python: str | None, names: list[str], layout: bool = True,
     with frontend_session(comfyui, python, paths) as (browser, page, tmp):
         for path in paths:
             workflow = json.loads(path.read_text(encoding="utf-8"))
+            lacking = unregistered(page, workflow)
+            if lacking:  # mova_i2va_interpolate in v0.3.64 and v0.8.0: leave it as a newer ComfyUI laid it out
+                print(f"{path.name}: skipped, this ComfyUI lacks {', '.join(lacking)}: lay it out with one that has "
+                      "them (--comfyui)", file=sys.stderr)
+                continue
             if layout:
                 sizes = largest(measure(page, workflow), *(one[path] for one in elsewhere))
                 workflow = workflow_layout.tidy(workflow, sizes)

@@ -28,6 +28,11 @@ STOCK_MODEL_INPUTS = {
     ("FrameInterpolationModelLoader", "model_name"): "frame_interpolation",
 }
 
+# Core nodes of newer ComfyUI releases that some examples use (mova_i2va_interpolate): v0.33.0 has them, v0.3.64 and
+# v0.8.0 do not. A server without one is told to update ComfyUI, not to install a pack.
+NEWER_CORE_NODES = ("FrameInterpolationModelLoader", "FrameInterpolate", "ComfyMathExpression")
+NEWER_CORE = "ComfyUI v0.33.0 or later"
+
 
 class WorkflowError(ValueError):
     """The workflow cannot be run as asked; the message says what to change."""
@@ -78,6 +83,11 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
         title = node.get("title") or object_info.get(kind, {}).get("display_name") or kind
         if node.get("mode", 0) == BYPASSED:
             raise WorkflowError(f"node {node['id']} '{title}' is bypassed: enable it or delete it in the workflow")
+        if kind not in object_info and kind in NEWER_CORE_NODES:
+            raise WorkflowError(
+                f"node type {kind} ('{title}') is a core node of newer ComfyUI releases and this server lacks it: "
+                f"this workflow needs {NEWER_CORE} (update ComfyUI and restart it)"
+            )
         if kind not in object_info:
             raise WorkflowError(
                 f"node type {kind} ('{title}') is not installed on the server: install the pack that provides it "

@@ -5,8 +5,10 @@ Every example workflow opens with no missing node type, no dialog (every file it
 widget value inside its node's current definition (the server's lists, which the MOVA loaders filter), the sizes
 and view it was saved with, no console error from the pack, and scripts/workflow_api.py converts it to the API
 prompt the frontend itself queues (``app.graphToPrompt``); the template browser lists every example with
-its thumbnail; queueing with a missing MOVA file names that file on its node. Screenshots go to
-out/browser/comfyui-<version>/.
+its thumbnail; queueing with a missing MOVA file names that file on its node. An example built on core nodes of
+newer ComfyUI (mova_i2va_interpolate: v0.33.0's frame interpolation and Math Expression) opens on an older one with
+exactly those node types reported missing, and the runner refuses it saying which ComfyUI it needs. Screenshots go
+to out/browser/comfyui-<version>/.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ pytestmark = [
                        "its Python to run the browser test)"),
 ]
 
+REGISTRY = "https://api.comfy.org/"
 EXAMPLES = sorted((PACK / "example_workflows").glob("*.json"))
 sys.path.insert(0, str(PACK / "scripts"))
 
@@ -64,6 +67,8 @@ def base(tmp_path_factory) -> Path:
     save_file({"stub.weight": torch.zeros(2, 2)}, str(models / "checkpoints" / "sd_xl_base_1.0.safetensors"))
     (models / "upscale_models").mkdir(parents=True, exist_ok=True)
     torch.save({"stub.weight": torch.zeros(2, 2)}, models / "upscale_models" / "RealESRGAN_x2plus.pth")
+    (models / "frame_interpolation").mkdir(parents=True, exist_ok=True)  # the interpolation example's RIFE file
+    torch.save({"stub.weight": torch.zeros(2, 2)}, models / "frame_interpolation" / "rife49.pth")
     write_test_loras(models / "loras")
     provide_inputs(root, EXAMPLES)
     return root
@@ -106,10 +111,19 @@ def test_example_workflow_opens_as_saved(browser_page, path):
     page, messages, url = browser_page
     messages.clear()
     workflow = json.loads(path.read_text(encoding="utf-8"))
+    from comfy_client import ComfyClient
+    info = ComfyClient(url).object_info()
     frontend.load_workflow(page, workflow, dialogs=True)
     state = frontend.graph_state(page)
     frontend.canvas_screenshot(page, ARTEFACTS / f"{path.stem}.png")
     page.screenshot(path=str(ARTEFACTS / f"{path.stem}_window.png"))
+    if _needs_newer_core(workflow, info):
+        _check_refused_as_needing_newer_comfyui(page, workflow, state, info)
+        # the missing-nodes dialog asks Comfy's registry (api.comfy.org) which pack provides each node of the graph
+        # (ours included) and about comfy-core; without a network those requests fail: the frontend's lookups, not
+        # errors of the pack
+        assert [m for m in messages if _from_pack(m) and not m[2].startswith(REGISTRY)] == []
+        return
     assert _visible_dialogs(page) == []  # no missing nodes, no missing models: everything is installed
     assert [n["type"] for n in state["nodes"] if not n["registered"]] == []
     # node ids as the file stores them (numbers) and as the frontend holds them (numbers; strings from 1.49 on)
@@ -146,9 +160,7 @@ def test_example_workflow_opens_as_saved(browser_page, path):
     # scripts/workflow_api.py converts it to the API prompt the frontend queues (DynamicCombos, defaults, links);
     # widgets of the frontend's own that are no input of the node (the audio player's audioUI in frontends 1.27 and
     # 1.35, which the server ignores) are left out
-    from comfy_client import ComfyClient
     from workflow_api import ui_to_api
-    info = ComfyClient(url).object_info()
     ours = ui_to_api(workflow, info)
 
     def node_inputs(node):
@@ -159,6 +171,30 @@ def test_example_workflow_opens_as_saved(browser_page, path):
     theirs = frontend.api_prompt(page)
     assert {k: (n["class_type"], n["inputs"]) for k, n in ours.items()} == \
         {k: (n["class_type"], node_inputs(n)) for k, n in theirs.items()}
+
+
+def _needs_newer_core(workflow: dict, info: dict) -> list[str]:
+    """The core node types of newer ComfyUI (workflow_api.NEWER_CORE_NODES) the workflow uses and this server lacks."""
+    from workflow_api import NEWER_CORE_NODES
+    return sorted({n["type"] for n in workflow["nodes"]} & set(NEWER_CORE_NODES) - set(info))
+
+
+def _check_refused_as_needing_newer_comfyui(page, workflow: dict, state: dict, info: dict) -> None:
+    """On a ComfyUI older than the example needs: the frontend reports exactly the newer core node types missing
+    (in its missing-nodes dialog), every other node is there, the note says which ComfyUI it needs, and the runner's
+    conversion refuses it saying the same."""
+    import frontend
+    from workflow_api import NEWER_CORE, WorkflowError, ui_to_api
+    absent = _needs_newer_core(workflow, info)
+    assert sorted({n["type"] for n in state["nodes"] if not n["registered"]}) == absent
+    shown = " ".join(_visible_dialogs(page))
+    assert all(kind in shown for kind in absent), (absent, shown[:500])
+    note = next(n for n in workflow["nodes"] if n["type"] == "MarkdownNote")["widgets_values"][0]
+    assert f"Needs {NEWER_CORE}" in note
+    with pytest.raises(WorkflowError, match=f"core node of newer ComfyUI.*needs {NEWER_CORE}"):
+        ui_to_api(workflow, info)
+    frontend.close_dialogs(page)
+    assert _visible_dialogs(page) == []
 
 
 def test_template_browser_lists_every_example_with_its_thumbnail(browser_page):

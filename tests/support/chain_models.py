@@ -9,6 +9,10 @@ ComfyUI's Load Upscale Model reads (through spandrel), and an image checkpoint t
   block, the text encoder is CLIP-L at full size (ComfyUI builds SD1.5's CLIP from a fixed config, so every weight
   must be there: about 123M of the 152M parameters), the VAE a TAESD. Random weights, fp16, about 300 MB; written
   by ComfyUI's own classes in a subprocess of COMFYUI_PATH, as the Wan VAE is.
+- ``write_rife``: a RIFE frame interpolation model that core's Load Frame Interpolation Model (ComfyUI v0.33.0) reads:
+  ComfyUI's own IFNet at the smallest size its detection takes (a one-channel feature head, five blocks of two
+  channels; detect_rife_config reads the head's and each block's width from the weights), random weights, as
+  safetensors, written in a subprocess of COMFYUI_PATH.
 """
 
 from __future__ import annotations
@@ -60,6 +64,32 @@ for prefix, module in parts:
 save_file({k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items()}, OUT)
 '''
 
+RIFE = '''
+import sys
+OUT = sys.argv[1]
+sys.argv = ["write_rife", "--cpu"]
+sys.path.insert(0, ".")
+import comfy.options
+comfy.options.enable_args_parsing()
+import torch
+from comfy_extras.frame_interpolation_models.ifnet import IFNet, detect_rife_config
+from safetensors.torch import save_file
+
+net = IFNet(head_ch=1, channels=(2, 2, 2, 2, 2))
+gen = torch.Generator().manual_seed(0)
+state = {}
+for key, value in net.state_dict().items():  # ComfyUI's layers leave their weights unset: every one is set here
+    if key.endswith(".beta"):
+        state[key] = torch.ones(value.shape)
+    elif value.dim() >= 2:
+        fan_in = value.shape[0 if "cnn3" in key or "lastconv" in key else 1] * value.shape[2] * value.shape[3]
+        state[key] = torch.randn(value.shape, generator=gen) * (0.5 / fan_in ** 0.5)
+    else:
+        state[key] = torch.zeros(value.shape)
+assert detect_rife_config(state) == (1, [2, 2, 2, 2, 2])
+save_file({k: v.contiguous() for k, v in state.items()}, OUT)
+'''
+
 
 def write_upscaler(path: Path, seed: int = 0) -> None:
     """A 2x Real-ESRGAN Compact upscale model (random weights) as safetensors."""
@@ -86,3 +116,10 @@ def write_image_checkpoint(path: Path, comfyui: str) -> None:
     """A tiny SD1.5-layout checkpoint (see the module's note), written by the ComfyUI in ``comfyui``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run([sys.executable, "-c", IMAGE_CHECKPOINT, str(path)], cwd=comfyui, check=True, capture_output=True)
+
+
+def write_rife(path: Path, comfyui: str) -> None:
+    """A tiny RIFE (IFNet) frame interpolation model with random weights (see the module's note), written by the
+    ComfyUI in ``comfyui`` (v0.33.0 and later: comfy_extras/frame_interpolation_models/ifnet.py)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-c", RIFE, str(path)], cwd=comfyui, check=True, capture_output=True)

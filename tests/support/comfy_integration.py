@@ -205,24 +205,26 @@ def run_prompt(client, prompt, outputs: dict | None = None, previews: list | Non
     return video_outputs(history, prompt), progress
 
 
-def check_mp4(path: Path, frames_wanted: int = FRAMES, size: tuple[int, int] = (WIDTH, HEIGHT)) -> tuple[int, int]:
-    """Checks an MP4's frames, size, rate and sound length; returns (frames, audio samples) it holds."""
+def check_mp4(path: Path, frames_wanted: int = FRAMES, size: tuple[int, int] = (WIDTH, HEIGHT),
+              fps: float = FPS) -> tuple[int, int]:
+    """Checks an MP4's frames, size, rate (``fps``) and sound length (as long as the frames: frames / fps);
+    returns (frames, audio samples) it holds."""
     import av
     with av.open(str(path)) as container:
         video = container.streams.video[0]
         audio = container.streams.audio[0]
         frames = [f for f in container.decode(video=0)]
         assert len(frames) == frames_wanted and (frames[0].width, frames[0].height) == size
-        assert video.average_rate == Fraction(int(FPS))
+        assert video.average_rate == Fraction(fps).limit_denominator(1001), (video.average_rate, fps)
         # our AUDIO is mono; ComfyUI's muxer may store it as a stereo AAC track
         assert audio.codec_context.sample_rate == RATE and audio.channels in (1, 2)
     with av.open(str(path)) as container:
         samples = sum(f.samples for f in container.decode(audio=0))
-    expected = int(RATE * frames_wanted / FPS)
+    expected = int(RATE * frames_wanted / fps)
     # AAC encodes whole 1024-sample frames: the track holds the audio, padded to at most one more frame.
     assert expected <= samples <= expected + 1024 + 1024, (samples, expected)
     duration = samples / RATE
-    assert abs(duration - frames_wanted / FPS) < 0.15
+    assert abs(duration - frames_wanted / fps) < 0.15
     return len(frames), samples
 
 

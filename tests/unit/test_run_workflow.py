@@ -326,3 +326,40 @@ def test_chaining_workflows_convert_and_name_their_stock_model_files(object_info
     assert "'RealESRGAN_x2plus.pth'" in problem and "ComfyUI/models/upscale_models" in problem
     (problem,) = missing_models(image_model, object_info)
     assert "'sd_xl_base_1.0.safetensors'" in problem and "ComfyUI/models/checkpoints" in problem
+
+
+def _with_v033_nodes(object_info, interpolation_files=("rife49.pth",)):
+    """object_info plus what ComfyUI v0.33.0 answers for its frame interpolation and Math Expression nodes."""
+    autogrow = {"template": {"input": {"required": {"value": ["FLOAT,INT,BOOLEAN", {}]}},
+                             "names": list("abcdefghijklmnopqrstuvwxyz"), "min": 1}}
+    object_info |= {
+        "FrameInterpolationModelLoader": _entry({"model_name": ["COMBO", {"options": list(interpolation_files)}]}),
+        "FrameInterpolate": _entry({"interp_model": ["INTERP_MODEL", {}], "images": ["IMAGE", {}],
+                                    "multiplier": ["INT", {"default": 2, "min": 2, "max": 16}]}),
+        "ComfyMathExpression": _entry({"expression": ["STRING", {"default": "a + b", "multiline": True}],
+                                       "values": ["COMFY_AUTOGROW_V3", autogrow]}),
+    }
+    return object_info
+
+
+def test_interpolate_workflow_converts_and_names_its_model_file(object_info):
+    """mova_i2va_interpolate converts on a server with v0.33's core nodes: the Math Expression gets MOVA
+    Conditioning's fps under its Autogrow socket's name (values.a) and feeds Create Video; a missing RIFE file is
+    named with its folder. A server without those nodes is told the workflow needs a newer ComfyUI."""
+    with pytest.raises(WorkflowError, match=r"FrameInterpolationModelLoader.*core node of newer ComfyUI.*v0\.33\.0 or later"):
+        ui_to_api(_workflow("mova_i2va_interpolate.json"), object_info)
+    info = _with_v033_nodes(object_info)
+    prompt = ui_to_api(_workflow("mova_i2va_interpolate.json"), info)
+    set_parameters(prompt, image_name="example.png", seed=5)
+    assert missing_models(prompt, info) == []
+    create = _node(prompt, "CreateVideo")["inputs"]
+    interp = prompt[create["images"][0]]
+    assert interp["class_type"] == "FrameInterpolate" and interp["inputs"]["multiplier"] == 2
+    assert prompt[interp["inputs"]["interp_model"][0]]["inputs"] == {"model_name": "rife49.pth"}
+    math = prompt[create["fps"][0]]
+    assert math["class_type"] == "ComfyMathExpression" and create["fps"][1] == 0  # its FLOAT output
+    assert math["inputs"]["expression"] == "a * 2"
+    assert prompt[math["inputs"]["values.a"][0]]["class_type"] == "MovaConditioning"
+    assert "values.b" not in math["inputs"]  # the empty socket Autogrow keeps after the last link is not sent
+    (problem,) = missing_models(prompt, _with_v033_nodes(object_info, interpolation_files=()))
+    assert "'rife49.pth'" in problem and "ComfyUI/models/frame_interpolation" in problem

@@ -23,6 +23,7 @@ WORKFLOWS = ROOT / "example_workflows"
 FILES = sorted(WORKFLOWS.glob("*.json"))
 sys.path.insert(0, str(ROOT / "scripts"))
 import workflow_layout  # noqa: E402
+from workflow_api import NEWER_CORE, NEWER_CORE_NODES  # noqa: E402
 
 SAMPLING = [p for p in FILES if '"MovaSampler"' in p.read_text(encoding="utf-8")]
 NATIVE = [p for p in FILES if '"SamplerCustomAdvanced"' in p.read_text(encoding="utf-8")]  # stock samplers
@@ -52,6 +53,9 @@ STOCK_WIDGETS = {
     "UpscaleModelLoader": ("model_name",),
     "ImageUpscaleWithModel": (),
     "CheckpointLoaderSimple": ("ckpt_name",),
+    "FrameInterpolationModelLoader": ("model_name",),   # ComfyUI v0.33.0
+    "FrameInterpolate": ("multiplier",),                # ComfyUI v0.33.0
+    "ComfyMathExpression": ("expression",),             # ComfyUI v0.33.0 (its values are Autogrow sockets)
     "EmptyLatentImage": ("width", "height", "batch_size"),
     "KSampler": ("seed", "control_after_generate", "steps", "cfg", "sampler_name", "scheduler", "denoise"),
 }
@@ -67,10 +71,15 @@ STOCK_SOCKETS = {
                               "latent_image": "LATENT"},
     "ImageUpscaleWithModel": {"upscale_model": "UPSCALE_MODEL", "image": "IMAGE"},
     "KSampler": {"model": "MODEL", "positive": "CONDITIONING", "negative": "CONDITIONING", "latent_image": "LATENT"},
+    "FrameInterpolate": {"interp_model": "INTERP_MODEL", "images": "IMAGE"},
+    "ComfyMathExpression": {"values.a": "FLOAT,INT,BOOLEAN", "values.b": "FLOAT,INT,BOOLEAN"},
 }
 # Core image nodes between MOVA's decoded frames and Create Video that keep the number of frames (so the fps and
 # the sound stay as MOVA Conditioning made them): the input that takes the frames.
 FRAME_KEEPING = {"ImageUpscaleWithModel": "image"}
+# Core nodes that put new frames between MOVA's (ComfyUI v0.33.0): the input that takes the frames. Create Video's
+# fps must then be MOVA Conditioning's times the multiplier, through a Math Expression.
+FRAME_MULTIPLYING = {"FrameInterpolate": "images"}
 LOADER_FOLDERS = {"CLIPLoader": "text_encoders", "VAELoader": "vae", "CheckpointLoaderSimple": "checkpoints"}
 CONTROL_VALUES = ("fixed", "increment", "decrement", "randomize")
 
@@ -127,7 +136,7 @@ def test_all_workflows_shipped():
                                        "mova_i2va_dual_cfg.json", "mova_i2va_enhanced.json", "mova_flf2va.json",
                                        "mova_a2v.json", "mova_v2a.json", "mova_extend.json", "mova_train_lora.json",
                                        "mova_i2va_native.json", "mova_i2va_upscale.json",
-                                       "mova_t2va_image_model.json"}
+                                       "mova_t2va_image_model.json", "mova_i2va_interpolate.json"}
     assert {p.name for p in NATIVE} == {"mova_i2va_native.json"}
     assert {p.name for p in SAMPLING} == {p.name for p in FILES} - {"mova_train_lora.json", "mova_i2va_native.json"}
 
@@ -144,7 +153,8 @@ def test_links_consistent(path):
         out = nodes[src]["outputs"][slot]
         assert link_id in (out["links"] or []) and out["type"] == kind
         entry = nodes[dst]["inputs"][dst_slot]
-        assert entry["link"] == link_id and entry["type"] == kind
+        # an input of several types ("FLOAT,INT,BOOLEAN": Math Expression's values) takes a link of any of them
+        assert entry["link"] == link_id and kind in entry["type"].split(",")
     for node in wf["nodes"]:
         for entry in node["inputs"]:
             assert entry["link"] is None or entry["link"] in link_ids
@@ -252,14 +262,24 @@ def test_mova_graph_wired_end_to_end(path):
         assert _source(wf, create, "fps") == (joins[-1], "fps")
     else:
         assert _source(wf, create, "audio") == (audio, "audio")
-        assert _source(wf, create, "fps") == (cond, "fps")  # the video's fps is the one the audio was sized for
+        multiplier = 1
         if _source(wf, cond, "video") is not None:  # video -> audio: the video's own frames
             assert _source(wf, create, "images") == (cond, "video") and decoded is None
         else:
             frames = _source(wf, create, "images")
-            while frames[0]["type"] in FRAME_KEEPING:  # an upscaler: other sizes, the same frames
-                frames = _source(wf, frames[0], FRAME_KEEPING[frames[0]["type"]])
+            while frames[0]["type"] in FRAME_KEEPING | FRAME_MULTIPLYING:
+                if frames[0]["type"] in FRAME_MULTIPLYING:  # an interpolator: new frames between MOVA's
+                    multiplier *= frames[0]["widgets_values"][0]
+                    frames = _source(wf, frames[0], FRAME_MULTIPLYING[frames[0]["type"]])
+                else:  # an upscaler: other sizes, the same frames
+                    frames = _source(wf, frames[0], FRAME_KEEPING[frames[0]["type"]])
             assert frames == (decoded, "IMAGE")
+        if multiplier == 1:
+            assert _source(wf, create, "fps") == (cond, "fps")  # the video's fps is the one the audio was sized for
+        else:  # the frame rate the new frames need: MOVA's fps times the multiplier
+            math, output = _source(wf, create, "fps")
+            assert math["type"] == "ComfyMathExpression" and output == "FLOAT"
+            assert math["widgets_values"] == [f"a * {multiplier}"] and _source(wf, math, "values.a") == (cond, "fps")
     sound = _source(wf, create, "audio")
     assert any(_source(wf, n, "audio") == sound for n in _by_type(wf, "PreviewAudio"))
     for encoder in [n for n in wf["nodes"] if n["type"] in ("MovaConditioning", "MovaExtend")]:
@@ -538,6 +558,44 @@ def test_upscale_workflow_adds_only_the_upscaler_between_decode_and_create_video
     assert len(wf["nodes"]) == len(plain["nodes"]) + 2
     notes = _notes(wf)
     assert "models/upscale_models/" in notes and "RealESRGAN_x2plus.pth" in notes and "in sync" in notes
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_examples_needing_newer_comfyui_say_so(path):
+    """An example with core nodes that ComfyUI v0.3.64 and v0.8.0 lack (workflow_api.NEWER_CORE_NODES) says at the
+    top of its note which ComfyUI it needs; the others use none of them (they open in every tested version)."""
+    wf = _load(path)
+    newer = {n["type"] for n in wf["nodes"]} & set(NEWER_CORE_NODES)
+    note = workflow_layout.notes(wf)[0]["widgets_values"][0]
+    first_lines = "\n".join(note.splitlines()[:3])
+    assert (f"Needs {NEWER_CORE}" in first_lines) == bool(newer), (path.name, newer)
+
+
+def test_interpolate_workflow_doubles_the_frames_and_the_fps():
+    """mova_i2va_interpolate: the i2va graph with Load Frame Interpolation Model + Run Frame Interpolation Model
+    (multiplier 2) between MOVA's VAE Decode and Create Video; Create Video's fps is a Math Expression `a * 2` of MOVA
+    Conditioning's, its sound MOVA Audio Decode's; the note names the model folder, a RIFE file and the
+    1/(2 fps) the video ends before the sound."""
+    wf = _load(WORKFLOWS / "mova_i2va_interpolate.json")
+    (sampler,) = _by_type(wf, "MovaSampler")
+    (cond,) = _by_type(wf, "MovaConditioning")
+    (interp,) = _by_type(wf, "FrameInterpolate")
+    (math,) = _by_type(wf, "ComfyMathExpression")
+    (create,) = _by_type(wf, "CreateVideo")
+    decoded, audio = _decoded(wf, sampler)
+    assert _source(wf, interp, "images") == (decoded, "IMAGE") and interp["widgets_values"] == [2]
+    loader, _ = _source(wf, interp, "interp_model")
+    assert loader["type"] == "FrameInterpolationModelLoader" and loader["widgets_values"] == ["rife49.pth"]
+    assert _source(wf, create, "images") == (interp, "IMAGE") and _source(wf, create, "audio") == (audio, "audio")
+    assert _source(wf, create, "fps") == (math, "FLOAT") and math["widgets_values"] == ["a * 2"]
+    assert _source(wf, math, "values.a") == (cond, "fps")
+    upscale = _load(WORKFLOWS / "mova_i2va_upscale.json")
+    types = {n["type"] for n in wf["nodes"]}
+    assert types - {n["type"] for n in upscale["nodes"]} == set(NEWER_CORE_NODES)
+    assert {n["type"] for n in upscale["nodes"]} - types == {"UpscaleModelLoader", "ImageUpscaleWithModel"}
+    notes = _notes(wf)
+    assert "models/frame_interpolation/" in notes and "rife49.pth" in notes and "1/(2 fps)" in notes
+    assert "2N-1" in notes and "ComfyUI-Frame-Interpolation" in notes
 
 
 def test_image_model_workflow_makes_the_first_frame():
