@@ -238,3 +238,57 @@ def wait_for_hangup(conn: socket.socket, limit: float = 10.0) -> None:
         return  # the client never hung up: the hangups entry stays None
     if data == b"":
         raise ConnectionResetError("client closed")
+
+
+# -- scripts for ScriptedServer that answer too slowly in one way or another ----------------------------------------
+
+def trickle_body(reply: bytes, every: float):
+    """A script sending ``reply``'s headers at once, then its body one byte per ``every`` seconds."""
+    head = reply.index(b"\r\n\r\n") + 4
+
+    def script(conn, request):
+        conn.sendall(reply[:head])
+        for byte in reply[head:]:
+            conn.sendall(bytes([byte]))
+            time.sleep(every)
+    return script
+
+
+def trickle_all(reply: bytes, every: float):
+    """A script sending the whole of ``reply``, headers included, one byte per ``every`` seconds."""
+    def script(conn, request):
+        for byte in reply:
+            conn.sendall(bytes([byte]))
+            time.sleep(every)
+    return script
+
+
+def drip_headers(every: float, count: int):
+    """A script sending a status line, then one more header line each ``every`` seconds, ``count`` times, and never
+    the blank line that ends the headers."""
+    def script(conn, request):
+        conn.sendall(b"HTTP/1.1 200 OK\r\n")
+        for i in range(count):
+            time.sleep(every)
+            conn.sendall(f"X-Wait-{i}: still thinking\r\n".encode())
+    return script
+
+
+class RecordingEnviron(dict):
+    """An environment (for the code that reads os.environ) that remembers which variables were read."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.read = set()
+
+    def get(self, name, default=None):
+        self.read.add(name)
+        return super().get(name, default)
+
+    def __getitem__(self, name):
+        self.read.add(name)
+        return super().__getitem__(name)
+
+    def __contains__(self, name):
+        self.read.add(name)
+        return super().__contains__(name)

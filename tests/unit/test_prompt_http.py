@@ -13,8 +13,8 @@ from comfyui_mova.nodes.prompts.llm_client import (BadReply, Cancelled, EnhanceE
                                            normalise_base_url)
 from comfyui_mova.nodes.prompts.llm_http import MAX_REPLY_BYTES
 from comfyui_mova.nodes.prompts.enhance import EnhanceSettings, enhance_prompt
-from fake_llm_server import (VISION_MODEL, FakeLLMServer, ScriptedServer, completion, http_reply,
-                             wait_for_hangup)
+from fake_llm_server import (VISION_MODEL, FakeLLMServer, ScriptedServer, completion, drip_headers, http_reply,
+                             trickle_all, trickle_body, wait_for_hangup)
 
 IDEA = "A tram passes in the rain. The audio shows rain."
 GOOD = http_reply(200, completion("A tram passes in the rain.\n\nThe audio shows steady rain."))
@@ -33,24 +33,9 @@ def _timed(call):
     return err.value, time.monotonic() - start
 
 
-def _trickle_body(conn, request):
-    conn.sendall(GOOD[:GOOD.index(b"\r\n\r\n") + 4])
-    for byte in GOOD[GOOD.index(b"\r\n\r\n") + 4:]:
-        conn.sendall(bytes([byte]))
-        time.sleep(0.1)
-
-
-def _trickle_all(conn, request):
-    for byte in GOOD:
-        conn.sendall(bytes([byte]))
-        time.sleep(0.05)
-
-
-def _slow_headers(conn, request):
-    conn.sendall(b"HTTP/1.1 200 OK\r\n")
-    for i in range(100):
-        time.sleep(0.3)
-        conn.sendall(f"X-Wait-{i}: still thinking\r\n".encode())
+_trickle_body = trickle_body(GOOD, 0.1)
+_trickle_all = trickle_all(GOOD, 0.05)
+_slow_headers = drip_headers(0.3, 100)
 
 
 def _silent(conn, request):

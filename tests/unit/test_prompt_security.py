@@ -13,31 +13,11 @@ from comfyui_mova.nodes.prompts.llm_access import (HOSTS_VAR, KEY_VAR, access_fo
                                            is_plain_name, parse_base_url)
 from comfyui_mova.nodes.prompts.llm_client import AuthError, EnhanceError, ServerUnreachable, UnknownModel, endpoint
 from comfyui_mova.nodes.prompts.enhance import EnhanceSettings, enhance_prompt
-from fake_llm_server import VISION_MODEL, FakeLLMServer, ScriptedServer, completion, http_reply
+from fake_llm_server import VISION_MODEL, FakeLLMServer, RecordingEnviron, ScriptedServer, completion, http_reply
 
 KEY = "sk-test-Zq8Xw2Lm4Np6Rt0Vb1Yc3Hd5"
 OTHER_KEY = "sk-other-Pp4Qq5Rr6Ss7Tt8Uu9Vv0Ww"
 IDEA = "A tram passes in the rain."
-
-
-class RecordingEnviron(dict):
-    """An environment that remembers which variables were read."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.read = set()
-
-    def get(self, name, default=None):
-        self.read.add(name)
-        return super().get(name, default)
-
-    def __getitem__(self, name):
-        self.read.add(name)
-        return super().__getitem__(name)
-
-    def __contains__(self, name):
-        self.read.add(name)
-        return super().__contains__(name)
 
 
 def pieces(secret: str) -> set[str]:

@@ -12,32 +12,13 @@ import time
 from comfyui_mova.nodes.prompts.enhance import EnhanceSettings, enhance_prompt
 from comfyui_mova.nodes.prompts.llm_access import HOSTS_VAR, KEY_VAR
 from comfyui_mova.nodes.prompts.llm_client import endpoint
-from fake_llm_server import VISION_MODEL, FakeLLMServer, ScriptedServer, completion, http_reply, wait_for_hangup
+from fake_llm_server import (VISION_MODEL, FakeLLMServer, RecordingEnviron, ScriptedServer, completion, drip_headers,
+                             http_reply, trickle_all, trickle_body, wait_for_hangup)
 from issue20_cases import HEX40_KEY, HEX_KEY, KEY, OTHER_KEY, URL_PASSWORD, Case, Result, attempt
 
 IDEA = "A tram passes in the rain."
 GOOD = http_reply(200, completion("A tram passes in the rain.\n\nThe audio shows steady rain."))
 SLACK = 1.0  # seconds a deadline may overrun on a busy 2-core machine
-
-
-class RecordingEnviron(dict):
-    """An environment that remembers which variables were read."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.read = set()
-
-    def get(self, name, default=None):
-        self.read.add(name)
-        return super().get(name, default)
-
-    def __getitem__(self, name):
-        self.read.add(name)
-        return super().__getitem__(name)
-
-    def __contains__(self, name):
-        self.read.add(name)
-        return super().__contains__(name)
 
 
 def settings(url: str, **changes) -> EnhanceSettings:
@@ -174,25 +155,9 @@ def key_only_inside_the_tunnel(lab) -> Result:
 
 # -- 2. deadlines --------------------------------------------------------------------------------------------------
 
-def trickle_body_per_second(conn, request):
-    head = GOOD.index(b"\r\n\r\n") + 4
-    conn.sendall(GOOD[:head])
-    for byte in GOOD[head:]:
-        conn.sendall(bytes([byte]))
-        time.sleep(1.0)
-
-
-def trickle_all(conn, request):
-    for byte in GOOD:
-        conn.sendall(bytes([byte]))
-        time.sleep(0.3)
-
-
-def header_every_2s(conn, request):
-    conn.sendall(b"HTTP/1.1 200 OK\r\n")
-    for i in range(60):
-        time.sleep(2.0)
-        conn.sendall(f"X-Wait-{i}: still thinking\r\n".encode())
+trickle_body_per_second = trickle_body(GOOD, 1.0)
+trickle_all_slowly = trickle_all(GOOD, 0.3)
+header_every_2s = drip_headers(2.0, 60)
 
 
 def silent(conn, request):
@@ -365,7 +330,7 @@ def cases() -> list[Case]:
     add(2, "header-every-2s", "server sends a header line every 2 s; timeout 5 (was held 80 s)", "stopped",
         deadline(header_every_2s, 5), timed=True)
     add(2, "trickle-all", "server sends its whole reply a byte every 0.3 s; timeout 2", "stopped",
-        deadline(trickle_all, 2), timed=True)
+        deadline(trickle_all_slowly, 2), timed=True)
     add(2, "silent", "server accepts and never answers; timeout 1", "stopped", deadline(silent, 1), timed=True)
     add(2, "retry-budget", "server answers each request after 0.7 s, asks for a retry; timeout 1", "stopped",
         one_budget_for_retries, timed=True)
