@@ -74,3 +74,33 @@ def write_clip(path: Path, frames: int, fps: float, width: int, height: int, sam
     if caption is not None:
         path.with_suffix(".txt").write_text(caption, encoding="utf-8")
     return path
+
+
+def write_nan_sound_clip(path: Path, golden_cases: dict, sample_rate: int = 16000) -> Path:
+    """A Matroska clip (H.264 pictures, 32-bit float PCM sound) whose sound holds NaN samples: what a broken
+    recorder or an editor's export can produce, and what the sound decoder hands on as it is."""
+    import av
+    w, h, frames, fps = golden_cases["width"] + 16, golden_cases["height"] + 8, golden_cases["num_frames"] + 3, Fraction(golden_cases["fps"]).limit_denominator(1001)
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=fps)
+        video.width, video.height, video.pix_fmt = w, h, "yuv420p"
+        audio = container.add_stream("pcm_f32le", rate=sample_rate)
+        audio.layout = "mono"
+        for i in range(frames):
+            image = np.full((h, w, 3), (40 * i) % 256, dtype=np.uint8)
+            for packet in video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in video.encode():
+            container.mux(packet)
+        total = math.ceil(frames / fps * sample_rate)
+        wave = (0.5 * np.sin(2 * np.pi * 330 * np.arange(total) / sample_rate)).astype(np.float32)
+        wave[total // 3: total // 3 + 50] = np.nan
+        for start in range(0, total, 1024):
+            frame = av.AudioFrame.from_ndarray(wave[None, start:start + 1024].copy(), format="flt", layout="mono")
+            frame.sample_rate, frame.pts = sample_rate, start
+            for packet in audio.encode(frame):
+                container.mux(packet)
+        for packet in audio.encode():
+            container.mux(packet)
+    path.with_suffix(".txt").write_text("a grey ramp; the audio shows a 330 Hz tone with a dropout", encoding="utf-8")
+    return path

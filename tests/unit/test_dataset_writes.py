@@ -4,46 +4,15 @@ values is not reused, a full disk while writing the cache names the file and lea
 file name stays a plain name whatever the clip folder is called."""
 
 import math
-from fractions import Fraction
 
-import numpy as np
 import pytest
 import torch
 
 from comfyui_mova.mova_model.training.dataset import save_latent_dataset
 from comfyui_mova.nodes.training.dataset import build_dataset, cache_path, dataset_fingerprint, check_clips
+from clip_files import write_nan_sound_clip
 from training_fixtures import toy_encoders, toy_request, write_toy_clips
 from write_faults import NO_RLIMIT, python
-
-
-def write_nan_sound_clip(path, golden_cases, sample_rate=16000):
-    """A Matroska clip (H.264 pictures, 32-bit float PCM sound) whose sound holds NaN samples: what a broken
-    recorder or an editor's export can produce, and what the sound decoder hands on as it is."""
-    import av
-    w, h, frames, fps = golden_cases["width"] + 16, golden_cases["height"] + 8, golden_cases["num_frames"] + 3, Fraction(golden_cases["fps"]).limit_denominator(1001)
-    with av.open(str(path), "w") as container:
-        video = container.add_stream("libx264", rate=fps)
-        video.width, video.height, video.pix_fmt = w, h, "yuv420p"
-        audio = container.add_stream("pcm_f32le", rate=sample_rate)
-        audio.layout = "mono"
-        for i in range(frames):
-            image = np.full((h, w, 3), (40 * i) % 256, dtype=np.uint8)
-            for packet in video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                container.mux(packet)
-        for packet in video.encode():
-            container.mux(packet)
-        total = math.ceil(frames / fps * sample_rate)
-        wave = (0.5 * np.sin(2 * np.pi * 330 * np.arange(total) / sample_rate)).astype(np.float32)
-        wave[total // 3: total // 3 + 50] = np.nan
-        for start in range(0, total, 1024):
-            frame = av.AudioFrame.from_ndarray(wave[None, start:start + 1024].copy(), format="flt", layout="mono")
-            frame.sample_rate, frame.pts = sample_rate, start
-            for packet in audio.encode(frame):
-                container.mux(packet)
-        for packet in audio.encode():
-            container.mux(packet)
-    path.with_suffix(".txt").write_text("a grey ramp; the audio shows a 330 Hz tone with a dropout", encoding="utf-8")
-    return path
 
 
 def test_clips_that_encode_to_nan_are_refused_by_name(tmp_path, golden_dir, golden_cases):

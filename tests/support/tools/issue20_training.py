@@ -9,10 +9,8 @@ import dataclasses
 import io
 import math
 import shutil
-from fractions import Fraction
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
@@ -26,6 +24,7 @@ from comfyui_mova.mova_model.training.dataset import save_latent_dataset
 from comfyui_mova.mova_model.training.trainer import TrainSettings, train_lora
 from comfyui_mova.nodes.training.dataset import build_dataset
 from comfyui_mova.nodes.training.run import lora_save_paths
+from clip_files import write_nan_sound_clip
 from issue20_cases import Case, Result, attempt
 from mova_testing import load_golden_towers
 from training_fixtures import build_toy_dataset, toy_encoders, toy_request, write_toy_clips
@@ -85,36 +84,6 @@ def nan_latents(lab) -> Result:
     result, _ = attempt(lambda: train_lora(towers(lab), dataclasses.replace(data, audio=audio),
                                            TrainSettings(steps=2, **FAST), TrainingCheckpoints(run)), "stopped")
     return result.check(not run.exists(), "the run wrote something")
-
-
-def write_nan_sound_clip(path: Path, cases: dict) -> Path:
-    """A Matroska clip (H.264 pictures, float PCM sound) whose sound holds NaN samples, with its caption."""
-    import av
-    w, h, frames = cases["width"] + 16, cases["height"] + 8, cases["num_frames"] + 3
-    fps, rate = Fraction(cases["fps"]).limit_denominator(1001), 16000
-    with av.open(str(path), "w") as container:
-        video = container.add_stream("libx264", rate=fps)
-        video.width, video.height, video.pix_fmt = w, h, "yuv420p"
-        audio = container.add_stream("pcm_f32le", rate=rate)
-        audio.layout = "mono"
-        for i in range(frames):
-            for packet in video.encode(av.VideoFrame.from_ndarray(np.full((h, w, 3), 40 * i % 256, np.uint8),
-                                                                  format="rgb24")):
-                container.mux(packet)
-        for packet in video.encode():
-            container.mux(packet)
-        total = math.ceil(frames / fps * rate)
-        wave = (0.5 * np.sin(2 * np.pi * 330 * np.arange(total) / rate)).astype(np.float32)
-        wave[total // 3: total // 3 + 50] = np.nan
-        for start in range(0, total, 1024):
-            frame = av.AudioFrame.from_ndarray(wave[None, start:start + 1024].copy(), format="flt", layout="mono")
-            frame.sample_rate, frame.pts = rate, start
-            for packet in audio.encode(frame):
-                container.mux(packet)
-        for packet in audio.encode():
-            container.mux(packet)
-    path.with_suffix(".txt").write_text("a grey ramp; the audio shows a tone with a dropout", encoding="utf-8")
-    return path
 
 
 def dataset_nan_clip(lab) -> Result:
