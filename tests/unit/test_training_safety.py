@@ -20,7 +20,7 @@ from comfyui_mova.mova_model.training.checkpoints import CheckpointDamaged, Trai
 from comfyui_mova.mova_model.training.guard import StepGuard, TrainingStopped
 from comfyui_mova.nodes.training.run import report
 from mova_testing import load_golden_towers
-from training_fixtures import build_toy_dataset
+from training_fixtures import NanBackward, build_toy_dataset
 from write_faults import NO_RLIMIT, leftovers, python
 
 FAST = dict(gradient_checkpointing=False, learning_rate=1e-2, rank=4, alpha=4.0, seed=3)
@@ -107,15 +107,6 @@ def test_gradients_and_weights_that_are_not_finite(golden_dir, toy, tmp_path):
     infinity is never written as a checkpoint."""
     settings = TrainSettings(steps=4, checkpoint_every=2, **FAST)
     towers, run, seen = fresh_towers(golden_dir), tmp_path / "run", []
-
-    class NanBackward(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x):
-            return x.view_as(x)
-
-        @staticmethod
-        def backward(ctx, grad):
-            return torch.full_like(grad, float("nan"))
 
     def before_step(expert):
         if len(seen) == 2:

@@ -27,7 +27,7 @@ from comfyui_mova.nodes.training.run import lora_save_paths
 from clip_files import write_nan_sound_clip
 from issue20_cases import Case, Result, attempt
 from mova_testing import load_golden_towers
-from training_fixtures import build_toy_dataset, toy_encoders, toy_request, write_toy_clips
+from training_fixtures import NanBackward, build_toy_dataset, toy_encoders, toy_request, write_toy_clips
 from write_faults import leftovers, open_folder, python, start_together
 
 FAST = dict(gradient_checkpointing=False, learning_rate=1e-2, rank=4, alpha=4.0, seed=3)
@@ -133,15 +133,6 @@ def resume_after_nan(lab) -> Result:
 def nan_gradient(lab) -> Result:
     settings = TrainSettings(steps=4, checkpoint_every=2, **FAST)
     net, run, seen = towers(lab), lab.folder("nan_grad") / "run", []
-
-    class NanBackward(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x):
-            return x.view_as(x)
-
-        @staticmethod
-        def backward(ctx, grad):
-            return torch.full_like(grad, float("nan"))
 
     def before_step(expert):
         if len(seen) == 2:
