@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -21,13 +22,23 @@ from comfyui_mova.mova_model.weights.detect import detect_config
 K_BLOCK = 256
 
 
-def _round_up(value: int) -> int:
-    return -(-value // K_BLOCK) * K_BLOCK
+def _round_up(value: int, step: int = K_BLOCK) -> int:
+    return -(-value // step) * step
+
+
+def _head_count(dim: int, wanted: int, video: bool) -> int:
+    """The head count nearest ``wanted`` (itself when it fits) that splits ``dim`` into heads the towers' RoPE takes:
+    an even head width, for video one whose third is even too (the height and width axes' share)."""
+    def fits(heads: int) -> bool:
+        width = dim // heads
+        return dim % heads == 0 and width % 2 == 0 and (not video or (width // 3) % 2 == 0)
+    return min((h for h in range(1, dim + 1) if fits(h)), key=lambda h: (abs(h - wanted), h))
 
 
 def widened_release(golden_dir: Path, root: Path) -> Path:
     """The golden release with the DiTs' width and FFN width (and the bridge's to match) rounded up to a multiple
-    of 256, random weights (seeded), the golden layer and head counts, audio VAE and scheduler."""
+    of 256 (and of the bridge's head width), random weights (seeded), the golden layer counts, the golden head counts
+    where they split the new width for RoPE (else the nearest count that does), audio VAE and scheduler."""
     source = golden_dir / "checkpoint"
     root.mkdir(parents=True, exist_ok=True)
     for name in ("model_index.json",):
@@ -35,10 +46,12 @@ def widened_release(golden_dir: Path, root: Path) -> Path:
     for name in ("scheduler", "audio_vae"):
         shutil.copytree(source / name, root / name, dirs_exist_ok=True)
     configs = {}
+    bridge = detect_config(open_checkpoint(source, "dual_tower_bridge"), "dual_tower_bridge")
     for folder in ("video_dit", "video_dit_2", "audio_dit"):
         config = detect_config(open_checkpoint(source, folder), "video_dit" if folder != "audio_dit" else "audio_dit")
-        configs[folder] = dataclasses.replace(config, dim=_round_up(config.dim), ffn_dim=_round_up(config.ffn_dim))
-    bridge = detect_config(open_checkpoint(source, "dual_tower_bridge"), "dual_tower_bridge")
+        dim = _round_up(config.dim, math.lcm(K_BLOCK, bridge.head_dim))
+        heads = _head_count(dim, config.num_heads, video=folder != "audio_dit")
+        configs[folder] = dataclasses.replace(config, dim=dim, num_heads=heads, ffn_dim=_round_up(config.ffn_dim))
     configs["dual_tower_bridge"] = dataclasses.replace(
         bridge, visual_hidden_dim=configs["video_dit"].dim, audio_hidden_dim=configs["audio_dit"].dim)
     for seed, (folder, config) in enumerate(configs.items()):
