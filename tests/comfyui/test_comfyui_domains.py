@@ -103,15 +103,18 @@ def test_training_numbers_and_dataset_domains(client, base):
 
 
 def test_eight_bit_video_and_integer_sound_give_their_float_forms(client):
-    """Video -> audio from 8-bit frames with a numpy frame rate, and sound -> video from int16 PCM with a numpy sample
-    rate, give MOVA Conditioning's latents of Load Video's and Load Audio's float forms of the same files."""
+    """Video -> audio from 8-bit frames with a numpy frame rate gives MOVA Conditioning's latents of the same frames
+    as ComfyUI's floats (value / 255; Load Video itself decodes to floats straight from YUV in v0.33, so its frames
+    are not the 8-bit ones there), and sound -> video from int16 PCM with a numpy sample rate gives those of Load
+    Audio's float form of the same file."""
     prompt = _without_outputs(api_prompt(client, "mova_v2a.json", seed=42, video_name="clip.mp4"))
     cond = node_key(prompt, "MovaConditioning")
     prompt = _probe(prompt, [cond, 1])
-    floats, eight_bit = {}, {}
-    run_prompt(client, prompt, floats)
     prompt["92"] = {"class_type": "TestMovaIntegerMedia", "inputs": {"video": "clip.mp4", "audio": "speech.wav"}}
-    prompt[cond]["inputs"].update(video=["92", 0], video_fps=["92", 1])
+    floats, eight_bit = {}, {}
+    prompt[cond]["inputs"].update(video=["92", 3], video_fps=["92", 1])
+    run_prompt(client, prompt, floats)
+    prompt[cond]["inputs"].update(video=["92", 0])
     run_prompt(client, prompt, eight_bit)
     (video, audio), (video8, audio8) = probed_latents(floats, "91"), probed_latents(eight_bit, "91")
     assert video.abs().sum() > 0 and torch.equal(video8, video) and audio8.shape == audio.shape

@@ -88,10 +88,8 @@ def test_missing_and_wrong_files_are_named_at_queue_time(client, base):
 
 def test_workflows_served_as_templates(client):
     """ComfyUI's template browser lists the shipped workflows under the pack and serves them unchanged."""
-    assert sorted(client.get_json("/workflow_templates")["comfyui-mova"]) == \
-        ["mova_a2v", "mova_extend", "mova_flf2va", "mova_i2va", "mova_i2va_dual_cfg", "mova_i2va_enhanced",
-         "mova_i2va_lora", "mova_i2va_native", "mova_i2va_parallel", "mova_i2va_upscale", "mova_t2va",
-         "mova_t2va_image_model", "mova_train_lora", "mova_v2a"]
+    shipped = sorted(p.stem for p in (PACK / "example_workflows").glob("*.json"))
+    assert "mova_i2va" in shipped and sorted(client.get_json("/workflow_templates")["comfyui-mova"]) == shipped
     served = client.get_json("/api/workflow_templates/comfyui-mova/mova_i2va.json")
     assert served == json.loads((PACK / "example_workflows" / "mova_i2va.json").read_text())
 

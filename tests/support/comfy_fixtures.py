@@ -234,12 +234,13 @@ import torch
 
 class TestMovaIntegerMedia:
     """Test only: a video's frames as 8-bit pixels (uint8 [N,H,W,3]) with its frame rate as a numpy float, and a
-    WAV's samples as stored (int16 [1,C,T]) with a numpy sample rate: what some video and audio nodes hand over."""
+    WAV's samples as stored (int16 [1,C,T]) with a numpy sample rate: what some video and audio nodes hand over; last,
+    the same 8-bit frames as ComfyUI's float IMAGE (value / 255)."""
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {"video": ("STRING", {"default": "clip.mp4"}),
                              "audio": ("STRING", {"default": "speech.wav"})}}
-    RETURN_TYPES = ("IMAGE", "FLOAT", "AUDIO")
+    RETURN_TYPES = ("IMAGE", "FLOAT", "AUDIO", "IMAGE")
     FUNCTION = "load"
     CATEGORY = "testing"
 
@@ -252,7 +253,8 @@ class TestMovaIntegerMedia:
         with wave.open(os.path.join(root, audio), "rb") as source:
             pcm = np.frombuffer(source.readframes(source.getnframes()), dtype="<i2").reshape(-1, source.getnchannels())
             rate = np.int64(source.getframerate())
-        return (frames, fps, {"waveform": torch.from_numpy(pcm.T.copy())[None], "sample_rate": rate})
+        return (frames, fps, {"waveform": torch.from_numpy(pcm.T.copy())[None], "sample_rate": rate},
+                frames.float() / 255)
 
 NODE_CLASS_MAPPINGS = {"TestMovaIntegerMedia": TestMovaIntegerMedia}
 '''
