@@ -31,9 +31,12 @@ class _Active:
     tracker = None
 
 
-def stop_workers(reason: str) -> None:
-    """Stop the pool (its devices' memory is freed); the next parallel run starts a new one."""
-    pool, _Active.pool, _Active.key, _Active.tracker = _Active.pool, None, None, None
+def stop_workers(reason: str, keep_tracker: bool = False) -> None:
+    """Stop the pool (its devices' memory is freed); the next parallel run starts a new one. ``keep_tracker``: while
+    ComfyUI unloads the tracker itself, keep the reference to it (see ``_track``)."""
+    pool, _Active.pool, _Active.key = _Active.pool, None, None
+    if not keep_tracker:
+        _Active.tracker = None
     if pool is not None and pool.procs:
         log.info("MOVA Parallel: stopping the workers (%s)", reason)
         pool.stop()
@@ -53,9 +56,11 @@ def _track(pool: WorkerPool, setup: ParallelSetup, size: int) -> None:
 
     def unloaded(_patcher, unpatch_all=True):
         # ComfyUI unloads with unpatch_all (Unload Models, room for other models); re-requesting a loaded model
-        # detaches it without, and loads it again at once
+        # detaches it without, and loads it again at once. The tracker stays referenced until the next pool's
+        # replaces it: ComfyUI (v0.33) holds its models by weak reference and is still walking its list of loaded
+        # models here; the patcher freed now would leave a dead entry there that kills ComfyUI's prompt worker.
         if unpatch_all and _Active.pool is pool:
-            stop_workers("ComfyUI unloaded the models")
+            stop_workers("ComfyUI unloaded the models", keep_tracker=True)
 
     patcher.add_callback(CallbacksMP.ON_DETACH, unloaded)
     _Active.tracker = patcher
