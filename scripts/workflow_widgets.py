@@ -36,9 +36,10 @@ class WidgetError(ValueError):
     """A node's stored widget values do not fit its widgets; the message names the node and the widget."""
 
 
-def combo_options(kind, options: dict) -> list | None:
-    """The choices of a combo input: V1 lists them as the type, V3 as ("COMBO", {"options": [...]}); a DynamicCombo's
-    are its options' keys."""
+def combo_options(kind, options: dict | None = None) -> list | None:
+    """The choices of a combo input: V1 lists them as the type (older ComfyUI sends only that, without an options
+    dict), V3 as ("COMBO", {"options": [...]}); a DynamicCombo's are its options' keys."""
+    options = options or {}
     if isinstance(kind, list):
         return kind
     if kind == "COMBO":

@@ -67,6 +67,14 @@ def test_sound_to_video_workflow_end_to_end(client, base, tmp_path):
     (preview,) = outputs[node_key(prompt, "PreviewAudio")]["audio"]
     heard, rate = read_audio(client.download(preview, tmp_path / "a2v.flac"))
     expected = fitted_speech(base / "input" / "speech.wav", RATE, samples)
+    import av
+    with av.open(str(tmp_path / "a2v.flac")) as container:
+        channels = container.streams.audio[0].codec_context.channels
+    if channels == 2:
+        # ComfyUI v0.3.64's Preview Audio opens its FLAC stream without a layout: FFmpeg's default stereo, into
+        # which it mixes the mono sound at its centre level, -3 dB (1/sqrt(2)) on each channel; newer ComfyUI
+        # keeps mono. The pack's sound is the same either way.
+        expected = expected * 0.5 ** 0.5
     assert rate == RATE and heard.shape == expected.shape
     worst = int((heard - expected).abs().argmax())
     assert (heard - expected).abs().max() < 2 / 32768, \

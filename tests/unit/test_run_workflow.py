@@ -202,6 +202,7 @@ def test_bypassed_node_refused(object_info):
 
 def test_combo_formats():
     assert combo_options(["a", "b"], {}) == ["a", "b"]
+    assert combo_options(["a", "b"]) == ["a", "b"]  # v0.3.64's object_info: [choices] alone
     assert combo_options("COMBO", {"options": ["c"]}) == ["c"]
     assert combo_options("INT", {"min": 0}) is None
 
