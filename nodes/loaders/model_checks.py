@@ -15,6 +15,7 @@ from typing import Iterable
 from ...mova_model.weights.checkpoint import CheckpointError
 from ...mova_model.weights.sources import open_weights
 from ...mova_model.weights.detect import KIND_NAMES, describe, identify
+from .model_files import find_choice, outside_folder
 
 log = logging.getLogger(__name__)
 
@@ -90,14 +91,6 @@ def _audio_width(kind: str | None, shapes) -> int | None:
     return None
 
 
-def _locate(name: str, roots: Iterable[str | os.PathLike]) -> Path | None:
-    for root in roots:
-        path = Path(root) / name
-        if path.exists():
-            return path
-    return None
-
-
 def filter_choices(choices: Iterable[str], roots: Iterable[str | os.PathLike], kinds: Iterable[str],
                    loader: str) -> list[str]:
     """The choices that hold one of ``kinds``, and those whose contents cannot be told (kept, with a note in the
@@ -105,7 +98,7 @@ def filter_choices(choices: Iterable[str], roots: Iterable[str | os.PathLike], k
     roots, kinds = list(roots), set(kinds)
     kept = []
     for name in choices:
-        path = _locate(name, roots)
+        path = find_choice(name, roots)
         found = identify_path(path) if path is not None else Found()
         if found.kind in kinds:
             kept.append(name)
@@ -137,7 +130,9 @@ def check_choice(name: str, roots: Iterable[str | os.PathLike], folder: str, kin
     """Why the widget value ``name`` cannot be loaded as ``kind`` from ComfyUI's ``folder`` (``roots``: its paths),
     naming the file, the folder and what to put there; None when it can."""
     roots = list(roots)
-    path = _locate(name, roots) if name else None
+    if name and outside_folder(name):
+        return f"'{name}' {outside_folder(name)}: pick a file from the list of models/{folder}."
+    path = find_choice(name, roots)
     if path is None:
         where = ", ".join(str(r) for r in roots) or "no folder configured"
         return (f"'{name}' is not in models/{folder} (looked in {where}). Put {WANTED[kind]} there, e.g. from the "
@@ -154,7 +149,7 @@ def check_choice(name: str, roots: Iterable[str | os.PathLike], folder: str, kin
 def check_tower_fit(dit_name: str, bridge_name: str, roots: Iterable[str | os.PathLike]) -> str | None:
     """Why the bridge does not fit the audio DiT (their widths, from the headers), or None."""
     roots = list(roots)
-    dit, bridge = _locate(dit_name, roots), _locate(bridge_name, roots)
+    dit, bridge = find_choice(dit_name, roots), find_choice(bridge_name, roots)
     if dit is None or bridge is None:
         return None
     width, wanted = identify_path(dit).audio_width, identify_path(bridge).audio_width
@@ -167,7 +162,7 @@ def check_tower_fit(dit_name: str, bridge_name: str, roots: Iterable[str | os.Pa
 def check_lora(name: str, roots: Iterable[str | os.PathLike]) -> str | None:
     """Why the LoRA ``name`` cannot be read from models/loras, or None."""
     roots = list(roots)
-    if name and _locate(name, roots) is not None:
+    if find_choice(name, roots) is not None:
         return None
     where = ", ".join(str(r) for r in roots) or "no folder configured"
     return (f"'{name}' is not in models/loras (looked in {where}). Put the LoRA there: lora_weights.pt with its "

@@ -9,7 +9,7 @@ with ``config.json`` and its weights, possibly sharded). Component folders are o
 from __future__ import annotations
 
 import os
-from pathlib import Path, PurePosixPath
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Iterable
 
 import torch
@@ -107,14 +107,40 @@ def gguf_files(roots: Iterable[str | os.PathLike]) -> list[str]:
     return sorted(found)
 
 
-def resolve_choice(name: str, roots: Iterable[str | os.PathLike], folder: str) -> Path:
-    """The file or component folder a widget value names, searched in ``roots`` (ComfyUI's paths of
-    ``folder``); a clear error when it is not there."""
-    roots = list(roots)
+def outside_folder(name: str) -> str | None:
+    """Why a widget value cannot name something inside a model folder (absolute, or going up with '..'), or None.
+    The loaders check their own file inputs, so ComfyUI does not hold them to its list: a workflow could send any
+    text."""
+    for path in (PurePosixPath(name.replace("\\", "/")), PureWindowsPath(name)):
+        if path.is_absolute() or path.drive or path.root:
+            return "is an absolute path"
+        if ".." in path.parts:
+            return "goes up out of the folder ('..')"
+    return None
+
+
+def find_choice(name: str, roots: Iterable[str | os.PathLike]) -> Path | None:
+    """The file or component folder ``name`` names inside one of ``roots``, or None (also for a name that is not
+    a path inside them)."""
+    if not name or outside_folder(name):
+        return None
     for root in roots:
         path = Path(root) / name
         if path.exists():
             return path
+    return None
+
+
+def resolve_choice(name: str, roots: Iterable[str | os.PathLike], folder: str) -> Path:
+    """The file or component folder a widget value names, searched in ``roots`` (ComfyUI's paths of
+    ``folder``); a clear error when it is not there."""
+    roots = list(roots)
+    path = find_choice(name, roots)
+    if path is not None:
+        return path
+    problem = outside_folder(name)
+    if problem:
+        raise FileNotFoundError(f"'{name}' {problem}: pick a file from the list of models/{folder}.")
     where = ", ".join(str(r) for r in roots) or f"(no models/{folder} folder configured)"
     raise FileNotFoundError(
         f"'{name}' is not in models/{folder} (looked in {where}): download it there, "

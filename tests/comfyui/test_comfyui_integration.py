@@ -86,6 +86,26 @@ def test_missing_and_wrong_files_are_named_at_queue_time(client, base):
     assert "loaded with" not in (base / "server.log").read_text()[len(log_before):]  # nothing was loaded
 
 
+def test_a_file_name_outside_the_model_folders_is_refused(client, base):
+    """The loaders check their own file inputs, so ComfyUI does not hold a workflow's value to its list: a name
+    going up out of models/diffusion_models and an absolute path, each to a real MOVA file, are refused at queue
+    time by their shape; nothing is loaded."""
+    name = client.upload_image(base / "input" / "start.png")
+    prompt = api_prompt(client, "mova_i2va.json", seed=14, image_name=name)
+    high = next(k for k, n in prompt.items() if n["class_type"] == "MovaVideoExpertLoader"
+                and n["inputs"]["model_name"] == "MOVA-360p/video_dit")
+    vae = node_key(prompt, "MovaAudioVAELoader")
+    up = "../../models/diffusion_models/MOVA-360p/video_dit"  # exists, seen from models/diffusion_models
+    absolute = str(base / "models" / "vae" / prompt[vae]["inputs"]["vae_name"])
+    assert (base / "models" / "diffusion_models" / up).is_dir() and Path(absolute).exists()
+    prompt[high]["inputs"]["model_name"], prompt[vae]["inputs"]["vae_name"] = up, absolute
+    log_before = (base / "server.log").read_text()
+    errors = refusal(client, prompt)
+    assert any(f"'{up}' goes up out of the folder ('..')" in e for e in errors[high]), errors
+    assert any(f"'{absolute}' is an absolute path" in e for e in errors[vae]), errors
+    assert "loaded with" not in (base / "server.log").read_text()[len(log_before):]
+
+
 def test_workflows_served_as_templates(client):
     """ComfyUI's template browser lists the shipped workflows under the pack and serves them unchanged."""
     shipped = sorted(p.stem for p in (PACK / "example_workflows").glob("*.json"))

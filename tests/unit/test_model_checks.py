@@ -3,6 +3,7 @@ be told stay, with a log note), and the queue-time checks name a missing or wron
 
 import json
 import logging
+import re
 import shutil
 
 import pytest
@@ -172,3 +173,27 @@ def test_lora_must_be_there(tmp_path):
     problem = check_lora("gone.safetensors", [tmp_path])
     assert problem.startswith(f"'gone.safetensors' is not in models/loras (looked in {tmp_path})")
     assert "connect MOVA Train LoRA's lora output" in problem
+
+
+def test_a_name_outside_the_model_folder_is_refused_before_any_read(folders, tmp_path, monkeypatch):
+    """The loaders check their own inputs, so ComfyUI does not hold a workflow's file name to its list: a name that
+    is absolute or goes up with '..' is refused by its shape, and the file it points at (a real MOVA expert outside
+    the folder) is never opened."""
+    from comfyui_mova.nodes.loaders.model_files import find_choice, resolve_choice
+    diffusion, _ = folders
+    outside = tmp_path / "elsewhere" / "video_dit"
+    shutil.copytree(diffusion / "MOVA-360p" / "video_dit", outside)
+    opened = []
+    monkeypatch.setattr(model_checks, "identify_path", lambda path: opened.append(path))
+    for name, problem in (("../elsewhere/video_dit", "goes up out of the folder ('..')"),
+                          ("MOVA-360p/../../elsewhere/video_dit", "goes up out of the folder ('..')"),
+                          ("..\\elsewhere\\video_dit", "goes up out of the folder ('..')"),
+                          (str(outside), "is an absolute path"), ("C:\\models\\x.safetensors", "is an absolute path")):
+        assert check_choice(name, [diffusion], "diffusion_models", "video_dit") == \
+            f"'{name}' {problem}: pick a file from the list of models/diffusion_models.", name
+        assert find_choice(name, [diffusion]) is None
+        with pytest.raises(FileNotFoundError, match=re.escape(f"{problem}: pick a file from the list of models/")):
+            resolve_choice(name, [diffusion], "diffusion_models")
+        assert check_lora(name, [diffusion]).startswith(f"'{name}' is not in models/loras")
+    assert opened == []
+    assert find_choice("MOVA-360p/video_dit", [diffusion]) == diffusion / "MOVA-360p" / "video_dit"
